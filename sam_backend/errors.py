@@ -1,0 +1,71 @@
+"""One exception tree for everything sam_backend raises on purpose.
+
+    SamError
+    ├── InvalidRequest        the request or its prompts cannot work on this video; nothing was sent
+    ├── VideoError            a video cannot be read or probed (missing file, not a video, no ffmpeg)
+    ├── AuthError             the backend refused the credentials (fal 401/403, FAL_KEY missing)
+    ├── QuotaError            the backend refused for balance/rate reasons that retrying won't fix
+    ├── BackendUnavailable    the backend could not be reached or answered with transient errors
+    │                         until the retry budget ran out
+    ├── RemoteFailure         the backend accepted the job and then failed it (carries request_id)
+    ├── ResultExpired         the job finished but its result is gone (fal keeps results briefly)
+    ├── UnexpectedResponse    the backend answered with a shape we do not know how to read
+    └── Cancelled             the caller cancelled the run
+
+Misuse (wrong argument types, calling methods in the wrong order) stays builtin
+(TypeError/ValueError) so that ``except SamError`` can never hide a bug.
+"""
+
+from __future__ import annotations
+
+
+class SamError(Exception):
+    """Root of every error raised on purpose by sam_backend."""
+
+
+class InvalidRequest(SamError):
+    """The request cannot work on this video. Raised before anything is sent or written.
+
+    ``problems`` lists every problem found, each naming the field and the bad value.
+    """
+
+    def __init__(self, problems: list[str] | str):
+        self.problems = [problems] if isinstance(problems, str) else list(problems)
+        super().__init__("invalid request: " + "; ".join(self.problems))
+
+
+class VideoError(SamError):
+    """A video cannot be probed or decoded."""
+
+
+class AuthError(SamError):
+    """Credentials are missing or were refused. Not retryable."""
+
+
+class QuotaError(SamError):
+    """The account is locked, out of balance, or over a hard limit. Not retryable."""
+
+
+class BackendUnavailable(SamError):
+    """The backend could not be reached, or kept failing transiently until retries ran out."""
+
+
+class RemoteFailure(SamError):
+    """The backend accepted the job and then reported it failed."""
+
+    def __init__(self, message: str, *, request_id: str | None = None):
+        self.request_id = request_id
+        suffix = f" (request {request_id})" if request_id else ""
+        super().__init__(message + suffix)
+
+
+class ResultExpired(RemoteFailure):
+    """The job completed but its result can no longer be fetched."""
+
+
+class UnexpectedResponse(SamError):
+    """The backend answered with a payload shape we cannot decode."""
+
+
+class Cancelled(SamError):
+    """The run was cancelled by the caller; nothing partial was written."""

@@ -1,0 +1,248 @@
+"""Request, prompt and result types.
+
+The request models mirror the input schema of fal's ``fal-ai/sam-3-1/video`` endpoint
+field for field (names, defaults, enum wire values), so ``SegmentRequest.to_wire`` is
+exactly what goes over HTTP. Coordinates here are fal's: integer pixels, 0-based
+``frame_index``. Conversion to FiftyOne's relative boxes and 1-based frame numbers
+happens only in :mod:`sam_backend.coords`.
+
+Results (:class:`TrackedObject`, :class:`FrameResult`) are plain dataclasses: they are
+internal, created per object per frame, and carry numpy masks.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from .errors import InvalidRequest
+
+
+class VideoOutputType(str, enum.Enum):
+    """Container/codec of the rendered overlay video (fal wire values)."""
+
+    X264_MP4 = "X264 (.mp4)"
+    VP9_WEBM = "VP9 (.webm)"
+
+
+class _Wire(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, use_enum_values=False)
+
+
+class PointPrompt(_Wire):
+    """A click on frame ``frame_index``: label 1 = on the object, 0 = not on it."""
+
+    x: int = Field(ge=0, description="pixel column")
+    y: int = Field(ge=0, description="pixel row")
+    label: Literal[0, 1] = 1
+    object_id: int | None = Field(default=None, ge=0)
+    frame_index: int = Field(default=0, ge=0)
+
+
+class BoxPrompt(_Wire):
+    """A box around one object on frame ``frame_index``, integer pixels, max exclusive."""
+
+    x_min: int = Field(ge=0)
+    y_min: int = Field(ge=0)
+    x_max: int = Field(ge=0)
+    y_max: int = Field(ge=0)
+    object_id: int | None = Field(default=None, ge=0)
+    frame_index: int = Field(default=0, ge=0)
+
+    @model_validator(mode="after")
+    def _positive_area(self) -> BoxPrompt:
+        if self.x_max <= self.x_min or self.y_max <= self.y_min:
+            raise ValueError(
+                f"box has no area: x_min={self.x_min}, x_max={self.x_max}, "
+                f"y_min={self.y_min}, y_max={self.y_max} (need x_max > x_min and y_max > y_min)"
+            )
+        return self
+
+
+class VideoInfo(BaseModel):
+    """What a real decoder says about a video. ``frame_count`` is the number of decoded
+    frames, which is what fal's ``frame_index`` and FiftyOne's frame numbers count."""
+
+    model_config = ConfigDict(frozen=True)
+
+    width: int = Field(gt=0)
+    height: int = Field(gt=0)
+    frame_count: int = Field(ge=0)
+    fps: float = Field(ge=0)
+    duration: float = Field(ge=0)
+    codec: str = ""
+    variable_frame_rate: bool = False
+    size_bytes: int = 0
+
+
+class SegmentRequest(_Wire):
+    """One video + prompts, as fal's ``fal-ai/sam-3-1/video`` takes it.
+
+    ``video_url`` may stay ``None`` while the video is a local file: the backend fills it
+    (upload or data URI) in :meth:`to_wire`. Shape errors raise when the model is built;
+    video-dependent errors (frame size, frame count) raise in :meth:`check_against`.
+    """
+
+    video_url: str | None = None
+    prompt: str = ""
+    point_prompts: list[PointPrompt] = Field(default_factory=list)
+    box_prompts: list[BoxPrompt] = Field(default_factory=list)
+    apply_mask: bool = True
+    video_output_type: VideoOutputType = VideoOutputType.X264_MP4
+    detection_threshold: float = Field(default=0.5, ge=0.0, le=1.0)
+    max_num_objects: int = Field(default=16, ge=1, le=128)
+
+    @classmethod
+    def build(cls, **fields: Any) -> SegmentRequest:
+        """Like the constructor, but every problem becomes one :class:`InvalidRequest`
+        whose message names the field and the bad value."""
+        try:
+            return cls(**fields)
+        except ValidationError as exc:
+            raise InvalidRequest(describe_validation_error(exc)) from None
+
+    @model_validator(mode="after")
+    def _has_a_prompt(self) -> SegmentRequest:
+        parts = [p.strip() for p in self.prompt.split(",")]
+        if self.prompt.strip() and any(not p for p in parts):
+            raise ValueError(
+                f"prompt {self.prompt!r} has an empty concept between commas; "
+                "write concepts like 'red ball, blue box'"
+            )
+        if not self.prompt.strip() and not self.point_prompts and not self.box_prompts:
+            raise ValueError(
+                "empty request: give a text prompt (e.g. 'person, dog'), point_prompts or box_prompts"
+            )
+        return self
+
+    @property
+    def concepts(self) -> list[str]:
+        """The comma-separated text concepts, stripped, in order."""
+        return [p.strip() for p in self.prompt.split(",") if p.strip()]
+
+    def visual_object_ids(self) -> list[int]:
+        """Object ids that point/box prompts define (a positive point or a box)."""
+        ids = {b.object_id for b in self.box_prompts if b.object_id is not None}
+        ids |= {p.object_id for p in self.point_prompts if p.label == 1 and p.object_id is not None}
+        return sorted(ids)
+
+    def check_against(self, video: VideoInfo) -> None:
+        """Raise :class:`InvalidRequest` listing every prompt that cannot work on ``video``."""
+        problems: list[str] = []
+        last = video.frame_count - 1
+        if video.frame_count == 0:
+            problems.append("video has no decodable frames")
+        for i, p in enumerate(self.point_prompts):
+            where = f"point_prompts[{i}]"
+            if p.x >= video.width:
+                problems.append(f"{where}.x={p.x} is outside the frame (width {video.width}, x must be < {video.width})")
+            if p.y >= video.height:
+                problems.append(f"{where}.y={p.y} is outside the frame (height {video.height}, y must be < {video.height})")
+            if p.frame_index > last:
+                problems.append(_past_end(where, p.frame_index, video.frame_count))
+        for i, b in enumerate(self.box_prompts):
+            where = f"box_prompts[{i}]"
+            if b.x_max > video.width or b.y_max > video.height:
+                problems.append(
+                    f"{where}=({b.x_min},{b.y_min})-({b.x_max},{b.y_max}) is outside the frame "
+                    f"({video.width}x{video.height})"
+                )
+            if b.frame_index > last:
+                problems.append(_past_end(where, b.frame_index, video.frame_count))
+        problems += self._object_id_problems()
+        if problems:
+            raise InvalidRequest(problems)
+
+    def _object_id_problems(self) -> list[str]:
+        problems: list[str] = []
+        known = set(self.visual_object_ids())
+        for i, p in enumerate(self.point_prompts):
+            if p.label == 0 and p.object_id is None:
+                problems.append(f"point_prompts[{i}] is a negative point (label=0) without object_id: say which object it excludes")
+            elif p.label == 0 and p.object_id not in known:
+                problems.append(
+                    f"point_prompts[{i}].object_id={p.object_id} is unknown: no positive point or box "
+                    f"defines it (known ids: {sorted(known) or 'none'})"
+                )
+        n_visual = len(known) + sum(1 for b in self.box_prompts if b.object_id is None)
+        n_visual += sum(1 for p in self.point_prompts if p.label == 1 and p.object_id is None)
+        if n_visual > self.max_num_objects:
+            problems.append(f"max_num_objects={self.max_num_objects} but the point/box prompts define {n_visual} objects")
+        return problems
+
+    def to_wire(self, video_url: str | None = None) -> dict[str, Any]:
+        """The JSON body for fal, with ``video_url`` filled in."""
+        url = video_url or self.video_url
+        if not url:
+            raise ValueError("to_wire needs a video_url (upload the video first)")
+        body = self.model_dump(mode="json", exclude={"video_url"})
+        for key in ("point_prompts", "box_prompts"):
+            body[key] = [{k: v for k, v in d.items() if v is not None} for d in body[key]]
+        return {"video_url": url, **body}
+
+
+def _past_end(where: str, index: int, frame_count: int) -> str:
+    return (
+        f"{where}.frame_index={index} is past the last frame "
+        f"(the video has {frame_count} frames, indices 0..{frame_count - 1})"
+    )
+
+
+def describe_validation_error(exc: ValidationError) -> list[str]:
+    """Turn pydantic's errors into 'field.path: message (got value)' lines."""
+    lines = []
+    for err in exc.errors():
+        loc = ""
+        for part in err["loc"]:
+            loc += f"[{part}]" if isinstance(part, int) else (f".{part}" if loc else str(part))
+        msg = err["msg"].removeprefix("Value error, ")
+        got = f" (got {err['input']!r})" if err["type"] != "value_error" and "input" in err else ""
+        lines.append(f"{loc}: {msg}{got}" if loc else f"{msg}{got}")
+    return lines
+
+
+# ---------------------------------------------------------------------------------------
+# Results
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class TrackedObject:
+    """One object on one frame.
+
+    ``mask`` is a full-frame boolean array (H x W). ``box`` is the tight pixel box of the
+    mask as (x_min, y_min, x_max, y_max) with max exclusive, so width = x_max - x_min.
+    """
+
+    track_id: int
+    label: str
+    score: float
+    mask: np.ndarray
+    box: tuple[int, int, int, int]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class FrameResult:
+    """All objects seen on one frame. ``frame_index`` is 0-based, like fal's."""
+
+    frame_index: int
+    objects: list[TrackedObject]
+
+
+Stage = Literal["probe", "upload", "submit", "queued", "running", "fetch", "decode", "done"]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Progress:
+    """A progress report from a backend; fields that do not apply stay None."""
+
+    stage: Stage
+    message: str = ""
+    queue_position: int | None = None
+    logs: tuple[str, ...] = ()
+    frames_done: int | None = None
+    frames_total: int | None = None
+    request_id: str | None = None

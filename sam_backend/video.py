@@ -1,0 +1,158 @@
+"""Probe and decode videos with ffprobe/ffmpeg.
+
+Why ffmpeg (and not PyAV or OpenCV): FiftyOne itself probes with ffprobe and decodes with
+``ffmpeg -vsync 0`` (eta's FFmpegVideoReader), so using the same tool the same way makes
+our frame indices agree with FiftyOne's frame numbers by construction, including for
+variable-frame-rate and odd-fps (29.97) videos: we count and decode frames, we never turn
+timestamps into frame numbers. It is also the tool that writes our synthetic videos.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import shutil
+import subprocess
+from collections.abc import Iterator
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+
+from .errors import VideoError
+from .types import VideoInfo
+
+
+def require_ffmpeg() -> tuple[str, str]:
+    """Paths of ffmpeg and ffprobe, or a VideoError that says how to install them."""
+    ffmpeg, ffprobe = shutil.which("ffmpeg"), shutil.which("ffprobe")
+    if not ffmpeg or not ffprobe:
+        raise VideoError(
+            "ffmpeg/ffprobe not found on PATH; install them (Debian/Ubuntu: "
+            "'sudo apt-get install -y ffmpeg', macOS: 'brew install ffmpeg')"
+        )
+    return ffmpeg, ffprobe
+
+
+@functools.lru_cache(maxsize=1)
+def _passthrough_flags() -> tuple[str, ...]:
+    # ffmpeg >= 5.1 spells "never drop or duplicate frames" as -fps_mode; older ones as -vsync.
+    ffmpeg, _ = require_ffmpeg()
+    out = subprocess.run([ffmpeg, "-hide_banner", "-h", "long"], capture_output=True, text=True).stdout
+    return ("-fps_mode", "passthrough") if "-fps_mode" in out else ("-vsync", "0")
+
+
+def _rate(text: str | None) -> float:
+    try:
+        value = Fraction(text or "0")
+    except (ValueError, ZeroDivisionError):
+        return 0.0
+    return float(value)
+
+
+def probe(path: str | os.PathLike[str]) -> VideoInfo:
+    """Size, exact frame count (packets counted by demuxing, no decode) and frame rate."""
+    path = Path(path)
+    if not path.is_file():
+        raise VideoError(f"video not found: {path}")
+    _, ffprobe = require_ffmpeg()
+    cmd = [
+        ffprobe, "-v", "error", "-select_streams", "v:0", "-count_packets",
+        "-show_entries",
+        "stream=width,height,codec_name,avg_frame_rate,r_frame_rate,nb_read_packets,duration"
+        ":stream_side_data=rotation:format=duration,size",
+        "-of", "json", str(path),
+    ]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise VideoError(f"cannot read video {path}: {proc.stderr.strip() or 'ffprobe failed'}")
+    data = json.loads(proc.stdout or "{}")
+    streams = data.get("streams") or []
+    if not streams:
+        raise VideoError(f"no video stream in {path}")
+    s, fmt = streams[0], data.get("format", {})
+    width, height = int(s.get("width") or 0), int(s.get("height") or 0)
+    if width <= 0 or height <= 0:
+        raise VideoError(f"video stream of {path} has no frame size")
+    rotation = 0
+    for side in s.get("side_data_list") or []:
+        rotation = int(side.get("rotation", 0) or 0)
+    if abs(rotation) % 180 == 90:  # ffmpeg auto-rotates decoded frames, so report what it yields
+        width, height = height, width
+    avg, nominal = _rate(s.get("avg_frame_rate")), _rate(s.get("r_frame_rate"))
+    duration = float(s.get("duration") or fmt.get("duration") or 0.0)
+    return VideoInfo(
+        width=width,
+        height=height,
+        frame_count=int(s.get("nb_read_packets") or 0),
+        fps=avg or nominal,
+        duration=duration,
+        codec=s.get("codec_name", ""),
+        # ffprobe's own hint: the nominal rate differs from the average one.
+        variable_frame_rate=bool(avg and nominal and abs(avg - nominal) > 1e-3 * nominal),
+        size_bytes=int(fmt.get("size") or path.stat().st_size),
+    )
+
+
+def iter_frames(path: str | os.PathLike[str], info: VideoInfo | None = None, *, gray: bool = False) -> Iterator[np.ndarray]:
+    """Every decoded frame in order, as uint8 (H, W, 3) RGB (or (H, W) luma with ``gray``).
+
+    Frame i of this iterator is fal's ``frame_index`` i and FiftyOne's frame number i + 1.
+    """
+    info = info or probe(path)
+    ffmpeg, _ = require_ffmpeg()
+    channels = 1 if gray else 3
+    cmd = [
+        ffmpeg, "-v", "error", "-nostdin", "-i", str(path), "-map", "0:v:0",
+        *_passthrough_flags(), "-f", "rawvideo", "-pix_fmt", "gray" if gray else "rgb24", "-",
+    ]
+    frame_bytes = info.width * info.height * channels
+    shape = (info.height, info.width) if gray else (info.height, info.width, 3)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout is not None
+    try:
+        while True:
+            buf = proc.stdout.read(frame_bytes)
+            if not buf:
+                break
+            if len(buf) != frame_bytes:
+                raise VideoError(f"truncated frame while decoding {path}")
+            yield np.frombuffer(buf, np.uint8).reshape(shape)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.stdout.close()
+        stderr = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
+        if proc.stderr:
+            proc.stderr.close()
+        rc = proc.wait()
+    if rc != 0:
+        raise VideoError(f"ffmpeg failed decoding {path}: {stderr.strip()}")
+
+
+def encode_rgb_frames(frames: Iterator[np.ndarray], path: str | os.PathLike[str], *, width: int, height: int, fps: float | str, crf: int = 4) -> None:
+    """Encode RGB frames as H.264 yuv420p MP4 (plays in browsers, so in the FiftyOne App).
+
+    crf 4 is near-lossless yet keeps the High profile browsers decode (true lossless, crf 0,
+    needs High 4:4:4, which they do not); measured on the synthetic scenes, decoded luma
+    still classifies to the exact rendered masks (IoU 1.0, box error 0 px).
+    """
+    ffmpeg, _ = require_ffmpeg()
+    cmd = [
+        ffmpeg, "-v", "error", "-y", "-f", "rawvideo", "-pix_fmt", "rgb24",
+        "-s", f"{width}x{height}", "-r", str(fps), "-i", "-",
+        "-c:v", "libx264", "-preset", "veryfast", "-crf", str(crf), "-pix_fmt", "yuv420p",
+        "-movflags", "+faststart", str(path),
+    ]
+    proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdin is not None
+    try:
+        for frame in frames:
+            proc.stdin.write(np.ascontiguousarray(frame, dtype=np.uint8).tobytes())
+    finally:
+        proc.stdin.close()
+        stderr = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
+        rc = proc.wait()
+    if rc != 0:
+        raise VideoError(f"ffmpeg failed writing {path}: {stderr.strip()}")
