@@ -1,0 +1,362 @@
+"""fal's queue protocol over httpx: submit, status, result, cancel.
+
+Retry rules (pure functions below, unit-tested without a network):
+- status, result, cancel and uploads are idempotent: retried with jittered exponential
+  backoff on transport errors and on 408/409/429/5xx, honouring ``Retry-After``.
+- submit costs money: it is resent only when the failure proves fal did not accept it
+  (the connection was never made, 429, or a proxy 5xx without an ``x-fal-request-id``).
+  Any other failure raises :class:`SubmitUncertain`, so nothing is billed twice.
+- the key is attached only to fal's queue and REST hosts, never to CDN or video URLs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import email.utils
+import random
+import time
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+
+from ...errors import (
+    AuthError,
+    BackendUnavailable,
+    InvalidRequest,
+    QuotaError,
+    RemoteFailure,
+    ResultExpired,
+    UnexpectedResponse,
+)
+from .config import FalConfig
+
+RETRYABLE_STATUS = frozenset({408, 409, 429, 500, 502, 503, 504})
+
+
+class EndpointNotFound(InvalidRequest):
+    """fal has no app with this id (404 on submit)."""
+
+    def __init__(self, endpoint: str):
+        self.endpoint = endpoint
+        super().__init__(f"fal has no endpoint '{endpoint}' (404 on submit); check the endpoint id")
+
+
+class SubmitUncertain(BackendUnavailable):
+    """A submit failed in a way that does not prove fal rejected it: it may be running and
+    billed. It is not resent; the caller should look for it before submitting again."""
+
+
+# --------------------------------------------------------------------------- status types
+
+
+@dataclasses.dataclass(frozen=True)
+class RequestHandle:
+    """Everything needed to follow one submitted request, from any process."""
+
+    endpoint: str
+    request_id: str
+    status_url: str
+    response_url: str
+    cancel_url: str
+
+    @classmethod
+    def from_request_id(cls, queue_url: str, endpoint: str, request_id: str) -> RequestHandle:
+        """Rebuild the URLs fal returns on submit (owner/app; any sub-path is dropped)."""
+        owner_app = "/".join(endpoint.split("/")[:2])
+        base = f"{queue_url.rstrip('/')}/{owner_app}/requests/{request_id}"
+        return cls(endpoint, request_id, f"{base}/status", base, f"{base}/cancel")
+
+
+@dataclasses.dataclass(frozen=True)
+class Queued:
+    position: int
+
+
+@dataclasses.dataclass(frozen=True)
+class InProgress:
+    logs: tuple[str, ...] = ()
+
+
+@dataclasses.dataclass(frozen=True)
+class Completed:
+    logs: tuple[str, ...] = ()
+    inference_time_s: float | None = None
+    error: str | None = None
+    error_type: str | None = None
+
+
+Status = Queued | InProgress | Completed
+
+
+def parse_status(body: Any) -> Status:
+    """The one place status bodies are read; anything unknown raises."""
+    if not isinstance(body, dict) or "status" not in body:
+        raise UnexpectedResponse(f"fal status body has no 'status': {str(body)[:200]}")
+    logs = tuple(str(line.get("message", "")) for line in (body.get("logs") or []) if isinstance(line, dict))
+    match body["status"]:
+        case "IN_QUEUE":
+            return Queued(int(body.get("queue_position") or 0))
+        case "IN_PROGRESS":
+            return InProgress(logs)
+        case "COMPLETED":
+            metrics = body.get("metrics") or {}
+            return Completed(logs, metrics.get("inference_time"), body.get("error"), body.get("error_type"))
+    raise UnexpectedResponse(f"unknown fal status {body['status']!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class FalResult:
+    payload: dict[str, Any]
+    request_id: str
+    billable_units: float | None
+
+
+# --------------------------------------------------------------------------- retry rules
+
+
+def retry_after_seconds(value: str | None, *, now: float | None = None) -> float | None:
+    """Parse a Retry-After header (seconds or HTTP date)."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value).timestamp()
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when - (time.time() if now is None else now))
+
+
+def backoff_delay(attempt: int, *, retry_after: float | None, cap_s: float, rng: random.Random) -> float:
+    """Full-jitter exponential backoff from 0.25 s, never less than Retry-After, at most cap."""
+    if retry_after is not None:
+        return min(max(retry_after, 0.0), max(cap_s, retry_after))
+    return rng.uniform(0.5, 1.0) * min(cap_s, 0.25 * 2**attempt)
+
+
+def submit_was_rejected(status_code: int | None, headers: httpx.Headers | None, exc: Exception | None) -> bool:
+    """True only when a failed submit provably did not create a request at fal."""
+    if exc is not None:
+        # No TCP connection (or TLS handshake) -> nothing reached fal.
+        return isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout))
+    if status_code == 429:
+        return True
+    if status_code in (502, 503, 504):
+        # The proxy answered; a request that reached fal's app carries x-fal-request-id.
+        return headers is None or "x-fal-request-id" not in headers
+    return False
+
+
+# --------------------------------------------------------------------------- client
+
+
+class FalClient:
+    """One httpx client for everything fal: queue calls, storage, downloads."""
+
+    def __init__(
+        self,
+        config: FalConfig,
+        *,
+        transport: httpx.BaseTransport | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.config = config
+        self._sleep = sleep
+        self._rng = rng or random.Random()
+        timeout = httpx.Timeout(config.read_timeout_s, connect=config.connect_timeout_s)
+        self._http = httpx.Client(timeout=timeout, transport=transport, follow_redirects=True)
+        self._auth_hosts = {urlsplit(config.queue_url).netloc, urlsplit(config.rest_url).netloc}
+        self.stats = {"submit": 0, "status": 0, "result": 0, "cancel": 0, "retries": 0}
+
+    # -- plumbing
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> FalClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _headers(self, url: str, extra: dict[str, str] | None) -> dict[str, str]:
+        headers = dict(extra or {})
+        if "Authorization" not in headers and urlsplit(url).netloc in self._auth_hosts:
+            headers["Authorization"] = f"Key {self.config.key.get_secret_value()}"
+        return headers
+
+    def send(self, method: str, url: str, *, idempotent: bool = True, headers: dict[str, str] | None = None,
+             timeout: float | None = None, **kwargs: Any) -> httpx.Response:
+        """Send with retries for idempotent calls; return the final response (any status)."""
+        attempt = 0
+        while True:
+            try:
+                response = self._http.request(
+                    method, url, headers=self._headers(url, headers),
+                    timeout=timeout if timeout is not None else httpx.USE_CLIENT_DEFAULT, **kwargs,
+                )
+            except httpx.TransportError as exc:
+                if not idempotent or attempt >= self.config.max_retries:
+                    raise BackendUnavailable(f"cannot reach {_host(url)}: {type(exc).__name__}: {exc}") from exc
+                self._pause(attempt, None)
+                attempt += 1
+                continue
+            if idempotent and response.status_code in RETRYABLE_STATUS and attempt < self.config.max_retries:
+                self._pause(attempt, retry_after_seconds(response.headers.get("retry-after")))
+                attempt += 1
+                continue
+            return response
+
+    def _pause(self, attempt: int, retry_after: float | None) -> None:
+        self.stats["retries"] += 1
+        self._sleep(backoff_delay(attempt, retry_after=retry_after, cap_s=self.config.retry_cap_s, rng=self._rng))
+
+    # -- queue verbs
+
+    def submit(self, endpoint: str, payload: dict[str, Any], *, webhook_url: str | None = None) -> RequestHandle:
+        """Submit once. Resent only when fal provably did not take it (see module doc)."""
+        url = f"{self.config.queue_url.rstrip('/')}/{endpoint}"
+        params = {"fal_webhook": webhook_url} if webhook_url else None
+        attempt = 0
+        while True:
+            self.stats["submit"] += 1
+            exc: Exception | None = None
+            response = None
+            try:
+                response = self._http.request("POST", url, json=payload, params=params, headers=self._headers(url, None))
+            except httpx.TransportError as e:
+                exc = e
+            if response is not None and response.status_code == 200:
+                return self._handle_from_submit(endpoint, response)
+            status = response.status_code if response is not None else None
+            if submit_was_rejected(status, response.headers if response is not None else None, exc):
+                if attempt < self.config.max_retries:
+                    self._pause(attempt, retry_after_seconds(response.headers.get("retry-after")) if response is not None else None)
+                    attempt += 1
+                    continue
+                raise BackendUnavailable(
+                    f"fal did not accept the submit to {endpoint} after {attempt + 1} tries "
+                    f"({status or type(exc).__name__}); nothing was billed"
+                ) from exc
+            if response is None:
+                raise SubmitUncertain(
+                    f"submit to {endpoint} failed after the connection was made ({type(exc).__name__}); "
+                    "fal may have accepted it, so it was not resent"
+                ) from exc
+            if status == 404:
+                raise EndpointNotFound(endpoint)
+            if 400 <= status < 500 and status not in (408, 409):  # a refusal: nothing was queued
+                self.raise_for_response(response, what=f"submit to {endpoint}")
+            raise SubmitUncertain(
+                f"submit to {endpoint} answered {status} ({_detail(response)}); fal may have accepted it, "
+                "so it was not resent"
+            )
+
+    def _handle_from_submit(self, endpoint: str, response: httpx.Response) -> RequestHandle:
+        body = _json(response, "submit")
+        try:
+            return RequestHandle(endpoint, body["request_id"], body["status_url"], body["response_url"], body["cancel_url"])
+        except KeyError as exc:
+            raise UnexpectedResponse(f"fal submit answer lacks {exc}: {str(body)[:200]}") from None
+
+    def status(self, handle: RequestHandle, *, logs: bool = True) -> Status:
+        self.stats["status"] += 1
+        response = self.send("GET", handle.status_url, params={"logs": "true" if logs else "false"})
+        if response.status_code not in (200, 202):
+            self.raise_for_response(response, what="status", request_id=handle.request_id)
+        return parse_status(_json(response, "status"))
+
+    def result(self, handle: RequestHandle) -> FalResult:
+        self.stats["result"] += 1
+        response = self.send("GET", handle.response_url)
+        if response.status_code in (404, 410):
+            raise ResultExpired(
+                "fal no longer has this result (results of 10 KB or more are kept about 6 minutes)",
+                request_id=handle.request_id,
+            )
+        if response.status_code != 200:
+            self.raise_for_response(response, what="result", request_id=handle.request_id)
+        units = response.headers.get("x-fal-billable-units")
+        return FalResult(_json(response, "result"), handle.request_id, float(units) if units else None)
+
+    def cancel(self, handle: RequestHandle) -> bool:
+        """Ask fal to stop; True if it will, False if the request had already completed."""
+        self.stats["cancel"] += 1
+        response = self.send("PUT", handle.cancel_url)
+        if response.status_code == 202:
+            return True
+        if response.status_code == 400:
+            return False
+        self.raise_for_response(response, what="cancel", request_id=handle.request_id)
+        return False
+
+    def download(self, url: str) -> bytes:
+        response = self.send("GET", url, timeout=self.config.upload_timeout_s)
+        if response.status_code != 200:
+            self.raise_for_response(response, what=f"download of {url}")
+        return response.content
+
+    # -- errors
+
+    @staticmethod
+    def raise_for_response(response: httpx.Response, *, what: str, request_id: str | None = None) -> None:
+        code = response.status_code
+        detail = _detail(response)
+        if code == 401:
+            raise AuthError(f"fal refused the key for {what} (401): check FAL_KEY ({detail})")
+        if code == 403:
+            raise QuotaError(f"fal refused {what} (403): the account is locked or out of balance ({detail})")
+        if code == 422:
+            raise InvalidRequest(_validation_lines(response) or [f"{what}: {detail}"])
+        if code in RETRYABLE_STATUS:
+            raise BackendUnavailable(f"fal kept failing {what} ({code}: {detail})")
+        if request_id is not None:
+            raise RemoteFailure(f"fal failed {what} ({code}: {detail})", request_id=request_id)
+        raise UnexpectedResponse(f"fal answered {code} to {what}: {detail}")
+
+
+def _host(url: str) -> str:
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}"
+
+
+def _json(response: httpx.Response, what: str) -> Any:
+    try:
+        return response.json()
+    except ValueError:
+        raise UnexpectedResponse(f"fal {what} answer is not JSON: {response.text[:200]!r}") from None
+
+
+def _detail(response: httpx.Response) -> str:
+    try:
+        body = response.json()
+    except ValueError:
+        return response.text[:300]
+    if isinstance(body, dict) and "detail" in body:
+        return str(body["detail"])[:300]
+    return str(body)[:300]
+
+
+def _validation_lines(response: httpx.Response) -> list[str]:
+    """fal 422 bodies: {"detail": [{"loc": [...], "msg": ..., "type": ...}]} -> 'a.b[0]: msg'."""
+    try:
+        detail = response.json().get("detail")
+    except (ValueError, AttributeError):
+        return []
+    if not isinstance(detail, list):
+        return [str(detail)] if detail else []
+    lines = []
+    for item in detail:
+        if not isinstance(item, dict):
+            continue
+        loc = ""
+        for part in [p for p in item.get("loc", []) if p != "body"]:
+            loc += f"[{part}]" if isinstance(part, int) else (f".{part}" if loc else str(part))
+        lines.append(f"{loc or 'request'}: {item.get('msg', '')} (fal)")
+    return lines

@@ -1,0 +1,207 @@
+"""The fal queue client on httpx.MockTransport: retry rules, submit never resent blindly,
+errors mapped to typed exceptions, the key only sent to fal's own hosts."""
+
+from __future__ import annotations
+
+import random
+
+import httpx
+import pytest
+
+from sam_backend.backends.fal.client import (
+    Completed,
+    EndpointNotFound,
+    FalClient,
+    InProgress,
+    Queued,
+    RequestHandle,
+    SubmitUncertain,
+    backoff_delay,
+    parse_status,
+    retry_after_seconds,
+    submit_was_rejected,
+)
+from sam_backend.backends.fal.config import FalConfig
+from sam_backend.errors import (
+    AuthError,
+    BackendUnavailable,
+    InvalidRequest,
+    QuotaError,
+    ResultExpired,
+    UnexpectedResponse,
+)
+
+KEY = "kid:ksecret"
+CONFIG = FalConfig(key=KEY, queue_url="https://queue.test", rest_url="https://rest.test", cdn_url="https://cdn.test")
+SUBMIT_OK = {
+    "request_id": "r1",
+    "status": "IN_QUEUE",
+    "queue_position": 0,
+    "status_url": "https://queue.test/fal-ai/sam-3-1/requests/r1/status",
+    "response_url": "https://queue.test/fal-ai/sam-3-1/requests/r1",
+    "cancel_url": "https://queue.test/fal-ai/sam-3-1/requests/r1/cancel",
+}
+
+
+def make_client(handler) -> tuple[FalClient, list[float]]:
+    sleeps: list[float] = []
+    client = FalClient(CONFIG, transport=httpx.MockTransport(handler), sleep=sleeps.append, rng=random.Random(0))
+    return client, sleeps
+
+
+def test_config_reads_key_and_hides_it() -> None:
+    cfg = FalConfig.from_env({"FAL_KEY_ID": "a", "FAL_KEY_SECRET": "b"})
+    assert cfg.key.get_secret_value() == "a:b"
+    assert "a:b" not in repr(cfg) and "a:b" not in str(cfg.model_dump())
+    with pytest.raises(AuthError, match="FAL_KEY is not set"):
+        FalConfig.from_env({})
+
+
+def test_parse_status_types() -> None:
+    assert parse_status({"status": "IN_QUEUE", "queue_position": 3}) == Queued(3)
+    assert parse_status({"status": "IN_PROGRESS", "logs": [{"message": "frame 1"}]}) == InProgress(("frame 1",))
+    assert parse_status({"status": "IN_PROGRESS", "logs": None}) == InProgress(())
+    done = parse_status({"status": "COMPLETED", "logs": None, "metrics": {"inference_time": 1.5}})
+    assert done == Completed((), 1.5, None, None)
+    assert parse_status({"status": "COMPLETED", "error": "boom", "error_type": "X"}).error == "boom"
+    with pytest.raises(UnexpectedResponse, match="unknown fal status 'WEIRD'"):
+        parse_status({"status": "WEIRD"})
+    with pytest.raises(UnexpectedResponse):
+        parse_status(["nope"])
+
+
+def test_retry_rules_are_pure() -> None:
+    rng = random.Random(1)
+    assert retry_after_seconds("3") == 3.0
+    assert retry_after_seconds("Wed, 21 Oct 2015 07:28:00 GMT", now=1445412470.0) == pytest.approx(10.0)
+    assert retry_after_seconds("soon") is None
+    delays = [backoff_delay(a, retry_after=None, cap_s=10, rng=rng) for a in range(8)]
+    assert all(0 < d <= 10 for d in delays) and delays[5] > delays[0]
+    assert backoff_delay(0, retry_after=4.0, cap_s=2, rng=rng) == 4.0  # Retry-After wins over the cap
+    assert submit_was_rejected(None, None, httpx.ConnectError("refused"))
+    assert not submit_was_rejected(None, None, httpx.ReadTimeout("slow"))
+    assert submit_was_rejected(429, httpx.Headers(), None)
+    assert submit_was_rejected(503, httpx.Headers(), None)
+    assert not submit_was_rejected(503, httpx.Headers({"x-fal-request-id": "r"}), None)
+    assert not submit_was_rejected(500, httpx.Headers(), None)
+
+
+def test_submit_and_key_only_on_fal_hosts() -> None:
+    seen: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        if request.url.host == "queue.test" and request.method == "POST":
+            return httpx.Response(200, json=SUBMIT_OK)
+        return httpx.Response(200, content=b"video bytes")
+
+    client, _ = make_client(handler)
+    handle = client.submit("fal-ai/sam-3-1/video-rle", {"video_url": "u"})
+    assert handle == RequestHandle("fal-ai/sam-3-1/video-rle", "r1", SUBMIT_OK["status_url"], SUBMIT_OK["response_url"], SUBMIT_OK["cancel_url"])
+    assert seen[0].url == "https://queue.test/fal-ai/sam-3-1/video-rle"
+    assert seen[0].headers["authorization"] == f"Key {KEY}"
+    assert client.download("https://cdn.test/files/x.mp4") == b"video bytes"
+    assert "authorization" not in seen[1].headers
+
+
+def test_handle_rebuilt_from_request_id_matches_fal_urls() -> None:
+    handle = RequestHandle.from_request_id("https://queue.test", "fal-ai/sam-3-1/video-rle", "r1")
+    assert (handle.status_url, handle.response_url, handle.cancel_url) == (
+        SUBMIT_OK["status_url"], SUBMIT_OK["response_url"], SUBMIT_OK["cancel_url"])
+
+
+def test_submit_resent_only_when_fal_provably_did_not_take_it() -> None:
+    calls = {"n": 0}
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise httpx.ConnectError("refused")
+        if calls["n"] == 2:
+            return httpx.Response(429, headers={"retry-after": "2"}, json={"detail": "slow down"})
+        return httpx.Response(200, json=SUBMIT_OK)
+
+    client, sleeps = make_client(handler)
+    assert client.submit("fal-ai/sam-3-1/video-rle", {}).request_id == "r1"
+    assert calls["n"] == 3 and sleeps[1] == 2.0
+
+
+@pytest.mark.parametrize(
+    "failure",
+    [
+        lambda: (_ for _ in ()).throw(httpx.ReadTimeout("no answer")),
+        lambda: httpx.Response(500, json={"detail": "boom"}),
+        lambda: httpx.Response(504, headers={"x-fal-request-id": "r9"}, json={"detail": "gateway"}),
+    ],
+)
+def test_ambiguous_submit_failures_are_never_resent(failure) -> None:
+    calls = {"n": 0}
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        calls["n"] += 1
+        return failure()
+
+    client, _ = make_client(handler)
+    with pytest.raises(SubmitUncertain, match="not resent"):
+        client.submit("fal-ai/sam-3-1/video-rle", {})
+    assert calls["n"] == 1
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "error", "text"),
+    [
+        (401, {"detail": "bad key"}, AuthError, "check FAL_KEY"),
+        (403, {"detail": "locked"}, QuotaError, "locked or out of balance"),
+        (422, {"detail": [{"loc": ["body", "point_prompts", 0, "label"], "msg": "must be 0 or 1", "type": "x"}]},
+         InvalidRequest, "point_prompts[0].label: must be 0 or 1 (fal)"),
+        (404, {"detail": "Application not found"}, EndpointNotFound, "no endpoint 'fal-ai/sam-3-1/video-rle'"),
+    ],
+)
+def test_submit_errors_are_typed(status: int, body: dict, error: type, text: str) -> None:
+    client, _ = make_client(lambda r: httpx.Response(status, json=body))
+    with pytest.raises(error) as info:
+        client.submit("fal-ai/sam-3-1/video-rle", {})
+    assert text in str(info.value)
+    assert KEY not in str(info.value)
+
+
+def test_idempotent_calls_retry_then_succeed_and_map_expiry() -> None:
+    handle = RequestHandle.from_request_id("https://queue.test", "fal-ai/sam-3-1/video-rle", "r1")
+    answers = iter([
+        httpx.Response(503, json={"detail": "busy"}),
+        httpx.Response(429, headers={"retry-after": "1"}),
+        httpx.Response(202, json={"status": "IN_PROGRESS", "logs": None}),
+    ])
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/status"):
+            assert request.url.params["logs"] == "true"
+            return next(answers)
+        return httpx.Response(410, json={"detail": "gone"})
+
+    client, sleeps = make_client(handler)
+    assert client.status(handle) == InProgress(())
+    assert len(sleeps) == 2 and sleeps[1] == 1.0
+    with pytest.raises(ResultExpired) as info:
+        client.result(handle)
+    assert info.value.request_id == "r1"
+
+
+def test_unreachable_host_fails_fast_with_clear_message() -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        raise httpx.ConnectError("Name or service not known")
+
+    client, sleeps = make_client(handler)
+    handle = RequestHandle.from_request_id("https://queue.test", "a/b", "r1")
+    with pytest.raises(BackendUnavailable, match="cannot reach https://queue.test"):
+        client.status(handle)
+    assert len(sleeps) == CONFIG.max_retries
+    assert sum(sleeps) < 20  # fails within seconds, not minutes
+
+
+def test_cancel_answers() -> None:
+    handle = RequestHandle.from_request_id("https://queue.test", "a/b", "r1")
+    client, _ = make_client(lambda r: httpx.Response(202, json={"status": "CANCELLATION_REQUESTED"}))
+    assert client.cancel(handle) is True
+    client, _ = make_client(lambda r: httpx.Response(400, json={"status": "ALREADY_COMPLETED"}))
+    assert client.cancel(handle) is False
