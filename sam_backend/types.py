@@ -14,12 +14,19 @@ from __future__ import annotations
 
 import dataclasses
 import enum
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from .errors import InvalidRequest
+
+
+# Constrained scalars shared by the wire request and the options objects built on it.
+DetectionThreshold = Annotated[float, Field(ge=0.0, le=1.0)]
+MaxNumObjects = Annotated[int, Field(ge=1, le=128)]
+DEFAULT_DETECTION_THRESHOLD = 0.5
+DEFAULT_MAX_NUM_OBJECTS = 16
 
 
 class VideoOutputType(str, enum.Enum):
@@ -93,8 +100,8 @@ class SegmentRequest(_Wire):
     box_prompts: list[BoxPrompt] = Field(default_factory=list)
     apply_mask: bool = True
     video_output_type: VideoOutputType = VideoOutputType.X264_MP4
-    detection_threshold: float = Field(default=0.5, ge=0.0, le=1.0)
-    max_num_objects: int = Field(default=16, ge=1, le=128)
+    detection_threshold: DetectionThreshold = DEFAULT_DETECTION_THRESHOLD
+    max_num_objects: MaxNumObjects = DEFAULT_MAX_NUM_OBJECTS
 
     @classmethod
     def build(cls, **fields: Any) -> SegmentRequest:

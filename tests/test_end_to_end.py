@@ -1,0 +1,267 @@
+"""Video sample -> fal backend -> real HTTP emulator -> tracked frame Detections in real
+MongoDB, checked against the synthetic video's exact ground truth."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import fiftyone as fo
+import numpy as np
+import pytest
+
+from sam_backend import masks as mask_ops
+from sam_backend import synthetic
+from sam_backend.backends.base import CancelToken
+from sam_backend.backends.fal import FalBackend
+from sam_backend.coords import frame_index_from_number, pixel_box
+from sam_backend.emulator import EmulatorServer, FaultAction
+from sam_backend.errors import AuthError, Cancelled, InvalidRequest
+from sam_backend.fiftyone_io import SamVideoModel, segment_videos
+
+PROMPT = "red ball, blue box, green ball"
+
+
+def full_mask(det: fo.Detection, width: int, height: int) -> np.ndarray:
+    x0, y0, x1, y1 = pixel_box(det.bounding_box, width, height)
+    assert det.mask.shape == (y1 - y0, x1 - x0)
+    out = np.zeros((height, width), bool)
+    out[y0:y1, x0:x1] = det.mask
+    return out
+
+
+def assert_tracks_match(sample: fo.Sample, field: str, truth: synthetic.GroundTruth,
+                        labels: dict[str, str], ids: dict[str, int] | None = None) -> None:
+    """One track id per object over the whole video; on every frame where an object is
+    visible its mask IoU >= 0.98 and box within 1 px; nothing where it is absent."""
+    scene = truth.scene
+    width, height = scene.width, scene.height
+    assert sample.metadata.total_frame_count == scene.frame_count
+    assert sorted(sample.frames.keys()) == list(range(1, scene.frame_count + 1))
+    ids_by_name: dict[str, set[int]] = {name: set() for name in labels}
+    for number, frame in sample.frames.items():
+        index = frame_index_from_number(number)
+        dets = frame[field].detections
+        assert len({d.index for d in dets}) == len(dets), f"duplicate track on frame {number}"
+        for det in dets:
+            mask = full_mask(det, width, height)
+            matches = [n for n in labels if truth.mask(n, index) is not None and mask_ops.iou(mask, truth.mask(n, index)) >= 0.98]
+            assert len(matches) == 1, f"frame {number}: detection {det.index} {det.label!r} matches {matches}"
+            name = matches[0]
+            ids_by_name[name].add(det.index)
+            assert det.label == labels[name]
+            gt_box = mask_ops.tight_box(truth.mask(name, index))
+            assert max(abs(a - b) for a, b in zip(pixel_box(det.bounding_box, width, height), gt_box)) <= 1
+            assert 0.0 < det.confidence <= 1.0
+        for name in labels:
+            visible = truth.mask(name, index) is not None
+            found = [d for d in dets if d.label == labels[name]]
+            assert len(found) == (1 if visible else 0), f"frame {number}: {name} visible={visible}, found {len(found)}"
+    for name, seen in ids_by_name.items():
+        assert len(seen) == 1, f"{name} got track ids {seen}"
+        if ids is not None:
+            assert seen == {ids[name]}
+    assert len(set().union(*ids_by_name.values())) == len(labels)
+
+
+def best_frame(truth: synthetic.GroundTruth, name: str) -> int:
+    """The frame where the object shows most of itself (a good frame to prompt on)."""
+    return max(truth.frames_visible(name), key=lambda f: truth.mask(name, f).sum())
+
+
+def inner_point(mask: np.ndarray) -> tuple[int, int]:
+    ys, xs = np.nonzero(mask)
+    i = np.argsort(ys * mask.shape[1] + xs)[len(ys) // 2]
+    return int(xs[i]), int(ys[i])
+
+
+@pytest.fixture
+def scene_dataset(make_dataset, scene_video):
+    path, truth = scene_video
+    return make_dataset(path), truth
+
+
+def test_text_prompt_tracks_every_object(scene_dataset, fal_backend: FalBackend, emulator: EmulatorServer) -> None:
+    ds, truth = scene_dataset
+    before = emulator.stats
+    report = segment_videos(ds, prompt=PROMPT, label_field="sam", backend=fal_backend)
+    after = emulator.stats
+    assert report.failed == {} and report.done == [ds.first().id]
+    assert len(after.submits) - len(before.submits) == 1
+    assert after.uploads - before.uploads == 1
+    labels = {s.name: s.name for s in truth.scene.shapes}
+    assert_tracks_match(ds.first(), "sam", truth, labels)
+    assert report.tracks[ds.first().id] == 3 and report.frames == 96
+    assert report.estimated_usd == pytest.approx(0.06)  # 96 frames = 6 blocks of 16 at $0.01
+    assert report.billed_units == 96
+    info = ds.get_field("frames.sam").info["sam31_video"]
+    assert info["model"] == "sam3.1" and info["endpoint"] == "fal-ai/sam-3-1/video-rle"
+    assert info["request_ids"][ds.first().id] == report.records[ds.first().id].request_id
+
+
+def test_point_prompts_keep_the_given_object_ids(scene_dataset, fal_backend: FalBackend) -> None:
+    ds, truth = scene_dataset
+    ids = {"red ball": 5, "blue box": 7, "green ball": 9}
+    points = []
+    for name, object_id in ids.items():
+        f = best_frame(truth, name)
+        x, y = inner_point(truth.mask(name, f))
+        points.append({"x": x, "y": y, "label": 1, "object_id": object_id, "frame_index": f})
+    segment_videos(ds, point_prompts=points, label_field="clicked", backend=fal_backend)
+    assert_tracks_match(ds.first(), "clicked", truth, {n: f"object_{i}" for n, i in ids.items()}, ids)
+
+
+def test_box_prompts_track_the_boxed_objects(scene_dataset, fal_backend: FalBackend) -> None:
+    ds, truth = scene_dataset
+    ids = {"red ball": 11, "blue box": 12, "green ball": 13}
+    boxes = []
+    for name, object_id in ids.items():
+        f = best_frame(truth, name)
+        x0, y0, x1, y1 = mask_ops.tight_box(truth.mask(name, f))
+        boxes.append({"x_min": x0, "y_min": y0, "x_max": x1, "y_max": y1, "object_id": object_id, "frame_index": f})
+    segment_videos(ds, box_prompts=boxes, label_field="boxed", backend=fal_backend)
+    assert_tracks_match(ds.first(), "boxed", truth, {n: f"object_{i}" for n, i in ids.items()}, ids)
+
+
+BAD_INPUTS = [
+    ({"box_prompts": [{"x_min": 300, "y_min": 10, "x_max": 330, "y_max": 40}]}, "box_prompts[0]=(300,10)-(330,40) is outside the frame (320x240)"),
+    ({"point_prompts": [{"x": 10, "y": 10, "object_id": 1, "frame_index": 96}]}, "point_prompts[0].frame_index=96 is past the last frame (the video has 96 frames"),
+    ({"point_prompts": [{"x": 10, "y": 10, "label": 3}]}, "point_prompts[0].label: Input should be 0 or 1 (got 3)"),
+    ({}, "empty request"),
+    ({"prompt": "red ball", "detection_threshold": 2}, "detection_threshold: Input should be less than or equal to 1 (got 2)"),
+    ({"prompt": "red ball", "max_num_objects": 0}, "max_num_objects: Input should be greater than or equal to 1 (got 0)"),
+    ({"point_prompts": [{"x": 10, "y": 10, "object_id": 1}, {"x": 20, "y": 20, "label": 0, "object_id": 4}]}, "point_prompts[1].object_id=4 is unknown"),
+]
+
+
+@pytest.mark.parametrize(("fields", "message"), BAD_INPUTS)
+def test_bad_input_is_rejected_before_any_http_call(scene_dataset, fal_backend: FalBackend, emulator: EmulatorServer,
+                                                    fields: dict, message: str) -> None:
+    ds, _ = scene_dataset
+    calls = sum(emulator.stats.calls_by_route.values())
+    with pytest.raises(InvalidRequest) as info:
+        segment_videos(ds, label_field="sam", backend=fal_backend, **fields)
+    assert message in str(info.value)
+    assert sum(emulator.stats.calls_by_route.values()) == calls  # no upload, no submit, nothing
+    assert not ds.has_frame_field("sam")
+
+
+def test_missing_key_and_unreadable_video_fail_before_spending(make_dataset, scene_video, tmp_path: Path,
+                                                               emulator: EmulatorServer, fal_backend: FalBackend) -> None:
+    ds = make_dataset(scene_video[0])
+    with pytest.raises(AuthError, match="FAL_KEY is not set"):
+        segment_videos(ds, prompt=PROMPT, backend="fal")
+    junk = tmp_path / "broken.mp4"
+    junk.write_bytes(b"\x00not a video at all")
+    bad = make_dataset(junk)
+    calls = sum(emulator.stats.calls_by_route.values())
+    with pytest.raises(InvalidRequest, match=r"sample .*: cannot read video .*broken\.mp4"):
+        segment_videos(bad, prompt=PROMPT, backend=fal_backend)
+    assert sum(emulator.stats.calls_by_route.values()) == calls
+    assert not bad.has_frame_field("sam")
+
+
+def test_failed_sample_keeps_its_old_labels_and_other_fields_are_untouched(
+        make_dataset, small_video, fal_backend: FalBackend, emulator: EmulatorServer) -> None:
+    path, truth = small_video
+    ds = make_dataset(path, path)
+    first, second = ds.first(), ds.last()
+    first.frames[1]["notes"] = fo.Classification(label="keep me")
+    first.save()
+    segment_videos(ds, prompt="red ball", label_field="sam", backend=fal_backend)
+    old_first = [d.label for f in ds.first().frames.values() for d in f["sam"].detections]
+    assert set(old_first) == {"red ball"}
+
+    fired = []
+
+    def fail_first_result(call):  # the first sample's result answers 400: a remote failure
+        if call.route == "result" and not fired:
+            fired.append(call.request_id)
+            return FaultAction(status=400, body={"detail": "model crashed"})
+        return None
+
+    emulator.set_faults(fail_first_result)
+    try:
+        report = segment_videos(ds, prompt="blue box", label_field="sam", backend=fal_backend)
+    finally:
+        emulator.set_faults(None)
+    assert list(report.failed) == [first.id] and "model crashed" in report.failed[first.id]
+    assert fired and fired[0] in report.failed[first.id]
+    assert report.done == [second.id]
+    assert [d.label for f in ds.first().frames.values() for d in f["sam"].detections] == old_first
+    assert {d.label for f in ds.last().frames.values() for d in f["sam"].detections} == {"blue box"}
+    assert ds.first().frames[1]["notes"].label == "keep me"
+    assert fo.load_dataset(ds.name).get_frame_field_schema().keys() >= {"sam", "notes"}
+
+
+def test_cancel_mid_run_writes_nothing_and_cancels_at_fal(scene_dataset, fal_backend: FalBackend, emulator: EmulatorServer) -> None:
+    ds, _ = scene_dataset
+    cancel = CancelToken()
+    cancels = emulator.stats.cancel_calls
+
+    def on_progress(p):
+        if p.backend.stage in ("queued", "running"):
+            cancel.cancel()
+
+    with pytest.raises(Cancelled):
+        segment_videos(ds, prompt=PROMPT, label_field="sam", backend=fal_backend, progress=on_progress, cancel=cancel)
+    assert emulator.stats.cancel_calls == cancels + 1
+    assert not ds.has_frame_field("sam")
+    assert ds.count("frames") == 0
+
+
+def test_rerun_replaces_only_the_named_field(scene_dataset, fal_backend: FalBackend) -> None:
+    ds, truth = scene_dataset
+    segment_videos(ds, prompt=PROMPT, label_field="sam", backend=fal_backend)
+    segment_videos(ds, prompt="red ball", label_field="other", backend=fal_backend)
+    segment_videos(ds, prompt="green ball", label_field="sam", backend=fal_backend)
+    sample = ds.first()
+    assert {d.label for f in sample.frames.values() for d in f["sam"].detections} == {"green ball"}
+    assert {d.label for f in sample.frames.values() for d in f["other"].detections} == {"red ball"}
+    assert ds.count("frames") == truth.scene.frame_count
+
+
+def test_apply_model_gives_the_same_labels(scene_dataset, fal_backend: FalBackend) -> None:
+    ds, truth = scene_dataset
+    segment_videos(ds, prompt=PROMPT, label_field="sdk", backend=fal_backend)
+    with SamVideoModel(prompt=PROMPT, backend=fal_backend) as model:
+        ds.apply_model(model, label_field="model")
+    sample = ds.first()
+    assert_tracks_match(sample, "model", truth, {s.name: s.name for s in truth.scene.shapes})
+    for frame in sample.frames.values():
+        a = sorted((d.index, d.label, tuple(d.bounding_box), d.mask.tobytes()) for d in frame["sdk"].detections)
+        b = sorted((d.index, d.label, tuple(d.bounding_box), d.mask.tobytes()) for d in frame["model"].detections)
+        assert a == b
+
+
+def test_emulator_backend_by_name(make_dataset, small_video) -> None:
+    """backend="emulator" starts its own emulator and stops it when the run ends."""
+    path, truth = small_video
+    ds = make_dataset(path)
+    report = segment_videos(ds, prompt="red ball, green ball", label_field="sam", backend="emulator")
+    assert report.failed == {} and report.tracks[ds.first().id] == 2
+    shapes = [s for s in truth.scene.shapes if s.name in ("red ball", "green ball")]
+    assert_tracks_match(ds.first(), "sam", truth, {s.name: s.name for s in shapes})
+
+
+def test_variable_frame_rate_video_gets_labels_per_decoded_frame_and_a_warning(make_dataset, tmp_path: Path) -> None:
+    """A VFR webm: FiftyOne's metadata estimates the frame count from duration x rate
+    (wrong); labels still go to each decoded frame, and the run says so."""
+    import subprocess
+
+    from sam_backend import video
+
+    scene = synthetic.default_scene(frame_count=48, width=160, height=120)
+    cfr = tmp_path / "cfr.mp4"
+    synthetic.write_video(scene, cfr)
+    vfr = tmp_path / "vfr.webm"
+    subprocess.run(["ffmpeg", "-v", "error", "-y", "-i", str(cfr), "-vf", "setpts='if(lt(N,24),N/30,0.8+(N-24)/10)/TB'",
+                    "-fps_mode", "vfr", "-c:v", "libvpx-vp9", "-lossless", "1", str(vfr)], check=True)
+    info = video.probe(vfr)
+    assert info.frame_count == 48
+    ds = make_dataset(vfr)
+    report = segment_videos(ds, prompt="red ball", label_field="sam", backend="emulator")
+    assert report.failed == {}
+    sample = ds.first()
+    assert sample.metadata.total_frame_count != 48  # FiftyOne's estimate is off for VFR
+    assert sorted(sample.frames.keys()) == list(range(1, 49))
+    assert report.warnings and "decoded 48" in report.warnings[0] and "reencode_videos" in report.warnings[0]

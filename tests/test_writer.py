@@ -1,0 +1,137 @@
+"""The bulk writer stores exactly what FiftyOne's own path stores: same documents, same
+schema, same labels read back by the SDK and by the App server."""
+
+from __future__ import annotations
+
+import zlib
+
+import fiftyone as fo
+import fiftyone.core.odm as foo
+import fiftyone.core.utils as fou
+import httpx
+import numpy as np
+import pytest
+
+from sam_backend import masks as mask_ops
+from sam_backend import synthetic, video
+from sam_backend.fiftyone_io.labels import to_detections
+from sam_backend.fiftyone_io.writer import FrameLabelWriter, serialize_mask
+from sam_backend.types import FrameResult, TrackedObject
+
+
+def truth_frames(truth: synthetic.GroundTruth) -> list[FrameResult]:
+    frames = []
+    for index in range(truth.scene.frame_count):
+        objects = []
+        for track_id, shape in enumerate(truth.scene.shapes, start=1):
+            mask = truth.mask(shape.name, index)
+            if mask is not None:
+                objects.append(TrackedObject(track_id, shape.name, 0.5 + track_id / 10, mask, mask_ops.tight_box(mask)))
+        frames.append(FrameResult(index, objects))
+    return frames
+
+
+@pytest.fixture
+def two_ways(make_dataset, small_video):
+    """The same labels written by our writer (dataset 'fast') and FiftyOne's path ('naive')."""
+    path, truth = small_video
+    info = video.probe(path)
+    frames = truth_frames(truth)
+    fast = make_dataset(path, persistent=True)
+    naive = make_dataset(path, persistent=True)
+    FrameLabelWriter(fast, "sam").write_sample(fast.first().id, iter(frames), info)
+    sample = naive.first()
+    for f in frames:
+        sample.frames[f.frame_index + 1]["sam"] = to_detections(f, info.width, info.height)
+    sample.save()
+    return fast, naive
+
+
+def _strip(doc: dict) -> dict:
+    """A stored frame document with ids and timestamps replaced by their types, and mask
+    bytes decompressed (FiftyOne accepts any zlib level; the .npy stream must match)."""
+    out = {}
+    for key, value in doc.items():
+        if key in ("_id", "_sample_id", "_dataset_id", "created_at", "last_modified_at"):
+            out[key] = type(value).__name__
+        elif isinstance(value, dict):
+            out[key] = _strip(value)
+        elif isinstance(value, list):
+            out[key] = [_strip(v) if isinstance(v, dict) else v for v in value]
+        elif key == "mask":
+            out[key] = zlib.decompress(bytes(value))
+        else:
+            out[key] = value
+    return out
+
+
+def _stored(ds: fo.Dataset) -> list[dict]:
+    coll = foo.get_db_conn()[ds._frame_collection_name]
+    return [_strip(d) for d in coll.find({}, sort=[("frame_number", 1)])]
+
+
+def test_serialized_mask_reads_back_with_fiftyone() -> None:
+    mask = np.random.default_rng(0).random((37, 53)) > 0.5
+    ours = serialize_mask(mask)
+    assert np.array_equal(fou.deserialize_numpy_array(ours), mask)
+    assert zlib.decompress(ours) == zlib.decompress(fou.serialize_numpy_array(mask))
+    empty = np.zeros((0, 4), bool)
+    assert fou.deserialize_numpy_array(serialize_mask(empty)).shape == (0, 4)
+
+
+def test_stored_documents_and_schema_match_fiftyone(two_ways) -> None:
+    fast, naive = two_ways
+    a, b = _stored(fast), _stored(naive)
+    assert len(a) == len(b) == 48
+    assert a == b
+    db = foo.get_db_conn()
+
+    def schema(ds: fo.Dataset) -> list:
+        fields = db.datasets.find_one({"name": ds.name})["frame_fields"]
+        return [_strip(f) | {"created_at": None} for f in fields if f["name"] == "sam"]
+
+    assert schema(fast) == schema(naive)
+    assert fast.get_frame_field_schema(flat=True).keys() == naive.get_frame_field_schema(flat=True).keys()
+
+
+def test_sdk_reads_the_same_labels(two_ways) -> None:
+    fast, naive = two_ways
+    for (na, fa), (nb, fb) in zip(fast.first().frames.items(), naive.first().frames.items()):
+        assert na == nb
+        da, db_ = fa["sam"].detections, fb["sam"].detections
+        assert [d.to_dict() | {"_id": None, "mask": None} for d in da] == [d.to_dict() | {"_id": None, "mask": None} for d in db_]
+        assert all(np.array_equal(x.mask, y.mask) for x, y in zip(da, db_))
+    assert fast.count("frames.sam.detections") == naive.count("frames.sam.detections") > 0
+    assert fast.distinct("frames.sam.detections.index") == [1, 2, 3]
+    assert fast.bounds("frames.sam.detections.confidence") == naive.bounds("frames.sam.detections.confidence")
+
+
+def _app_frames(url: str, ds: fo.Dataset) -> list[dict]:
+    body = {"dataset": ds.name, "view": [], "sampleId": ds.first().id, "frameNumber": 1,
+            "frameCount": 48, "numFrames": 48}
+    response = httpx.post(f"{url}/frames", json=body, timeout=30)
+    assert response.status_code == 200, response.text
+    frames = response.json()["frames"]
+
+    def clean(value):
+        if isinstance(value, dict):
+            return {k: clean(v) for k, v in value.items() if k not in ("_id", "id", "_sample_id", "_dataset_id", "created_at", "last_modified_at")}
+        if isinstance(value, list):
+            return [clean(v) for v in value]
+        return value
+
+    return [clean(f) for f in frames]
+
+
+def test_app_server_reads_the_same_labels(two_ways, app_server: str) -> None:
+    fast, naive = two_ways
+    a, b = _app_frames(app_server, fast), _app_frames(app_server, naive)
+    assert len(a) == 48
+    assert sum(len(f["sam"]["detections"]) for f in a) > 0
+    # Masks travel as base64 strings of the stored zlib bytes; compare what they decode to.
+    for fa, fb in zip(a, b):
+        for da, db_ in zip(fa["sam"]["detections"], fb["sam"]["detections"]):
+            ma, mb = da.pop("mask"), db_.pop("mask")
+            assert isinstance(ma, str) and isinstance(mb, str)
+            assert np.array_equal(fou.deserialize_numpy_array(ma, ascii=True), fou.deserialize_numpy_array(mb, ascii=True))
+    assert a == b
