@@ -86,6 +86,37 @@ class VideoInfo(BaseModel):
     size_bytes: int = 0
 
 
+class FrameRange(BaseModel):
+    """Which frames of a video to process: 0-based indices ``start, start+step, ...`` below
+    ``stop`` (exclusive; None = to the end). Results keep the video's own frame indices."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    start: int = Field(default=0, ge=0)
+    stop: int | None = Field(default=None, ge=1)
+    step: int = Field(default=1, ge=1)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> FrameRange:
+        if self.stop is not None and self.stop <= self.start:
+            raise ValueError(f"frame range is empty: start={self.start}, stop={self.stop}")
+        return self
+
+    def indices(self, frame_count: int) -> range:
+        stop = frame_count if self.stop is None else min(self.stop, frame_count)
+        return range(self.start, stop, self.step)
+
+    def is_whole(self, frame_count: int) -> bool:
+        return self.indices(frame_count) == range(frame_count)
+
+    def problems(self, video: VideoInfo) -> list[str]:
+        if self.start >= video.frame_count:
+            return [f"frames.start={self.start} is past the last frame (the video has {video.frame_count} frames)"]
+        if self.stop is not None and self.stop > video.frame_count:
+            return [f"frames.stop={self.stop} is past the end (the video has {video.frame_count} frames)"]
+        return []
+
+
 class SegmentRequest(_Wire):
     """One video + prompts, as fal's ``fal-ai/sam-3-1/video`` takes it.
 
@@ -137,9 +168,11 @@ class SegmentRequest(_Wire):
         ids |= {p.object_id for p in self.point_prompts if p.label == 1 and p.object_id is not None}
         return sorted(ids)
 
-    def check_against(self, video: VideoInfo) -> None:
-        """Raise :class:`InvalidRequest` listing every prompt that cannot work on ``video``."""
-        problems: list[str] = []
+    def check_against(self, video: VideoInfo, frames: FrameRange | None = None) -> None:
+        """Raise :class:`InvalidRequest` listing every prompt that cannot work on ``video``
+        (or on the processed ``frames`` of it)."""
+        problems: list[str] = frames.problems(video) if frames is not None else []
+        processed = set(frames.indices(video.frame_count)) if frames is not None and not problems else None
         last = video.frame_count - 1
         if video.frame_count == 0:
             problems.append("video has no decodable frames")
@@ -151,6 +184,8 @@ class SegmentRequest(_Wire):
                 problems.append(f"{where}.y={p.y} is outside the frame (height {video.height}, y must be < {video.height})")
             if p.frame_index > last:
                 problems.append(_past_end(where, p.frame_index, video.frame_count))
+            elif processed is not None and p.frame_index not in processed:
+                problems.append(_not_processed(where, p.frame_index))
         for i, b in enumerate(self.box_prompts):
             where = f"box_prompts[{i}]"
             if b.x_max > video.width or b.y_max > video.height:
@@ -160,6 +195,8 @@ class SegmentRequest(_Wire):
                 )
             if b.frame_index > last:
                 problems.append(_past_end(where, b.frame_index, video.frame_count))
+            elif processed is not None and b.frame_index not in processed:
+                problems.append(_not_processed(where, b.frame_index))
         problems += self._object_id_problems()
         if problems:
             raise InvalidRequest(problems)
@@ -197,6 +234,10 @@ def _past_end(where: str, index: int, frame_count: int) -> str:
         f"{where}.frame_index={index} is past the last frame "
         f"(the video has {frame_count} frames, indices 0..{frame_count - 1})"
     )
+
+
+def _not_processed(where: str, index: int) -> str:
+    return f"{where}.frame_index={index} is not among the frames being processed (check the frame range and stride)"
 
 
 def describe_validation_error(exc: ValidationError) -> list[str]:

@@ -92,3 +92,17 @@ def test_valid_request_on_the_edges_passes() -> None:
     )
     req.check_against(VIDEO)
     assert req.visual_object_ids() == [3]
+
+
+def test_frame_ranges() -> None:
+    from sam_backend.types import FrameRange
+
+    assert list(FrameRange(start=2, stop=9, step=3).indices(90)) == [2, 5, 8]
+    assert FrameRange().is_whole(90) and not FrameRange(step=2).is_whole(90)
+    assert FrameRange(stop=200).problems(VIDEO) == ["frames.stop=200 is past the end (the video has 90 frames)"]
+    req = SegmentRequest.build(point_prompts=[{"x": 1, "y": 1, "frame_index": 3}])
+    req.check_against(VIDEO, FrameRange(start=3))
+    with pytest.raises(InvalidRequest, match=r"point_prompts\[0\].frame_index=3 is not among the frames being processed"):
+        req.check_against(VIDEO, FrameRange(start=0, step=2))
+    with pytest.raises(ValueError):
+        FrameRange(start=5, stop=5)

@@ -25,7 +25,7 @@ from typing import Any, Protocol, runtime_checkable
 from pydantic import BaseModel, ConfigDict, model_validator
 
 from ..errors import Cancelled
-from ..types import FrameResult, Progress, SegmentRequest, VideoInfo
+from ..types import FrameRange, FrameResult, Progress, SegmentRequest, VideoInfo
 
 ProgressCallback = Callable[[Progress], None]
 
@@ -124,14 +124,20 @@ class Backend(Protocol):
         video: VideoSource,
         request: SegmentRequest,
         *,
+        frames: FrameRange | None = None,
+        work_key: str | None = None,
         on_progress: ProgressCallback | None = None,
         cancel: CancelToken | None = None,
     ) -> SegmentRun:
-        """Stream one FrameResult per frame, frame_index 0..N-1 in order.
+        """Stream one FrameResult per processed frame, in order: frame_index 0..N-1, or the
+        indices of ``frames`` (the video's own 0-based indices, never renumbered).
 
-        Implementations validate ``request`` against ``video.info`` in this call, before
-        returning (so before anything is spent), do the work while the run is iterated,
-        and raise :class:`~sam_backend.errors.Cancelled` promptly once ``cancel`` is set.
+        ``work_key`` names this unit of work across runs and processes (e.g.
+        "dataset/sample_id/field"); a backend that bills per request uses it to pick up an
+        earlier submit instead of paying twice. Implementations validate ``request``
+        against ``video.info`` (and ``frames``) in this call, before returning, so before
+        anything is spent; do the work while the run is iterated; and raise
+        :class:`~sam_backend.errors.Cancelled` promptly once ``cancel`` is set.
         """
         ...
 

@@ -167,7 +167,8 @@ def segment_videos(
                     progress(SampleProgress(i, len(jobs), job.sample_id, p))
 
             try:
-                run = active.segment(VideoSource(info=job.info, path=job.path), request, on_progress=on_progress, cancel=cancel)
+                run = active.segment(VideoSource(info=job.info, path=job.path), request, on_progress=on_progress, cancel=cancel,
+                                     work_key=f"{dataset.name}/{job.sample_id}/{opts.label_field}")
                 stats = writer.write_sample(job.sample_id, run, job.info)
             except _FATAL:
                 raise

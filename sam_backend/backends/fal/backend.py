@@ -9,8 +9,8 @@ from typing import Any
 import httpx
 
 from ...cost import fal_cost_usd
-from ...errors import Cancelled, RemoteFailure
-from ...types import FrameResult, Progress, SegmentRequest, VideoInfo
+from ...errors import Cancelled, InvalidRequest, RemoteFailure
+from ...types import FrameRange, FrameResult, Progress, SegmentRequest, VideoInfo
 from ..base import CancelToken, CostEstimate, ProgressCallback, RunRecord, SegmentRun, VideoSource, report
 from .client import Completed, EndpointNotFound, FalClient, FalResult, InProgress, Queued, RequestHandle
 from .config import FalConfig
@@ -52,10 +52,14 @@ class FalBackend:
         video: VideoSource,
         request: SegmentRequest,
         *,
+        frames: FrameRange | None = None,
+        work_key: str | None = None,
         on_progress: ProgressCallback | None = None,
         cancel: CancelToken | None = None,
     ) -> SegmentRun:
-        request.check_against(video.info)  # before anything is uploaded or billed
+        request.check_against(video.info, frames)  # before anything is uploaded or billed
+        if frames is not None and not frames.is_whole(video.info.frame_count):
+            raise InvalidRequest("the fal backend does not trim videos to a frame range yet; segment the whole video")
         record = RunRecord(backend=self.name, endpoint=self.config.endpoint, model=self.config.model_for(self.config.endpoint))
         return SegmentRun(self._run(video, request, record, on_progress, cancel or CancelToken()), record)
 
