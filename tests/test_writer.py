@@ -15,7 +15,7 @@ import pytest
 from sam_backend import masks as mask_ops
 from sam_backend import synthetic, video
 from sam_backend.fiftyone_io.labels import to_detections
-from sam_backend.fiftyone_io.writer import FrameLabelWriter, serialize_mask
+from sam_backend.fiftyone_io.writer import FrameLabelWriter, WritePolicy, serialize_mask
 from sam_backend.types import FrameResult, TrackedObject
 
 
@@ -135,3 +135,72 @@ def test_app_server_reads_the_same_labels(two_ways, app_server: str) -> None:
             assert isinstance(ma, str) and isinstance(mb, str)
             assert np.array_equal(fou.deserialize_numpy_array(ma, ascii=True), fou.deserialize_numpy_array(mb, ascii=True))
     assert a == b
+
+
+def _flicker(frames: list[FrameResult]) -> list[FrameResult]:
+    """Add a one-frame track 99 (a speck the tracker saw once) on frame 5."""
+    out = list(frames)
+    speck = np.zeros_like(frames[0].objects[0].mask)
+    speck[2:4, 2:4] = True
+    out[5] = FrameResult(5, [*frames[5].objects, TrackedObject(99, "speck", 0.3, speck, (2, 2, 4, 4))])
+    return out
+
+
+def test_short_tracks_are_dropped(make_dataset, small_video) -> None:
+    path, truth = small_video
+    ds = make_dataset(path)
+    stats = FrameLabelWriter(ds, "sam").write_sample(ds.first().id, _flicker(truth_frames(truth)), video.probe(path),
+                                                     WritePolicy(min_track_frames=3))
+    assert stats.dropped_tracks == {99} and stats.tracks == {1, 2, 3}
+    assert ds.distinct("frames.sam.detections.index") == [1, 2, 3]
+    assert ds.count("frames.sam.detections") == stats.detections
+
+
+def test_refine_replaces_one_track_and_keeps_the_others(make_dataset, small_video) -> None:
+    path, truth = small_video
+    info = video.probe(path)
+    ds = make_dataset(path)
+    writer = FrameLabelWriter(ds, "sam")
+    writer.write_sample(ds.first().id, truth_frames(truth), info)
+    before = {n: {d.index: d for d in f["sam"].detections} for n, f in ds.first().frames.items()}
+    # re-run track 2 only, from frame index 20 on, with a shifted mask and another score
+    fixed = []
+    for f in truth_frames(truth)[20:]:
+        objs = [TrackedObject(o.track_id, o.label, 0.99, np.roll(o.mask, 1, axis=1), mask_ops.tight_box(np.roll(o.mask, 1, axis=1)))
+                for o in f.objects if o.track_id == 2]
+        fixed.append(FrameResult(f.frame_index, objs))
+    writer.write_sample(ds.first().id, fixed, info, WritePolicy(replace_tracks=frozenset({2})))
+    for number, frame in ds.first().frames.items():
+        now = {d.index: d for d in frame["sam"].detections}
+        for track, det in before[number].items():
+            if track != 2 or number <= 20:
+                assert now[track].id == det.id and now[track].confidence == det.confidence
+        if number > 20 and 2 in before[number]:
+            assert now[2].confidence == 0.99 and now[2].id != before[number][2].id
+        assert set(now) == set(before[number])
+
+
+def test_masks_on_disk_read_back_and_failed_runs_leave_no_files(make_dataset, small_video, tmp_path) -> None:
+    path, truth = small_video
+    info = video.probe(path)
+    ds = make_dataset(path)
+    frames = truth_frames(truth)
+    writer = FrameLabelWriter(ds, "sam")
+    writer.write_sample(ds.first().id, frames, info, WritePolicy(mask_dir=tmp_path))
+    dets = [d for f in ds.first().frames.values() for d in f["sam"].detections]
+    assert dets and all(d.mask is None and d.mask_path for d in dets)
+    first = next(f for f in frames if f.objects)
+    stored = ds.first().frames[first.frame_index + 1]["sam"].detections[0]
+    assert np.array_equal(stored.get_mask().astype(bool), mask_ops.crop(first.objects[0].mask, first.objects[0].box))
+    files = set(tmp_path.rglob("*.png"))
+    assert len(files) == len(dets)
+
+    def failing():
+        yield from frames[:10]
+        raise RuntimeError("backend died")
+
+    with pytest.raises(RuntimeError):
+        writer.write_sample(ds.first().id, failing(), info, WritePolicy(mask_dir=tmp_path))
+    assert set(tmp_path.rglob("*.png")) == files  # nothing new left behind, old files kept
+    writer.write_sample(ds.first().id, frames, info, WritePolicy(mask_dir=tmp_path))
+    assert len(set(tmp_path.rglob("*.png"))) == len(dets) and not files & set(tmp_path.rglob("*.png"))

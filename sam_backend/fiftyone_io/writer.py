@@ -16,11 +16,15 @@ in frame documents break FiftyOne's loader, which is why staging is not done in 
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import datetime as dt
+import shutil
+import threading
 import uuid
 import zlib
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -30,12 +34,14 @@ import fiftyone as fo
 import fiftyone.core.frame as fofr
 import fiftyone.core.odm as foo
 import fiftyone.core.sample as fos
+import fiftyone.utils.image as foui
 
 from .. import masks as mask_ops
 from ..coords import frame_number_from_index, relative_box
 from ..types import FrameResult, TrackedObject, VideoInfo
 
 STAGING_COLLECTION = "sam31_staging"
+_SCHEMA_LOCK = threading.Lock()
 # Frames per insert into the staging collection: big enough to amortise round trips,
 # small enough that a batch of 1080p masks stays in the tens of MB.
 BATCH_FRAMES = 128
@@ -67,31 +73,55 @@ def _npy_header(shape: tuple[int, ...]) -> bytes:
     return header
 
 
-def detection_doc(obj: TrackedObject, width: int, height: int) -> dict[str, Any]:
+def detection_doc(obj: TrackedObject, width: int, height: int, *, mask_path: Path | None = None) -> dict[str, Any]:
     """The document FiftyOne stores for ``fo.Detection(label, bounding_box, mask,
-    confidence, index)``, key for key."""
-    return {
+    confidence, index)`` (or with ``mask_path`` instead of ``mask``), key for key."""
+    crop = mask_ops.crop(obj.mask, obj.box)
+    doc: dict[str, Any] = {
         "_id": ObjectId(),
         "_cls": "Detection",
         "attributes": {},
         "tags": [],
         "label": obj.label,
         "bounding_box": relative_box(obj.box, width, height),
-        "mask": Binary(serialize_mask(mask_ops.crop(obj.mask, obj.box))),
-        "confidence": float(obj.score),
-        "index": int(obj.track_id),
     }
+    if mask_path is None:
+        doc["mask"] = Binary(serialize_mask(crop))
+    else:
+        # What fo.Detection.export_mask writes: the cropped mask as a uint8 0/1 PNG.
+        foui.write(crop.astype(np.uint8), str(mask_path))
+        doc["mask_path"] = str(mask_path)
+    doc["confidence"] = float(obj.score)
+    doc["index"] = int(obj.track_id)
+    return doc
 
 
-def detections_doc(frame: FrameResult, width: int, height: int) -> dict[str, Any]:
-    return {"_cls": "Detections", "detections": [detection_doc(o, width, height) for o in frame.objects]}
+@dataclasses.dataclass(frozen=True)
+class WritePolicy:
+    """How one sample's results are written.
+
+    - ``min_track_frames``: tracks seen on fewer frames are dropped (one-frame flickers).
+    - ``replace_tracks``: refine mode; only detections with these track ids are replaced
+      on the written frames, every other detection there is kept.
+    - ``mask_dir``: store masks as PNG files under this folder (``mask_path``) instead of
+      inside the documents: for long, high-resolution videos (16 MB document limit).
+    """
+
+    min_track_frames: int = 1
+    replace_tracks: frozenset[int] | None = None
+    mask_dir: Path | None = None
 
 
 @dataclasses.dataclass
 class WriteStats:
     frames: int = 0
     detections: int = 0
-    tracks: set[int] = dataclasses.field(default_factory=set)
+    track_frames: collections.Counter[int] = dataclasses.field(default_factory=collections.Counter)
+    dropped_tracks: set[int] = dataclasses.field(default_factory=set)
+
+    @property
+    def tracks(self) -> set[int]:
+        return set(self.track_frames) - self.dropped_tracks
 
 
 class FrameLabelWriter:
@@ -111,59 +141,99 @@ class FrameLabelWriter:
         self._staging.create_index([("run", 1), ("frame_number", 1)])
         self._staging.delete_many({"staged_at": {"$lt": _utcnow() - STALE_AFTER}})
 
-    def write_sample(self, sample_id: str, frames: Iterable[FrameResult], info: VideoInfo) -> WriteStats:
-        """Stage every frame, then publish them together; on any error publish nothing."""
+    def write_sample(self, sample_id: str, frames: Iterable[FrameResult], info: VideoInfo,
+                     policy: WritePolicy = WritePolicy()) -> WriteStats:
+        """Stage every frame, then publish them together; on any error publish nothing
+        (and delete any mask files this run wrote)."""
         run = uuid.uuid4().hex
         stats = WriteStats()
+        mask_dir = None if policy.mask_dir is None else Path(policy.mask_dir) / self.dataset.name / self.label_field / sample_id / run
+        published = False
         try:
             batch: list[dict[str, Any]] = []
             for frame in frames:
-                batch.append(self._staged(run, ObjectId(sample_id), frame, info))
+                batch.append(self._staged(run, ObjectId(sample_id), frame, info, mask_dir))
                 stats.frames += 1
                 stats.detections += len(frame.objects)
-                stats.tracks.update(o.track_id for o in frame.objects)
+                stats.track_frames.update(o.track_id for o in frame.objects)
                 if len(batch) >= self.batch_frames:
                     self._staging.insert_many(batch, ordered=False)
                     batch = []
             if batch:
                 self._staging.insert_many(batch, ordered=False)
-            self._publish(run, ObjectId(sample_id))
+            stats.dropped_tracks = {t for t, n in stats.track_frames.items() if n < policy.min_track_frames}
+            stats.detections -= sum(stats.track_frames[t] for t in stats.dropped_tracks)
+            self._publish(run, ObjectId(sample_id), stats.dropped_tracks, policy.replace_tracks)
+            published = True
         finally:
             self._staging.delete_many({"run": run})
+            if mask_dir is not None and not published:
+                shutil.rmtree(mask_dir, ignore_errors=True)
+        if mask_dir is not None and policy.replace_tracks is None:
+            _remove_other_runs(mask_dir)
         return stats
 
-    def _staged(self, run: str, sample_oid: ObjectId, frame: FrameResult, info: VideoInfo) -> dict[str, Any]:
+    def _staged(self, run: str, sample_oid: ObjectId, frame: FrameResult, info: VideoInfo, mask_dir: Path | None) -> dict[str, Any]:
+        number = frame_number_from_index(frame.frame_index)
+        if mask_dir is not None:
+            mask_dir.mkdir(parents=True, exist_ok=True)
+        detections = [
+            detection_doc(o, info.width, info.height,
+                          mask_path=None if mask_dir is None else mask_dir / f"{number:06d}_{o.track_id}.png")
+            for o in frame.objects
+        ]
         return {
             "run": run,
             "staged_at": _utcnow(),
             "_id": ObjectId(),  # becomes the frame document's id if the frame is new
             "_sample_id": sample_oid,
             "_dataset_id": self.dataset._doc.id,
-            "frame_number": frame_number_from_index(frame.frame_index),
-            "labels": detections_doc(frame, info.width, info.height),
+            "frame_number": number,
+            "labels": {"_cls": "Detections", "detections": detections},
         }
 
-    def _publish(self, run: str, sample_oid: ObjectId) -> None:
+    def _publish(self, run: str, sample_oid: ObjectId, drop: set[int], replace: frozenset[int] | None) -> None:
         field = self.label_field
-        if self.dataset.get_frame_field_schema().get(field) is None:
-            self.dataset.add_frame_field(field, fo.EmbeddedDocumentField, embedded_doc_type=fo.Detections)
-        self._staging.aggregate([
+        with _SCHEMA_LOCK:  # samples may be published from several threads
+            if self.dataset.get_frame_field_schema().get(field) is None:
+                self.dataset.add_frame_field(field, fo.EmbeddedDocumentField, embedded_doc_type=fo.Detections)
+        pipeline: list[dict[str, Any]] = [
             {"$match": {"run": run}},
             {"$project": {
                 "_id": 1, "_sample_id": 1, "_dataset_id": 1, "frame_number": 1,
                 "created_at": "$$NOW", "last_modified_at": "$$NOW", field: "$labels",
             }},
-            {"$merge": {
-                "into": self._frames.name,
-                "on": ["_sample_id", "frame_number"],
-                # Existing frame: replace only our field. New frame: insert the whole doc.
-                "whenMatched": [{"$set": {field: f"$$new.{field}", "last_modified_at": "$$new.last_modified_at"}}],
-                "whenNotMatched": "insert",
-            }},
-        ])
+        ]
+        if drop:
+            pipeline.append({"$set": {f"{field}.detections": _without_tracks(f"${field}.detections", drop)}})
+        if replace is None:
+            # Existing frame: replace only our field. New frame: insert the whole doc.
+            merged: Any = f"$$new.{field}"
+        else:
+            # Refine: keep the frame's other tracks, swap in the new detections of these.
+            kept = _without_tracks({"$ifNull": [f"${field}.detections", []]}, set(replace))
+            merged = {"_cls": "Detections", "detections": {"$concatArrays": [kept, f"$$new.{field}.detections"]}}
+        pipeline.append({"$merge": {
+            "into": self._frames.name,
+            "on": ["_sample_id", "frame_number"],
+            "whenMatched": [{"$set": {field: merged, "last_modified_at": "$$new.last_modified_at"}}],
+            "whenNotMatched": "insert",
+        }})
+        self._staging.aggregate(pipeline)
         self._samples.update_one({"_id": sample_oid}, [{"$set": {"last_modified_at": "$$NOW"}}])
         fos.Sample._reload_docs(self.dataset._sample_collection_name, sample_ids=[str(sample_oid)], hard=True)
         fofr.Frame._reload_docs(self.dataset._frame_collection_name, sample_ids=[str(sample_oid)], hard=True)
+
+
+def _without_tracks(detections: Any, track_ids: set[int]) -> dict[str, Any]:
+    return {"$filter": {"input": detections, "cond": {"$not": [{"$in": ["$$this.index", sorted(track_ids)]}]}}}
+
+
+def _remove_other_runs(run_dir: Path) -> None:
+    """Mask files of this sample's earlier runs are no longer referenced once this one is published."""
+    for other in run_dir.parent.iterdir():
+        if other != run_dir and other.is_dir():
+            shutil.rmtree(other, ignore_errors=True)
 
 
 def check_label_field(dataset: fo.Dataset, label_field: str) -> None:
