@@ -63,14 +63,16 @@ def run(args: argparse.Namespace) -> int:
     _write_ground_truth(dataset, sample.id, truth)
 
     def show(p: SampleProgress) -> None:
-        b = p.backend
-        where = f" (queue position {b.queue_position})" if b.queue_position is not None else ""
-        print(f"  [{b.stage}] {b.message}{where}")
+        print(f"  [{p.backend.stage}] {p.backend.message}")
 
     started = time.monotonic()
     report = segment_videos(dataset, prompt=args.prompt, label_field=args.field, backend=backend, progress=show)
     _print_summary(report, time.monotonic() - started, backend)
     _print_accuracy(dataset, args.field, truth)
+    # In the App: show the tracks (ground truth one click away), one colour per track id.
+    dataset.app_config.active_fields = fo.ActiveFields(paths=[f"frames.{args.field}"])
+    dataset.app_config.color_scheme = fo.ColorScheme(color_by="instance")
+    dataset.save()
 
     if args.app:
         session = fo.launch_app(dataset, port=args.port, address="127.0.0.1")
