@@ -7,10 +7,16 @@ they selected in the App.
   is one of :data:`NEGATIVE_CLASSES`.
 
 Object identity: a label's ``index`` when set (it becomes the track id), otherwise its
-class (``label``): boxes of "dog" on frames 1 and 40 prompt the same object. Objects known
-by class get ids after the largest index, in order of first appearance, and keep that class
-as their track label. Negative points refine the object with the same index, or, without
+class (``label``): boxes of "dog" on frames 1 and 40 prompt the same object. Labels whose
+class names no object ("pos") are told apart by the App's ``instance`` id when they have
+one (each polyline drawn in the App is its own instance). Objects known by class or
+instance get ids after the largest index, in order of first appearance, and keep their
+class as track label. Negative points refine the object with the same index, or, without
 one, the single positive object on that frame.
+
+Labels drawn in the App's Annotate tab on video (FiftyOne 1.22): the drawn label is a
+keyframe (``keyframe=True``) and the App copies it to the next 30 frames with
+``keyframe=False`` to start a track; those copies are not prompts and are skipped.
 """
 
 from __future__ import annotations
@@ -66,15 +72,30 @@ def _labels_in(frame_value: Any) -> list[Any]:
     raise InvalidRequest(f"{type(frame_value).__name__} labels cannot be prompts; use Detections, Keypoints or Polylines")
 
 
-def prompts_from_field(sample: fo.Sample, field: str, info: VideoInfo) -> VisualPrompts:
-    """Every Detection/Keypoint/Polyline in ``frames.<field>`` of one video sample."""
+def _is_track_copy(label: Any) -> bool:
+    """A copy the App made of a drawn label on the following frames (not drawn by the user)."""
+    return getattr(label, "keyframe", None) is False
+
+
+def _found_in_field(sample: fo.Sample, field: str) -> list[_Found]:
     name = field.removeprefix("frames.")
-    found = [
+    return [
         _Found(number, label, f"frames.{name} on frame {number}")
         for number, frame in sample.frames.items()
         for label in _labels_in(frame[name] if frame.has_field(name) else None)
+        if not _is_track_copy(label)
     ]
-    return _build(found, info)
+
+
+def prompts_from_field(sample: fo.Sample, field: str, info: VideoInfo) -> VisualPrompts:
+    """Every Detection/Keypoint/Polyline in ``frames.<field>`` of one video sample."""
+    return _build(_found_in_field(sample, field), info)
+
+
+def prompts_from_fields(sample: fo.Sample, fields: Sequence[str], info: VideoInfo) -> VisualPrompts:
+    """Several fields read as one (e.g. drawn boxes and drawn clicks): one object id space,
+    so a "dog" box and "dog" clicks prompt the same object and ids never collide."""
+    return _build([found for field in fields for found in _found_in_field(sample, field)], info)
 
 
 def prompts_from_selection(sample: fo.Sample, selected_labels: Iterable[dict[str, Any]], info: VideoInfo) -> VisualPrompts:
@@ -126,7 +147,12 @@ def _name(label: Any) -> str | None:
 
 
 def _key(label: Any) -> tuple[str, Any]:
-    return ("index", label.index) if label.index is not None else ("class", label.label or "")
+    if label.index is not None:
+        return ("index", label.index)
+    instance = getattr(label, "instance_id", None)
+    if _name(label) is None and instance is not None:
+        return ("instance", str(instance))  # "pos" clicks drawn in the App: one object per drawing
+    return ("class", label.label or "")
 
 
 def _assign_ids(found: Sequence[_Found]) -> dict[tuple[str, Any], tuple[int, str | None]]:
