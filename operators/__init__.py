@@ -1,8 +1,9 @@
 """The plugin's App operators. Each is thin: it parses its form and calls sam_backend.fiftyone_io."""
 
+from .export_tracks import ExportTracks
 from .prepare_prompts import PreparePrompts
 from .segment_video import SegmentVideo
 
-OPERATORS = [SegmentVideo, PreparePrompts]
+OPERATORS = [SegmentVideo, PreparePrompts, ExportTracks]
 
-__all__ = ["OPERATORS", "PreparePrompts", "SegmentVideo"]
+__all__ = ["OPERATORS", "ExportTracks", "PreparePrompts", "SegmentVideo"]

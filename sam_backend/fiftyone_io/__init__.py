@@ -2,8 +2,12 @@
 fiftyone. Writes tracked objects as frame-level ``fo.Detections``; ``segment_videos`` is
 the SDK call, ``SamVideoModel`` the ``apply_model`` adapter."""
 
+from .export import export_tracks, import_tracks
 from .model import SamVideoModel
 from .segment import SampleProgress, SegmentOptions, SegmentReport, segment_videos
 from .writer import FrameLabelWriter
 
-__all__ = ["FrameLabelWriter", "SampleProgress", "SamVideoModel", "SegmentOptions", "SegmentReport", "segment_videos"]
+__all__ = [
+    "FrameLabelWriter", "SampleProgress", "SamVideoModel", "SegmentOptions", "SegmentReport",
+    "export_tracks", "import_tracks", "segment_videos",
+]

@@ -1,0 +1,61 @@
+"""The shape every format writer has; :mod:`.run` drives them video by video, frame by frame."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from ...errors import InvalidRequest
+from .options import ExportOptions
+from .report import ExportReport
+from .tracks import Categories, ExportFrame, VideoRef
+
+
+class FormatWriter:
+    """Writes one format into ``root`` (a staging folder that becomes the output folder
+    only when the whole export succeeded). Subclasses override what they need."""
+
+    #: whether the format can refer to frames by video + frame index instead of images
+    needs_images = False
+
+    def __init__(self, root: Path, opts: ExportOptions, categories: Categories, report: ExportReport) -> None:
+        self.root = root
+        self.opts = opts
+        self.categories = categories
+        self.report = report
+        self.images = opts.frame_mode == "images" or self.needs_images
+
+    def image_path(self, video: VideoRef, frame_index: int) -> Path:
+        """Where the image of this frame goes (only asked when ``self.images``)."""
+        raise NotImplementedError
+
+    def begin_video(self, video: VideoRef) -> None:
+        pass
+
+    def write_frame(self, video: VideoRef, frame: ExportFrame, image: Path | None) -> None:
+        raise NotImplementedError
+
+    def end_video(self, video: VideoRef) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def write_json(data: Any, path: Path) -> None:
+    """JSON as every reader takes it: ASCII-only (non-ASCII labels as \\u escapes), so
+    readers that open files with the platform's default encoding read them right too."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # dumps, not dump: only the one-shot encoder is the C one (~5x faster on big files)
+    path.write_text(json.dumps(data, ensure_ascii=True, separators=(",", ":")), encoding="ascii")
+
+
+def check_unique_tracks(video: VideoRef, frame: ExportFrame, fmt: str) -> None:
+    """Track formats hold one object per track id per frame."""
+    seen: set[int | None] = set()
+    for obj in frame.objects:
+        if obj.track_id in seen:
+            raise InvalidRequest(f"{video.name}: frame number {frame.frame_index + 1} has two objects with track id "
+                                 f"{obj.track_id}; {fmt} holds one object per track per frame (fix or re-index them)")
+        seen.add(obj.track_id)

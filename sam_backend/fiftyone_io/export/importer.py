@@ -1,0 +1,128 @@
+"""Importing COCO and YouTube-VIS files back into frame-level ``fo.Detections``.
+
+Each video of the file is matched to a sample of the collection (same file path, else
+same file name, else the video's name equals the file's stem), then written with the
+project's :class:`FrameLabelWriter`: the documents FiftyOne itself would store, all or
+nothing per video. ``index`` = the track id in the file, ``label`` = the category name,
+``confidence`` = the file's score (``default_score`` when the file has none: FiftyOne
+stores a number). Every frame listed in the file gets a ``Detections``, empty where it
+has no object; frames the file does not list are left as they are.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import fiftyone as fo
+
+from ...errors import InvalidRequest
+from ...types import VideoInfo
+from ..writer import FrameLabelWriter, check_label_field
+from .readers import ImportedVideo, read_labels
+from .report import ExportProgress
+
+
+@dataclasses.dataclass
+class ImportReport:
+    label_field: str
+    format: str
+    videos: int = 0
+    frames: int = 0
+    objects: int = 0
+    tracks: int = 0
+    unmatched: list[str] = dataclasses.field(default_factory=list)  # videos of the file with no sample
+    notes: list[str] = dataclasses.field(default_factory=list)
+    seconds: float = 0.0
+
+    def summary(self) -> str:
+        text = (f"{self.format}: {self.videos} videos, {self.frames} frames, {self.objects} objects, "
+                f"{self.tracks} tracks -> frames.{self.label_field}")
+        if self.unmatched:
+            text += f"; no sample for: {', '.join(self.unmatched)}"
+        return text
+
+
+def import_tracks(
+    samples: fo.core.collections.SampleCollection,
+    path: str | Path,
+    label_field: str = "imported",
+    fmt: str | None = None,
+    *,
+    default_score: float = 1.0,
+    progress: Callable[[ExportProgress], None] | None = None,
+) -> ImportReport:
+    """Read a COCO or YouTube-VIS file (or an export folder holding one) into
+    ``frames.<label_field>`` of the matching videos in ``samples``. Everything is checked
+    (format, matching, frame sizes and counts, the field) before anything is written."""
+    start = time.monotonic()
+    if samples.media_type != "video":
+        raise InvalidRequest(f"import needs video samples; this collection has media_type={samples.media_type!r}")
+    dataset = samples._dataset
+    try:
+        check_label_field(dataset, label_field)
+    except ValueError as exc:
+        raise InvalidRequest(str(exc)) from None
+    data = read_labels(path, fmt)
+    report = ImportReport(label_field, data.format, notes=list(data.notes))
+    missing = samples.exists("metadata", False)
+    if len(missing):
+        missing.compute_metadata()
+    matches = _match(samples, data.videos, report)
+    problems = []
+    for video, (sample_id, meta) in matches.items():
+        if (meta.frame_width, meta.frame_height) != (video.width, video.height):
+            problems.append(f"{video.name}: the file says {video.width}x{video.height}, the video is "
+                            f"{meta.frame_width}x{meta.frame_height}")
+        last = max(video.frames, default=-1)
+        if meta.total_frame_count and last >= meta.total_frame_count:
+            problems.append(f"{video.name}: labels on frame number {last + 1}, the video has {meta.total_frame_count} frames")
+    if problems:
+        raise InvalidRequest(problems)
+    writer = FrameLabelWriter(dataset, label_field)
+    total = sum(len(v.frames) for v in matches)
+    done = 0
+    for i, (video, (sample_id, meta)) in enumerate(matches.items()):
+        if progress is not None:
+            progress(ExportProgress(done, total, i, len(matches), video.name))
+        info = VideoInfo(width=video.width, height=video.height, frame_count=meta.total_frame_count or 0,
+                         fps=meta.frame_rate or video.fps, duration=meta.duration or 0.0)
+        stats = writer.write_sample(sample_id, video.frame_results(default_score), info)
+        report.videos += 1
+        report.frames += stats.frames
+        report.objects += stats.detections
+        report.tracks += len(stats.tracks)
+        done += len(video.frames)
+    if progress is not None and matches:
+        progress(ExportProgress(done, total, len(matches) - 1, len(matches), ""))
+    report.seconds = time.monotonic() - start
+    return report
+
+
+def _match(samples: fo.core.collections.SampleCollection, videos: list[ImportedVideo],
+           report: ImportReport) -> dict[ImportedVideo, tuple[str, fo.VideoMetadata]]:
+    ids, paths, metas = samples.values(["id", "filepath", "metadata"])
+    by_path = {p: (i, m) for i, p, m in zip(ids, paths, metas)}
+    by_file: dict[str, list[tuple[str, fo.VideoMetadata]]] = {}
+    by_stem: dict[str, list[tuple[str, fo.VideoMetadata]]] = {}
+    for i, p, m in zip(ids, paths, metas):
+        by_file.setdefault(Path(p).name, []).append((i, m))
+        by_stem.setdefault(Path(p).stem, []).append((i, m))
+    matches: dict[ImportedVideo, tuple[str, fo.VideoMetadata]] = {}
+    taken: set[str] = set()
+    for video in videos:
+        found = by_path.get(video.filepath) if video.filepath else None
+        for table, key in ((by_file, video.file_name), (by_stem, video.name)):
+            if found is None and key and len(table.get(key, [])) == 1:
+                found = table[key][0]
+        if found is None or found[0] in taken:
+            report.unmatched.append(video.name)
+            continue
+        taken.add(found[0])
+        matches[video] = found
+    if not matches:
+        raise InvalidRequest(f"no video of the file matches a sample of this collection (videos in the file: "
+                             f"{', '.join(v.name for v in videos) or 'none'})")
+    return matches

@@ -1,0 +1,196 @@
+"""Reading COCO and YouTube-VIS files back into per-video, per-frame tracked objects.
+
+Accepts what our exporter writes and what other tools write in these formats: masks as
+compressed or uncompressed RLE or polygons; track ids from ``track_id`` or
+``instance_id`` (COCO) or the annotation itself (YouTube-VIS); videos from ``videos`` +
+``video_id`` / ``frame_id`` (CocoVID), or else from the folder and the number in each
+image's file name (``<video>/00012.jpg``, YouTube-VIS style). Masks are decoded lazily,
+one frame at a time, when the frames are written.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+from collections.abc import Iterator
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import numpy as np
+
+from ... import masks as mask_ops
+from ...errors import InvalidRequest
+from ...types import FrameResult, TrackedObject
+from . import coco, ytvis
+from .polygons import rasterize_coco
+
+_NUMBER = re.compile(r"(\d+)(?!.*\d)")
+
+
+@dataclasses.dataclass
+class RawObject:
+    track_id: int
+    label: str
+    score: float | None
+    segmentation: Any  # RLE dict, polygon list, or None
+    bbox: list[float] | None
+
+
+@dataclasses.dataclass(eq=False)  # compared and hashed by identity (used as a dict key)
+class ImportedVideo:
+    """One video of a file: its identity (to match a sample), size, and objects per frame."""
+
+    key: str
+    name: str
+    filepath: str | None
+    file_name: str | None
+    width: int
+    height: int
+    fps: float
+    frames: dict[int, list[RawObject]] = dataclasses.field(default_factory=dict)  # 0-based index -> objects
+
+    def frame_results(self, default_score: float) -> Iterator[FrameResult]:
+        for index in sorted(self.frames):
+            yield FrameResult(index, [self._decode(o, default_score) for o in self.frames[index]])
+
+    def _decode(self, obj: RawObject, default_score: float) -> TrackedObject:
+        h, w = self.height, self.width
+        mask = _decode_segmentation(obj.segmentation, h, w)
+        if obj.bbox is not None:
+            x, y, bw, bh = (float(v) for v in obj.bbox)
+            box = (max(0, round(x)), max(0, round(y)), min(w, round(x + bw)), min(h, round(y + bh)))
+        else:
+            box = mask_ops.tight_box(mask) or (0, 0, 0, 0)
+        score = default_score if obj.score is None else float(obj.score)
+        return TrackedObject(obj.track_id, obj.label, score, mask, box)
+
+
+@dataclasses.dataclass
+class ImportedFile:
+    format: str
+    videos: list[ImportedVideo]
+    notes: list[str]
+
+
+def _decode_segmentation(segmentation: Any, height: int, width: int) -> np.ndarray:
+    if not segmentation:
+        return np.zeros((height, width), bool)
+    if isinstance(segmentation, list):
+        return rasterize_coco(segmentation, height, width)
+    return mask_ops.decode_rle(segmentation)
+
+
+def _frame_from_name(file_name: str) -> int | None:
+    match = _NUMBER.search(PurePosixPath(file_name).stem)
+    return int(match.group(1)) if match else None
+
+
+def find_labels(path: str | Path, fmt: str | None = None) -> tuple[Path, str]:
+    """The labels file and its format, from a file or an export folder."""
+    path = Path(path).expanduser()
+    if path.is_dir():
+        candidates = {"coco": path / coco.LABELS_FILE, "ytvis": path / ytvis.LABELS_FILE}
+        found = [(p, f) for f, p in candidates.items() if p.is_file() and fmt in (None, f)]
+        if not found:
+            raise InvalidRequest(f"no {' or '.join(p.name for p in candidates.values())} in {path}")
+        return found[0]
+    if not path.is_file():
+        raise InvalidRequest(f"labels file not found: {path}")
+    return path, fmt or ""
+
+
+def read_labels(path: str | Path, fmt: str | None = None) -> ImportedFile:
+    """Read a COCO or YouTube-VIS file (format detected from its keys when not given)."""
+    file, fmt = find_labels(path, fmt)
+    try:
+        data = json.loads(file.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise InvalidRequest(f"cannot read {file} as JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise InvalidRequest(f"{file} is not a COCO or YouTube-VIS file (top level is not an object)")
+    if not fmt:
+        fmt = "coco" if "images" in data else "ytvis" if "videos" in data else ""
+    if fmt == "coco":
+        return _read_coco(data, file)
+    if fmt == "ytvis":
+        return _read_ytvis(data, file)
+    raise InvalidRequest(f"{file}: neither COCO ('images') nor YouTube-VIS ('videos'); pass the format")
+
+
+def _categories(data: dict[str, Any]) -> dict[int, str]:
+    return {int(c["id"]): str(c["name"]) for c in data.get("categories", [])}
+
+
+def _read_coco(data: dict[str, Any], file: Path) -> ImportedFile:
+    cats = _categories(data)
+    notes: list[str] = []
+    listed = {int(v["id"]): v for v in data.get("videos", [])}
+    videos: dict[str, ImportedVideo] = {}
+    where: dict[int, tuple[ImportedVideo, int]] = {}
+    problems = []
+    for img in data.get("images", []):
+        name = str(img.get("file_name", ""))
+        if img.get("video_id") is not None:
+            meta = listed.get(int(img["video_id"]), {})
+            key = f"id:{img['video_id']}"
+            vname = str(meta.get("name") or PurePosixPath(name).parent.name or key)
+        else:
+            meta, vname = {}, PurePosixPath(name).parent.name
+            key = f"dir:{vname}"
+        index = img.get("frame_id")
+        index = int(index) if index is not None else _frame_from_name(name)
+        if index is None:
+            problems.append(f"image {img.get('id')} ({name!r}) has no frame_id and no frame number in its file name")
+            continue
+        video = videos.get(key)
+        if video is None:
+            video = videos[key] = ImportedVideo(
+                key, vname, meta.get("filepath"), meta.get("file_name"),
+                int(meta.get("width") or img["width"]), int(meta.get("height") or img["height"]), float(meta.get("fps") or 0.0))
+        video.frames.setdefault(index, [])
+        where[int(img["id"])] = (video, index)
+    if problems:
+        raise InvalidRequest(problems[:10] + ([f"... and {len(problems) - 10} more"] if len(problems) > 10 else []))
+    untracked = 0
+    for ann in data.get("annotations", []):
+        if int(ann["image_id"]) not in where:
+            raise InvalidRequest(f"annotation {ann.get('id')} refers to image {ann['image_id']}, which is not in 'images'")
+        video, index = where[int(ann["image_id"])]
+        track = ann.get("track_id", ann.get("instance_id"))
+        if track is None:
+            untracked += 1
+            track = ann["id"]
+        video.frames[index].append(RawObject(int(track), cats.get(int(ann["category_id"]), str(ann["category_id"])),
+                                             ann.get("score"), ann.get("segmentation"), ann.get("bbox")))
+    if untracked:
+        notes.append(f"{untracked} annotations carry no track_id/instance_id: their annotation id became the track id")
+    return ImportedFile("coco", list(videos.values()), notes)
+
+
+def _read_ytvis(data: dict[str, Any], file: Path) -> ImportedFile:
+    cats = _categories(data)
+    videos: dict[int, ImportedVideo] = {}
+    indices: dict[int, list[int]] = {}
+    for v in data.get("videos", []):
+        names = [str(n) for n in v.get("file_names", [])]
+        numbers = [_frame_from_name(n) for n in names]
+        frame_ids = numbers if names and None not in numbers and len(set(numbers)) == len(numbers) else list(range(int(v.get("length") or len(names))))
+        vname = str(v.get("name") or (PurePosixPath(names[0]).parent.name if names else f"video {v['id']}"))
+        video = ImportedVideo(f"id:{v['id']}", vname, v.get("filepath"), None, int(v["width"]), int(v["height"]),
+                              float(v.get("fps") or 0.0), {i: [] for i in frame_ids})
+        videos[int(v["id"])] = video
+        indices[int(v["id"])] = frame_ids  # type: ignore[assignment]
+    for ann in data.get("annotations", []):
+        vid = int(ann["video_id"])
+        video, frame_ids = videos[vid], indices[vid]
+        label = cats.get(int(ann["category_id"]), str(ann["category_id"]))
+        track = int(ann.get("track_id", ann["id"]))
+        scores = ann.get("scores") or [None] * len(frame_ids)
+        bboxes = ann.get("bboxes") or [None] * len(frame_ids)
+        for position, segmentation in enumerate(ann.get("segmentations", [])):
+            if segmentation is None:
+                continue
+            score = scores[position] if scores[position] is not None else ann.get("score")
+            video.frames[frame_ids[position]].append(RawObject(track, label, score, segmentation, bboxes[position]))
+    return ImportedFile("ytvis", list(videos.values()), [])

@@ -1,0 +1,217 @@
+"""Running an export: plan, write into a staging folder, publish it whole.
+
+The export is an iterator of :class:`ExportProgress` events (``ExportRun``), so the App
+operator can report progress without threads and stop by closing it; ``export_tracks``
+drains it for SDK and CLI use. Files are written into a hidden sibling folder that is
+renamed to ``output_dir`` only when everything succeeded: a failed or cancelled export
+leaves no half-written dataset behind, and an earlier export in ``output_dir`` survives
+until the new one is complete.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import shutil
+import time
+import uuid
+from collections.abc import Callable, Generator, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+import fiftyone as fo
+
+from ...backends.base import CancelToken
+from ...errors import InvalidRequest, VideoError
+from .base import FormatWriter, write_json
+from .coco import CocoWriter
+from .frames import iter_images, save_image
+from .mot import MotsWriter, MotWriter
+from .options import MASK_FORMATS, ExportOptions
+from .report import ExportProgress, ExportReport
+from .source import ExportPlan, iter_frames, plan_export
+from .yolo import YoloWriter
+from .ytvis import YtvisWriter
+
+logger = logging.getLogger(__name__)
+
+WRITERS: dict[str, type[FormatWriter]] = {
+    "coco": CocoWriter, "yolo-seg": YoloWriter, "yolo-detect": YoloWriter,
+    "mot": MotWriter, "mots": MotsWriter, "ytvis": YtvisWriter,
+}
+#: Written into every export; its presence is what allows ``overwrite`` to replace a folder.
+MANIFEST = "sam31_export.json"
+
+
+def check_output_dir(output_dir: Path | str | None, overwrite: bool) -> list[str]:
+    """Problems with writing an export to ``output_dir`` (empty list if none)."""
+    if output_dir is None or not str(output_dir).strip():
+        return ["output_dir is required: the folder to write the export into"]
+    out = Path(output_dir).expanduser()
+    if out.exists() and not out.is_dir():
+        return [f"output_dir {out} is a file; give a folder"]
+    if out.is_dir() and any(out.iterdir()):
+        if not overwrite:
+            return [f"output_dir {out} is not empty; choose a new folder, or overwrite=True to replace an earlier export there"]
+        if not (out / MANIFEST).is_file():
+            return [f"output_dir {out} is not empty and holds no {MANIFEST}, so it was not written by an export; "
+                    "refusing to replace it: choose a new folder"]
+    return []
+
+
+class ExportRun:
+    """One export as an iterator of progress events; ``report`` is set when it finished."""
+
+    def __init__(self, samples: fo.core.collections.SampleCollection, options: ExportOptions, *,
+                 cancel: CancelToken | None = None) -> None:
+        problems = check_output_dir(options.output_dir, options.overwrite)
+        if problems:
+            raise InvalidRequest(problems)
+        assert options.output_dir is not None
+        self.options = options.model_copy(update={"output_dir": Path(options.output_dir).expanduser().resolve()})
+        self.samples = samples
+        self.cancel = cancel or CancelToken()
+        self.plan: ExportPlan = plan_export(samples, self.options)
+        self.report: ExportReport | None = None
+
+    def __iter__(self) -> Iterator[ExportProgress]:
+        opts, plan = self.options, self.plan
+        assert opts.output_dir is not None
+        out = opts.output_dir
+        start = time.monotonic()
+        report = ExportReport(opts.format, opts.label_field, out, skipped=dict(plan.skipped), warnings=list(plan.warnings))
+        out.parent.mkdir(parents=True, exist_ok=True)
+        staging = out.parent / f".{out.name}.partial-{uuid.uuid4().hex[:8]}"
+        staging.mkdir()
+        published = False
+        try:
+            writer = WRITERS[opts.format](staging, opts, plan.categories, report)
+            done, total, tracks = 0, plan.frames, set()
+            for i, video in enumerate(plan.videos):
+                yield ExportProgress(done, total, i, len(plan.videos), video.name)
+                writer.begin_video(video)
+                images = iter_images(video) if writer.images else None
+                try:
+                    for frame in iter_frames(self.samples, video, opts.label_field, masks=opts.format in MASK_FORMATS):
+                        self.cancel.raise_if_cancelled()
+                        image_path = None
+                        if images is not None:
+                            image_path = writer.image_path(video, frame.frame_index)
+                            save_image(_image(images, video.name, frame.frame_index), image_path)
+                            report.images += 1
+                        writer.write_frame(video, frame, image_path)
+                        report.frames += 1
+                        report.objects += len(frame.objects)
+                        tracks.update((video.video_id, o.track_id) for o in frame.objects if o.track_id is not None)
+                        done += 1
+                        yield ExportProgress(done, total, i, len(plan.videos), video.name)
+                finally:
+                    if images is not None:
+                        images.close()
+                writer.end_video(video)
+            writer.close()
+            report.videos, report.tracks = len(plan.videos), len(tracks)
+            _explain(report, opts)
+            report.seconds = time.monotonic() - start
+            _write_manifest(staging / MANIFEST, self.samples, opts, plan, report)
+            if out.exists():
+                problems = check_output_dir(out, overwrite=True)  # again: it may have changed meanwhile
+                if problems:
+                    raise InvalidRequest(problems)
+                shutil.rmtree(out)  # empty, or an earlier export (it holds the manifest)
+            staging.rename(out)
+            published = True
+        finally:
+            if not published:
+                shutil.rmtree(staging, ignore_errors=True)
+        for line in report.notes:
+            logger.info(line)
+        for line in report.warnings:
+            logger.warning(line)
+        self.report = report
+
+
+def _image(images: Generator[tuple[int, np.ndarray], None, None], name: str, frame_index: int) -> np.ndarray:
+    for index, rgb in images:
+        if index == frame_index:
+            return rgb
+        if index > frame_index:
+            break
+    raise VideoError(f"{name}: frame index {frame_index} could not be decoded")
+
+
+def _explain(report: ExportReport, opts: ExportOptions) -> None:
+    """Turn the counts into sentences: what the format could not hold, and how it was encoded."""
+    polygons = opts.format == "yolo-seg" or (opts.format == "coco" and opts.coco_masks == "polygons")
+    if polygons and report.masks_with_holes:
+        how = "cut into their outer polygon through zero-width keyhole bridges"
+        report.notes.append(f"{report.masks_with_holes} masks have holes: {how} (holes stay empty when read back)")
+    if opts.format == "yolo-seg" and report.masks_with_parts:
+        report.notes.append(f"{report.masks_with_parts} masks have several separate parts: YOLO holds one polygon per "
+                            "object, so the parts were joined by zero-width bridges (Ultralytics draws them 1 px wide)")
+    if opts.format == "coco" and report.masks_with_parts:
+        report.notes.append(f"{report.masks_with_parts} masks have several separate parts: one COCO polygon each")
+    low = report.low_iou_summary(opts.min_polygon_iou)
+    if low:
+        report.warnings.append(low)
+        if opts.strict:
+            raise InvalidRequest(f"strict export: {low}")
+    if report.overlap_pixels_removed:
+        report.warnings.append(f"{report.overlap_pixels_removed} pixels claimed by more than one object were kept only "
+                               "by the most confident one (MOTS forbids overlapping masks)")
+    if report.objects_dropped:
+        report.warnings.append(f"{report.objects_dropped} objects had no pixels left to write and were left out")
+    if opts.format.startswith("yolo"):
+        report.notes.append("YOLO files hold no track ids")
+    if opts.format == "mot":
+        report.notes.append("MOT rows hold no class: concept labels are not in the export")
+    for sample_id, why in report.skipped.items():
+        report.warnings.append(f"skipped sample {sample_id}: {why}")
+
+
+def _write_manifest(path: Path, samples: Any, opts: ExportOptions, plan: ExportPlan, report: ExportReport) -> None:
+    write_json({
+        "tool": "sam31-video",
+        "created": dt.datetime.now().replace(microsecond=0).isoformat(),
+        "dataset": samples._dataset.name,
+        "options": opts.model_dump(mode="json"),
+        "categories": list(plan.categories.names),
+        "videos": [{"video_id": v.video_id, "sample_id": v.sample_id, "name": v.name, "filepath": v.filepath,
+                    "width": v.width, "height": v.height, "frame_count": v.frame_count,
+                    "frames_exported": len(v.frame_indices)} for v in plan.videos],
+        "counts": {"videos": report.videos, "frames": report.frames, "objects": report.objects,
+                   "tracks": report.tracks, "images": report.images},
+        "notes": report.notes,
+        "warnings": report.warnings,
+    }, path)
+
+
+def export_tracks(
+    samples: fo.core.collections.SampleCollection,
+    label_field: str = "sam",
+    fmt: str = "coco",
+    output_dir: str | Path | None = None,
+    *,
+    frame_stride: int = 1,
+    options: ExportOptions | None = None,
+    progress: Callable[[ExportProgress], None] | None = None,
+    cancel: CancelToken | None = None,
+    **option_fields: Any,
+) -> ExportReport:
+    """Export the tracks in ``frames.<label_field>`` of every video in ``samples``.
+
+    ``fmt``: ``"coco"``, ``"yolo-seg"``, ``"yolo-detect"``, ``"mot"``, ``"mots"`` or
+    ``"ytvis"``. Other settings (``frames``, ``coco_masks``, ``polygon_tolerance``,
+    ``overwrite``...) are :class:`ExportOptions` fields, as keywords or ``options``.
+    Everything is checked before a file is written; the folder appears only complete.
+    """
+    opts = ExportOptions.build(options, label_field=label_field, format=fmt, output_dir=output_dir,
+                               frame_stride=frame_stride, **option_fields)
+    run = ExportRun(samples, opts, cancel=cancel)
+    for event in run:
+        if progress is not None:
+            progress(event)
+    assert run.report is not None
+    return run.report
