@@ -156,3 +156,38 @@ def encode_rgb_frames(frames: Iterator[np.ndarray], path: str | os.PathLike[str]
         rc = proc.wait()
     if rc != 0:
         raise VideoError(f"ffmpeg failed writing {path}: {stderr.strip()}")
+
+
+def trim_video(src: str | os.PathLike[str], dst: str | os.PathLike[str], frames: range, info: VideoInfo | None = None,
+               *, crf: int = 10) -> VideoInfo:
+    """Re-encode only the decoded frames ``frames`` (0-based decode order, ascending, e.g.
+    ``range(30, 90, 2)``) of ``src`` into ``dst`` (H.264 MP4, constant rate), so a remote
+    model that bills per frame is sent, and charges for, just those frames.
+
+    Frame i of ``dst`` is frame ``frames[i]`` of ``src``: ffmpeg's ``select`` counts
+    decoded frames (``n``) with the same passthrough decoding as :func:`iter_frames`, so
+    no frame is dropped or duplicated and indices map back exactly. Raises
+    :class:`VideoError` if the result does not hold exactly ``len(frames)`` frames.
+    """
+    info = info or probe(src)
+    if len(frames) == 0 or frames.step < 1 or frames.start < 0 or frames[-1] >= info.frame_count:
+        raise ValueError(f"frames {frames} do not fit a video of {info.frame_count} frames")
+    ffmpeg, _ = require_ffmpeg()
+    last = frames[-1]
+    keep = rf"gte(n\,{frames.start})*lte(n\,{last})" + (rf"*not(mod(n-{frames.start}\,{frames.step}))" if frames.step > 1 else "")
+    fps = info.fps if info.fps > 0 else 25.0
+    # Even sizes suit yuv420p (what every decoder takes); odd ones keep full chroma.
+    pix_fmt = "yuv420p" if info.width % 2 == 0 and info.height % 2 == 0 else "yuv444p"
+    cmd = [
+        ffmpeg, "-v", "error", "-y", "-nostdin", "-i", str(src), "-map", "0:v:0", "-an",
+        "-vf", f"select='{keep}',setpts=N/({fps:.6f}*TB)", *_passthrough_flags(),
+        "-c:v", "libx264", "-preset", "veryfast", "-crf", str(crf), "-pix_fmt", pix_fmt,
+        "-movflags", "+faststart", str(dst),
+    ]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise VideoError(f"ffmpeg failed trimming {src} to frames {frames.start}..{last}: {proc.stderr.strip()}")
+    out = probe(dst)
+    if out.frame_count != len(frames):
+        raise VideoError(f"trimming {src} to {len(frames)} frames produced {out.frame_count}; not sending it")
+    return out

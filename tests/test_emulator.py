@@ -260,10 +260,47 @@ def test_storage_token_upload_and_download(emu: EmulatorServer, http: httpx.Clie
     assert got.headers["content-type"] == "video/mp4"
     assert http.get(anonymous.json()["access_url"]).content == b"{}"
     assert http.get(f"{emu.cdn_url}/files/nope/missing.mp4").status_code == 404
-    multipart = http.post(f"{emu.cdn_url}/files/upload/multipart", headers=bearer)
-    assert multipart.status_code == 501
     stats = emu.stats
     assert (stats.token_calls, stats.uploads, stats.upload_bytes, stats.downloads) == (1, 2, len(data) + 2, 2)
+
+
+def test_multipart_upload_reassembles_parts_in_order_and_checks_etags(emu: EmulatorServer, http: httpx.Client) -> None:
+    token = http.post(f"{emu.rest_url}/storage/auth/token?storage_type=fal-cdn-v3", json={}, headers=auth(emu)).json()
+    bearer = {"Authorization": f"Bearer {token['token']}"}
+    parts = [bytes([i]) * (1000 + i) for i in range(1, 5)]
+    assert http.post(f"{token['base_url']}/files/upload/multipart").status_code == 401
+    init = http.post(f"{token['base_url']}/files/upload/multipart",
+                     headers={**bearer, "Content-Type": "video/mp4", "X-Fal-File-Name": "big.mp4"})
+    assert init.status_code == 200
+    access_url, upload_id = init.json()["access_url"], init.json()["uploadId"]
+    etags = {}
+    for n in (3, 1, 4, 2, 3):  # out of order, part 3 sent twice (a retry)
+        r = http.put(f"{access_url}/multipart/{upload_id}/{n}", content=parts[n - 1], headers={**bearer, "Accept-Encoding": "identity"})
+        assert r.status_code == 200 and r.headers["etag"]
+        etags[n] = r.headers["etag"]
+    assert http.get(access_url).status_code == 404  # not a file until completed
+    bad = [{"partNumber": n, "etag": etags[n]} for n in (2, 1, 3)] + [{"partNumber": 4, "etag": '"0000"'}]
+    r = http.post(f"{access_url}/multipart/{upload_id}/complete", json={"parts": bad}, headers=bearer)
+    assert r.status_code == 400 and "part 4" in r.json()["detail"]
+    listed = [{"partNumber": n, "etag": etags[n]} for n in (4, 2, 1, 3)]  # completion order, not sorted
+    r = http.post(f"{access_url}/multipart/{upload_id}/complete", json={"parts": listed}, headers=bearer)
+    assert r.status_code == 200 and r.json()["access_url"] == access_url
+    got = http.get(access_url)
+    assert got.content == b"".join(parts) and got.headers["content-type"] == "video/mp4"
+    head = http.head(access_url)
+    assert head.status_code == 200 and int(head.headers["content-length"]) == sum(map(len, parts))
+    stats = emu.stats
+    assert (stats.multipart_uploads, stats.multipart_parts) == (1, 5)
+
+
+def test_upload_lifetime_preference_expires_the_file(emu: EmulatorServer, http: httpx.Client) -> None:
+    token = http.post(f"{emu.rest_url}/storage/auth/token?storage_type=fal-cdn-v3", json={}, headers=auth(emu)).json()
+    headers = {"Authorization": f"Bearer {token['token']}", "X-Fal-Object-Lifecycle-Preference": '{"expiration_duration_seconds": 1}'}
+    url = http.post(f"{emu.cdn_url}/files/upload", content=b"short-lived", headers=headers).json()["access_url"]
+    assert emu.stored_file(url).lifecycle == {"expiration_duration_seconds": 1}
+    assert http.get(url).content == b"short-lived"
+    time.sleep(1.1)
+    assert http.get(url).status_code == 404
 
 
 def test_documented_app_from_data_uri(clip_video: tuple[Path, Any], emu: EmulatorServer, http: httpx.Client, tmp_path: Path) -> None:

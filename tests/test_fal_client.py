@@ -205,3 +205,36 @@ def test_cancel_answers() -> None:
     assert client.cancel(handle) is True
     client, _ = make_client(lambda r: httpx.Response(400, json={"status": "ALREADY_COMPLETED"}))
     assert client.cancel(handle) is False
+
+
+def test_gone_and_cancelled_requests_are_typed() -> None:
+    from sam_backend.backends.fal.client import RemoteCancelled, RequestGone
+
+    handle = RequestHandle.from_request_id("https://queue.test", "fal-ai/sam-3-1/video-rle", "r1")
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/status"):
+            return httpx.Response(404, json={"detail": "Request not found"})
+        return httpx.Response(499, headers={"X-Fal-Error-Type": "request_cancelled"},
+                              json={"detail": "Request was cancelled", "error_type": "request_cancelled"})
+
+    client, sleeps = make_client(handler)
+    with pytest.raises(RequestGone, match="no longer knows request r1") as gone:
+        client.status(handle)
+    assert isinstance(gone.value, ResultExpired) and gone.value.request_id == "r1"
+    with pytest.raises(RemoteCancelled, match="cancelled the request") as cancelled:
+        client.result(handle)
+    assert cancelled.value.request_id == "r1" and sleeps == []  # neither is retried
+
+
+def test_alive_checks_a_public_file_without_the_key() -> None:
+    seen: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(200 if request.url.path.endswith("/here.mp4") else 404)
+
+    client, _ = make_client(handler)
+    assert client.alive("https://cdn.test/files/here.mp4") is True
+    assert client.alive("https://cdn.test/files/gone.mp4") is False
+    assert all(r.method == "HEAD" and "authorization" not in r.headers for r in seen)

@@ -11,7 +11,7 @@ See :mod:`.server` for the routes, :mod:`.segmenter` for what the toy model find
 """
 
 from .config import DEFAULT_KEY, KNOWN_APPS, AppSpec, EmulatorConfig
-from .faults import FaultAction, FaultHook, FaultPlan, FaultRule, RouteCall
+from .faults import FaultAction, FaultHook, FaultPlan, FaultRule, RouteCall, dropped, http_error, slow
 from .server import EmulatorServer
 from .stats import EmulatorStats, payload_hash
 
@@ -27,5 +27,8 @@ __all__ = [
     "FaultPlan",
     "FaultRule",
     "RouteCall",
+    "dropped",
+    "http_error",
     "payload_hash",
+    "slow",
 ]

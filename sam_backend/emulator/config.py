@@ -7,8 +7,16 @@ config without importing any HTTP machinery, and so adding an app is one table r
 from __future__ import annotations
 
 import dataclasses
+from typing import Literal
 
 from .faults import FaultHook
+
+# How the RLE apps lay out their masks (fal has not documented it; the client has one
+# decoder per plausible shape, and the emulator can produce each of them):
+# - "per_frame": {"frames": [{"frame_index", "masks": [{"rle", "metadata": {index, score, box, label}}]}]}
+# - "per_object": {"objects": [{"object_id", "label", "score", "rles": [rle or null per frame]}]}
+# - "mask_file": {"mask_url": "<CDN url of a JSON file holding the per_frame layout>"}
+RleShape = Literal["per_frame", "per_object", "mask_file"]
 
 DEFAULT_KEY = "emu-key-id:emu-key-secret"
 
@@ -53,6 +61,14 @@ class EmulatorConfig:
     - ``faults``: optional hook consulted on every HTTP call (see :mod:`.faults`).
     - ``log_window``: how many recent log lines a status call with ``logs=true`` returns.
     - ``max_body_bytes``: request bodies above this are refused with 413.
+    - ``rle_shape``: how RLE apps lay out their masks (see :data:`RleShape`).
+    - ``webhook_copies``: how many times each webhook is delivered (fal retries
+      deliveries, so receivers must deduplicate; >1 tests that they do).
+    - ``unavailable_apps``: app ids answered 404 "not found" although known (e.g. to
+      test a client's fallback when an RLE variant is not deployed).
+    - ``memoize``: compute the output of identical requests (same app, input and video
+      bytes) once. For benchmarks of the client: the emulated model time is then
+      ``service_time_s``, as on fal's GPUs, not the toy model's CPU time on this machine.
     """
 
     key: str = DEFAULT_KEY
@@ -66,6 +82,10 @@ class EmulatorConfig:
     faults: FaultHook | None = None
     log_window: int = 20
     max_body_bytes: int = 512 * 1024 * 1024
+    rle_shape: RleShape = "per_frame"
+    webhook_copies: int = 1
+    unavailable_apps: frozenset[str] = frozenset()
+    memoize: bool = False
 
     def __post_init__(self) -> None:
         if self.queue_steps < 0:
@@ -76,5 +96,7 @@ class EmulatorConfig:
             raise ValueError(f"service_time_s must be >= 0, got {self.service_time_s}")
         if not 0.0 <= self.score <= 1.0:
             raise ValueError(f"score must be in [0, 1], got {self.score}")
+        if self.rle_shape not in ("per_frame", "per_object", "mask_file"):
+            raise ValueError(f"rle_shape must be per_frame, per_object or mask_file, got {self.rle_shape!r}")
         if ":" not in self.key:
             raise ValueError("key must look like '<key_id>:<key_secret>'")

@@ -4,8 +4,20 @@ Why a hook and not flags: the failures worth testing are specific ("the 2nd stat
 answers 503", "the submit is accepted but its response is lost", "every upload is
 slow"), so the server describes each call (:class:`RouteCall`) and a hook may answer
 with a :class:`FaultAction`. :class:`FaultPlan` covers the usual rules; anything odder
-is a plain callable. Result expiry is time-based, so it lives in
-``EmulatorConfig.result_ttl_s`` instead.
+is a plain callable. Knobs, per test:
+
+- status codes on the Nth call of a route, overall or per request id:
+  ``FaultRule.nth("status", 2, action=http_error(503), per_request=True)``, storms with
+  ``FaultRule.first("submit", 5, http_error(429, retry_after=1))``, every k-th call with
+  ``FaultRule(route, action, every=k)``;
+- dropped connections, before the call takes effect or after (``dropped(when="after")``:
+  a submit accepted whose answer is lost);
+- slow answers (``slow(seconds)``), e.g. past a client's read timeout.
+
+Time-based and server-side behaviour lives elsewhere: ``EmulatorConfig`` has service
+time, queue steps, workers, result TTL and unavailable apps; ``EmulatorServer.expire``
+forgets a request, ``cancel_job`` cancels one from fal's side, ``expire_file`` drops an
+upload.
 """
 
 from __future__ import annotations
@@ -15,20 +27,24 @@ from collections.abc import Callable, Mapping
 from typing import Any, Literal
 
 Route = Literal[
-    "submit", "status", "result", "cancel", "run", "token", "upload", "multipart", "download", "unknown"
+    "submit", "status", "result", "cancel", "run", "token", "upload", "multipart", "multipart_part",
+    "multipart_complete", "download", "jwks", "unknown",
 ]
 
 
 @dataclasses.dataclass(frozen=True)
 class RouteCall:
     """One HTTP call as the hook sees it. ``n`` counts calls to ``route`` from 1,
-    including this one, over the server's lifetime."""
+    including this one, over the server's lifetime; ``n_request`` counts them for this
+    ``request_id`` only (None on routes without one), so a rule can hit "the first
+    status call of every request" however many run at once."""
 
     route: Route
     n: int
     method: str
     path: str
     request_id: str | None = None
+    n_request: int | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,17 +74,57 @@ class FaultAction:
 FaultHook = Callable[[RouteCall], "FaultAction | None"]
 
 
+def http_error(status: int, *, retry_after: float | None = None, body: Any = None, when: Literal["before", "after"] = "before") -> FaultAction:
+    """Answer ``status`` (e.g. 429 with ``retry_after`` seconds, 500, 503, 504)."""
+    headers = {"Retry-After": f"{retry_after:g}"} if retry_after is not None else {}
+    return FaultAction(status=status, body=body, headers=headers, when=when)
+
+
+def dropped(*, when: Literal["before", "after"] = "before") -> FaultAction:
+    """Close the connection without an answer (``after``: once the call took effect)."""
+    return FaultAction(drop=True, when=when)
+
+
+def slow(seconds: float) -> FaultAction:
+    """Answer normally, but only after ``seconds`` (past a client's read timeout)."""
+    return FaultAction(delay_s=seconds)
+
+
 @dataclasses.dataclass(frozen=True)
 class FaultRule:
     """Apply ``action`` to calls of ``route`` whose number is in ``calls`` (all calls
-    when None)."""
+    when None and ``every`` is None; every ``every``-th call otherwise). With
+    ``per_request`` the numbers are counted per request id (``RouteCall.n_request``)."""
 
     route: Route
     action: FaultAction
     calls: frozenset[int] | None = None
+    every: int | None = None
+    per_request: bool = False
+
+    def __post_init__(self) -> None:
+        if self.every is not None and self.every < 1:
+            raise ValueError(f"every must be >= 1, got {self.every}")
+
+    @classmethod
+    def first(cls, route: Route, count: int, action: FaultAction, *, per_request: bool = False) -> FaultRule:
+        """The first ``count`` calls of ``route`` (a storm that then clears)."""
+        return cls(route, action, calls=frozenset(range(1, count + 1)), per_request=per_request)
+
+    @classmethod
+    def nth(cls, route: Route, *numbers: int, action: FaultAction, per_request: bool = False) -> FaultRule:
+        """Exactly the calls numbered ``numbers`` (from 1)."""
+        return cls(route, action, calls=frozenset(numbers), per_request=per_request)
 
     def matches(self, call: RouteCall) -> bool:
-        return call.route == self.route and (self.calls is None or call.n in self.calls)
+        if call.route != self.route:
+            return False
+        n = call.n_request if self.per_request else call.n
+        if n is None:
+            return False
+        if self.calls is not None and n not in self.calls:
+            return False
+        return self.every is None or n % self.every == 0
 
 
 class FaultPlan:

@@ -83,6 +83,7 @@ class JobManager:
         result_ttl_s: float | None,
         log_window: int,
         on_finish: Callable[[Job], None] | None = None,
+        on_start: Callable[[int], None] | None = None,
     ) -> None:
         self._runner = runner
         self._queue_steps = queue_steps
@@ -91,6 +92,8 @@ class JobManager:
         self._result_ttl_s = result_ttl_s
         self._log_window = log_window
         self._on_finish = on_finish
+        self._on_start = on_start  # called with the number of jobs now IN_PROGRESS
+        self._running = 0
         self._jobs: dict[str, Job] = {}
         self._waiting: collections.deque[Job] = collections.deque()
         self._cond = threading.Condition()
@@ -185,6 +188,20 @@ class JobManager:
                 self._finish_locked(job, None, 0, failures.cancelled())
             return 202, {"status": "CANCELLATION_REQUESTED"}
 
+    def forget(self, request_id: str) -> bool:
+        """Drop a request as if its retention ran out (an unfinished one is cancelled first)."""
+        with self._cond:
+            job = self._jobs.pop(request_id, None)
+            if job is None:
+                return False
+            if job.state is not JobState.COMPLETED:
+                job.cancel.set()
+                if job in self._waiting:
+                    self._waiting.remove(job)
+                if job.state is JobState.IN_QUEUE:
+                    self._finish_locked(job, None, 0, failures.cancelled())
+            return True
+
     def wait(self, job: Job, timeout: float | None = None) -> bool:
         return job.done.wait(timeout)
 
@@ -220,6 +237,9 @@ class JobManager:
                 job = self._waiting.popleft()
                 job.state = JobState.IN_PROGRESS
                 job.started_at = time.time()
+                self._running += 1
+                if self._on_start is not None:
+                    self._on_start(self._running)
             self._process(job)
 
     def _process(self, job: Job) -> None:
@@ -247,6 +267,8 @@ class JobManager:
     def _finish_locked(self, job: Job, output: dict[str, Any] | None, units: int, failure: JobFailure | None) -> None:
         if job.state is JobState.COMPLETED:
             return
+        if job.state is JobState.IN_PROGRESS:
+            self._running -= 1
         job.state = JobState.COMPLETED
         job.completed_at = time.time()
         job.output, job.billable_units, job.failure = output, units, failure

@@ -12,6 +12,7 @@ import base64
 import binascii
 import contextlib
 import dataclasses
+import json
 import tempfile
 import threading
 from collections.abc import Callable, Iterator
@@ -26,7 +27,7 @@ from ..masks import encode_rle, tight_box
 from ..types import VideoInfo
 from ..video import iter_frames, probe
 from . import failures
-from .config import AppSpec
+from .config import AppSpec, RleShape
 from .render import VIDEO_FORMATS, blend_masks, draw_boxes, jpeg_sequence_sink, video_sink, zip_directory
 from .schema import SamVideoInput, error_item
 from .segmenter import Cancelled, Track, analyse, classify, frame_objects, plan_tracks
@@ -48,6 +49,7 @@ class RunContext:
     score: float
     cancel: threading.Event
     log: Callable[[str], None]
+    rle_shape: RleShape = "per_frame"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,7 +80,7 @@ def resolve_video(url: str, storage: Storage, cdn_url: str) -> bytes:
         stored = storage.get(unquote(parts.path[len(files_prefix):]))
         if stored is None:
             raise failures.download_error(url, "404 Not Found")
-        return stored.data
+        return stored.read()
     raise failures.download_error(
         url, "the emulator never downloads from the network; upload to its CDN or pass a data URI"
     )
@@ -188,8 +190,25 @@ def _render(
         ),
     }
     if app.rle:
-        output["frames"] = frames_out
+        output.update(_rle_layout(frames_out, count, ctx))
     return output, count
+
+
+def _rle_layout(frames_out: list[dict[str, Any]], frame_count: int, ctx: RunContext) -> dict[str, Any]:
+    """The masks in the layout ``ctx.rle_shape`` asks for (see config.RleShape)."""
+    if ctx.rle_shape == "per_frame":
+        return {"frames": frames_out}
+    if ctx.rle_shape == "mask_file":
+        data = json.dumps({"frames": frames_out}).encode()
+        return {"mask_url": f"{ctx.cdn_url}/files/{ctx.storage.put(data, 'application/json', 'masks.json')}"}
+    objects: dict[int, dict[str, Any]] = {}
+    for frame in frames_out:
+        for item in frame["masks"]:
+            meta = item["metadata"]
+            obj = objects.setdefault(meta["index"], {"object_id": meta["index"], "label": meta["label"],
+                                                     "score": meta["score"], "rles": [None] * frame_count})
+            obj["rles"][frame["frame_index"]] = item["rle"]
+    return {"objects": [objects[k] for k in sorted(objects)]}
 
 
 def _rle_mask(track: Track, mask: np.ndarray, box: tuple[int, int, int, int], info: VideoInfo) -> dict[str, Any]:

@@ -8,22 +8,27 @@ one port:
 
     https://queue.fal.run  -> {base_url}/queue     (submit, status, result, cancel)
     https://fal.run        -> {base_url}/run       (synchronous run)
-    https://rest.fal.ai    -> {base_url}/rest      (storage tokens)
-    https://v3.fal.media   -> {base_url}/cdn       (uploads and file downloads)
+    https://rest.fal.ai    -> {base_url}/rest      (storage tokens, webhook JWKS)
+    https://v3.fal.media   -> {base_url}/cdn       (uploads, multipart uploads, downloads)
 
 Stdlib only (``ThreadingHTTPServer``, HTTP/1.1 keep-alive), bound to 127.0.0.1 on an
-ephemeral port. ``stop()`` shuts every thread down: the accept loop, the workers, and
+ephemeral port. Webhooks (``fal_webhook``) are delivered, signed like fal's (Ed25519 over
+request id, user id, timestamp and the body's sha256; ``cryptography`` is imported only
+then), to loopback URLs only. ``stop()`` shuts every thread down: the accept loop, the workers, and
 the per-connection handler threads (idle keep-alive sockets are shut to release them).
 """
 
 from __future__ import annotations
 
+import base64
 import dataclasses
+import hashlib
 import json
 import logging
 import re
 import socket
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
@@ -32,16 +37,22 @@ from . import failures
 from .config import KNOWN_APPS, EmulatorConfig
 from .faults import FaultAction, FaultHook, Route, RouteCall
 from .jobs import Job, JobManager, JobState
-from .model import RunContext, run_sam_video
+from .model import RunContext, resolve_video, run_sam_video
 from .schema import parse_input
 from .stats import EmulatorStats, StatsRecorder
-from .storage import Storage
+from .storage import MultipartError, Storage, StoredFile, parse_lifecycle
 
 log = logging.getLogger(__name__)
 
 REQUEST_ID_HEADER = "x-fal-request-id"
 BILLABLE_UNITS_HEADER = "x-fal-billable-units"
 ERROR_TYPE_HEADER = "X-Fal-Error-Type"
+LIFECYCLE_HEADERS = ("x-fal-object-lifecycle-preference", "x-fal-object-lifecycle")
+WEBHOOK_USER_ID = "emulator-user"
+# Delivery attempts per webhook copy, this far apart (fal retries for ~2 hours; a test
+# receiver is either up or not).
+WEBHOOK_ATTEMPTS = 3
+WEBHOOK_RETRY_S = 0.2
 _REASONS = {499: "Client Closed Request"}
 
 
@@ -51,6 +62,7 @@ class Response:
     body: bytes = b""
     content_type: str = "application/json"
     headers: dict[str, str] = dataclasses.field(default_factory=dict)
+    length: int | None = None  # Content-Length when the body is not sent (HEAD)
 
 
 def json_response(status: int, obj: Any, headers: dict[str, str] | None = None) -> Response:
@@ -78,10 +90,12 @@ _ROUTES: list[tuple[Route, str, re.Pattern[str]]] = [
     ("submit", "POST", re.compile(r"^/queue/(?P<app>[^?]+?)/?$")),
     ("run", "POST", re.compile(r"^/run/(?P<app>.+?)/?$")),
     ("token", "POST", re.compile(r"^/rest/storage/auth/token/?$")),
+    ("jwks", "GET", re.compile(r"^/rest/\.well-known/jwks\.json$")),
     ("upload", "POST", re.compile(r"^/cdn/files/upload/?$")),
-    # Seam for multipart uploads (fal-client uses them above 100 MiB): answered 501 for now.
+    # Multipart (above 100 MiB): initiate, PUT each part under the file's own URL, complete.
     ("multipart", "POST", re.compile(r"^/cdn/files/upload/multipart/?$")),
-    ("multipart", "*", re.compile(r"^/cdn/files/(?P<key>.+)/multipart/.*$")),
+    ("multipart_complete", "POST", re.compile(r"^/cdn/files/(?P<key>.+?)/multipart/(?P<upload_id>[^/]+)/complete/?$")),
+    ("multipart_part", "PUT", re.compile(r"^/cdn/files/(?P<key>.+?)/multipart/(?P<upload_id>[^/]+)/(?P<part>\d+)/?$")),
     ("download", "GET", re.compile(r"^/cdn/files/(?P<key>.+)$")),
 ]
 
@@ -98,6 +112,15 @@ def match_route(method: str, path: str) -> tuple[Route, dict[str, str], bool]:
 
 class _BodyTooLarge(Exception):
     pass
+
+
+@dataclasses.dataclass
+class _MemoSlot:
+    """One memoized output (``EmulatorConfig.memoize``), computed by the first request."""
+
+    claimed: bool = False
+    ready: threading.Event = dataclasses.field(default_factory=threading.Event)
+    value: tuple[dict[str, Any], int] | None = None
 
 
 class _HTTPServer(ThreadingHTTPServer):
@@ -157,7 +180,7 @@ class _Handler(BaseHTTPRequestHandler):
         try:
             url = urlsplit(self.path)
             route, params, allowed = match_route(self.command, url.path)
-            n = emu._stats.route_call(route)
+            n, n_request = emu._stats.route_call(route, params.get("request_id"))
             try:
                 body = self._read_body(emu.config.max_body_bytes)
             except _BodyTooLarge:
@@ -168,7 +191,7 @@ class _Handler(BaseHTTPRequestHandler):
                 self.close_connection = True
                 self._send(_detail(400, "malformed request body framing"))
                 return
-            action = emu._fault_for(RouteCall(route, n, self.command, url.path, params.get("request_id")))
+            action = emu._fault_for(RouteCall(route, n, self.command, url.path, params.get("request_id"), n_request))
             if action is not None and action.delay_s > 0 and emu._stopping.wait(action.delay_s):
                 self._drop()
                 return
@@ -239,7 +262,8 @@ class _Handler(BaseHTTPRequestHandler):
     def _send(self, response: Response) -> None:
         self.send_response(response.status, _REASONS.get(response.status))
         self.send_header("Content-Type", response.content_type)
-        self.send_header("Content-Length", str(len(response.body)))
+        length = response.length if response.length is not None else len(response.body)
+        self.send_header("Content-Length", str(length))
         for name, value in response.headers.items():
             self.send_header(name, value)
         if self.close_connection:
@@ -267,6 +291,11 @@ class EmulatorServer:
         self._thread: threading.Thread | None = None
         self._jobs: JobManager | None = None
         self._base_url = ""
+        self._signing_key: Any = None  # Ed25519 private key, made on first webhook
+        self._key_lock = threading.Lock()
+        self._deliveries: list[threading.Thread] = []
+        self._memo: dict[str, _MemoSlot] = {}
+        self._memo_lock = threading.Lock()
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -281,6 +310,7 @@ class EmulatorServer:
             result_ttl_s=self.config.result_ttl_s,
             log_window=self.config.log_window,
             on_finish=self._job_finished,
+            on_start=lambda running: self._stats.peak("max_running", running),
         )
         httpd = _HTTPServer(self)
         self._base_url = f"http://127.0.0.1:{httpd.server_address[1]}"
@@ -302,6 +332,9 @@ class EmulatorServer:
         httpd.close_connections()
         httpd.server_close()  # joins the handler threads
         thread.join()
+        for delivery in list(self._deliveries):
+            delivery.join()
+        self._storage.close()
         self._httpd = self._jobs = self._thread = None
 
     def __enter__(self) -> EmulatorServer:
@@ -360,6 +393,40 @@ class EmulatorServer:
         """The emulator's record of a request, for tests that need to look inside."""
         return self._jobs.get(request_id) if self._jobs is not None else None
 
+    def expire(self, request_id: str) -> bool:
+        """Forget a request now, as fal does with results after their retention time:
+        status and result then answer 404. True if it was known."""
+        return self._jobs.forget(request_id) if self._jobs is not None else False
+
+    def cancel_job(self, request_id: str) -> bool:
+        """Cancel a request from fal's side (not a client cancel call): it completes as
+        cancelled. True if it was still running or queued."""
+        job = self.job(request_id)
+        if job is None or self._jobs is None:
+            return False
+        status, _ = self._jobs.cancel(job)
+        return status == 202
+
+    def stored_file(self, url: str) -> StoredFile | None:
+        """The CDN file behind an ``access_url`` this emulator returned (None if absent or expired)."""
+        prefix = self.cdn_url + "/files/"
+        if not url.startswith(prefix):
+            return None
+        return self._storage.get(url[len(prefix):])
+
+    def expire_file(self, url: str) -> bool:
+        """Drop a CDN file now, as if the lifetime its uploader asked for had run out."""
+        prefix = self.cdn_url + "/files/"
+        return url.startswith(prefix) and self._storage.expire(url[len(prefix):])
+
+    def jwks(self) -> dict[str, Any]:
+        """The public key webhook deliveries are signed with, as fal publishes its keys."""
+        from cryptography.hazmat.primitives import serialization
+
+        raw = self._webhook_key().public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+        x = base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+        return {"keys": [{"kty": "OKP", "crv": "Ed25519", "x": x, "kid": "emulator", "use": "sig", "alg": "EdDSA"}]}
+
     # -- internals -----------------------------------------------------------------------
 
     def _fault_for(self, call: RouteCall) -> FaultAction | None:
@@ -373,14 +440,97 @@ class EmulatorServer:
             self._stats.add("jobs_cancelled")
         else:
             self._stats.add("jobs_failed")
+        if job.webhook_url:
+            # Called under the job manager's lock: deliver from another thread.
+            delivery = threading.Thread(target=self._deliver_webhook, args=(job,), name="sam-emulator-webhook", daemon=True)
+            self._deliveries = [t for t in self._deliveries if t.is_alive()] + [delivery]
+            delivery.start()
+
+    def _webhook_key(self) -> Any:
+        with self._key_lock:
+            if self._signing_key is None:
+                from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+                self._signing_key = Ed25519PrivateKey.generate()
+            return self._signing_key
+
+    def _deliver_webhook(self, job: Job) -> None:
+        """POST fal's webhook body, signed, to a loopback URL (never anywhere else)."""
+        import urllib.request
+        from urllib.parse import urlsplit as _split
+
+        url = job.webhook_url or ""
+        if _split(url).hostname not in ("127.0.0.1", "localhost", "::1"):
+            log.warning("emulator does not deliver webhooks off loopback: %s", url)
+            return
+        if job.failure is None:
+            body = {"request_id": job.request_id, "gateway_request_id": job.request_id, "status": "OK",
+                    "payload": job.output, "error": None}
+        else:
+            body = {"request_id": job.request_id, "gateway_request_id": job.request_id, "status": "ERROR",
+                    "payload": job.failure.body(), "error": job.failure.error}
+        data = json.dumps(body).encode()
+        for _ in range(self.config.webhook_copies):
+            timestamp = str(int(time.time()))
+            message = "\n".join([job.request_id, WEBHOOK_USER_ID, timestamp, hashlib.sha256(data).hexdigest()]).encode()
+            headers = {
+                "Content-Type": "application/json",
+                "X-Fal-Webhook-Request-Id": job.request_id,
+                "X-Fal-Webhook-User-Id": WEBHOOK_USER_ID,
+                "X-Fal-Webhook-Timestamp": timestamp,
+                "X-Fal-Webhook-Signature": self._webhook_key().sign(message).hex(),
+            }
+            for _attempt in range(WEBHOOK_ATTEMPTS):
+                try:
+                    with urllib.request.urlopen(urllib.request.Request(url, data=data, headers=headers, method="POST"), timeout=5) as r:
+                        if 200 <= r.status < 300:
+                            self._stats.add("webhook_deliveries")
+                            break
+                except OSError:
+                    pass
+                if self._stopping.wait(WEBHOOK_RETRY_S):
+                    return
 
     def _run_job(self, job: Job) -> tuple[dict[str, Any], int]:
         parsed = parse_input(job.payload)
         if isinstance(parsed, list):  # only when validate_on_submit is off
             raise failures.invalid_input(parsed)
-        ctx = RunContext(self._storage, self.cdn_url, self.config.score, job.cancel, job.log)
+        key = self._memo_key(job, parsed) if self.config.memoize else None
+        if key is None:
+            return self._compute(job, parsed)
+        with self._memo_lock:  # single flight: identical requests running at once compute once
+            slot = self._memo.setdefault(key, _MemoSlot())
+            first = not slot.claimed
+            slot.claimed = True
+        if first:
+            try:
+                slot.value = self._compute(job, parsed)
+            finally:
+                slot.ready.set()
+                if slot.value is None:  # failed: let the next identical request try again
+                    with self._memo_lock:
+                        self._memo.pop(key, None)
+        else:
+            slot.ready.wait()
+            if slot.value is None:
+                return self._compute(job, parsed)
+            job.log("Reusing the output of an identical earlier request (memoize)")
+        assert slot.value is not None
+        return slot.value
+
+    def _compute(self, job: Job, parsed: Any) -> tuple[dict[str, Any], int]:
+        ctx = RunContext(self._storage, self.cdn_url, self.config.score, job.cancel, job.log, self.config.rle_shape)
         out = run_sam_video(job.app, parsed, ctx)
         return out.output, out.frames
+
+    def _memo_key(self, job: Job, parsed: Any) -> str | None:
+        """Same app, same input apart from the URL, same video bytes -> same output."""
+        try:
+            data = resolve_video(parsed.video_url, self._storage, self.cdn_url)
+        except failures.JobFailure:
+            return None
+        body = json.dumps({k: v for k, v in job.payload.items() if k != "video_url"}, sort_keys=True)
+        return hashlib.sha256(f"{job.app.app_id}\n{body}\n".encode() + hashlib.sha256(data).digest()).hexdigest()
 
     def _handle(self, route: Route, params: dict[str, str], req: _Request) -> Response:
         if route in ("submit", "run"):
@@ -391,10 +541,12 @@ class EmulatorServer:
             return self._token(req)
         if route == "upload":
             return self._upload(req)
-        if route == "multipart":
-            return _detail(501, "multipart upload is not implemented by the emulator yet; upload files up to 100 MiB")
+        if route in ("multipart", "multipart_part", "multipart_complete"):
+            return self._multipart(route, params, req)
         if route == "download":
-            return self._download(params["key"])
+            return self._download(params["key"], head=req.method == "HEAD")
+        if route == "jwks":
+            return json_response(200, self.jwks())
         return _detail(404, "Not Found")
 
     def _key_auth(self, req: _Request) -> Response | None:
@@ -410,7 +562,7 @@ class EmulatorServer:
     def _submit(self, app_path: str, req: _Request, *, run: bool) -> Response:
         if (denied := self._key_auth(req)) is not None:
             return denied
-        app = KNOWN_APPS.get(app_path)
+        app = KNOWN_APPS.get(app_path) if app_path not in self.config.unavailable_apps else None
         if app is None:
             return _detail(404, f"Application '{app_path}' not found")
         try:
@@ -453,8 +605,10 @@ class EmulatorServer:
         request_id = params["request_id"]
         if route == "status":
             self._stats.status_call(request_id)
+        elif route == "cancel":
+            self._stats.cancel_call(request_id)
         else:
-            self._stats.add("result_calls" if route == "result" else "cancel_calls")
+            self._stats.add("result_calls")
         if (denied := self._key_auth(req)) is not None:
             return denied
         assert self._jobs is not None
@@ -492,20 +646,59 @@ class EmulatorServer:
             200, {"token": token.token, "token_type": "Bearer", "base_url": self.cdn_url, "expires_at": token.expires_at_iso()}
         )
 
-    def _upload(self, req: _Request) -> Response:
+    def _token_auth(self, req: _Request) -> Response | None:
         scheme, _, token = req.headers.get("authorization", "").partition(" ")
         if scheme.lower() != "bearer" or not self._storage.token_valid(token.strip()):
             self._stats.add("auth_failures")
             return _detail(401, "Invalid or expired upload token")
+        return None
+
+    @staticmethod
+    def _lifecycle(req: _Request) -> dict[str, Any] | None:
+        for name in LIFECYCLE_HEADERS:
+            if (value := parse_lifecycle(req.headers.get(name))) is not None:
+                return value
+        return None
+
+    def _upload(self, req: _Request) -> Response:
+        if (denied := self._token_auth(req)) is not None:
+            return denied
         content_type = req.headers.get("content-type") or "application/octet-stream"
-        key = self._storage.put(req.body, content_type, req.headers.get("x-fal-file-name"))
+        key = self._storage.put(req.body, content_type, req.headers.get("x-fal-file-name"), self._lifecycle(req))
         self._stats.add("uploads")
         self._stats.add("upload_bytes", len(req.body))
         return json_response(200, {"access_url": f"{self.cdn_url}/files/{key}"})
 
-    def _download(self, key: str) -> Response:
+    def _multipart(self, route: Route, params: dict[str, str], req: _Request) -> Response:
+        if (denied := self._token_auth(req)) is not None:
+            return denied
+        try:
+            if route == "multipart":
+                content_type = req.headers.get("content-type") or "application/octet-stream"
+                key, upload_id = self._storage.begin_multipart(content_type, req.headers.get("x-fal-file-name"), self._lifecycle(req))
+                return json_response(200, {"access_url": f"{self.cdn_url}/files/{key}", "uploadId": upload_id})
+            if route == "multipart_part":
+                etag = self._storage.put_part(params["key"], params["upload_id"], int(params["part"]), req.body)
+                self._stats.add("multipart_parts")
+                return Response(200, b"", "text/plain", {"ETag": etag})
+            try:
+                listed = json.loads(req.body or b"{}")["parts"]
+                parts = [(int(p["partNumber"]), str(p["etag"])) for p in listed]
+            except (ValueError, KeyError, TypeError):
+                return _detail(400, 'complete needs {"parts": [{"partNumber": n, "etag": "..."}]}')
+            stored = self._storage.complete_multipart(params["key"], params["upload_id"], parts)
+        except MultipartError as exc:
+            return _detail(exc.status, str(exc))
+        self._stats.add("uploads")
+        self._stats.add("multipart_uploads")
+        self._stats.add("upload_bytes", stored.size)
+        return json_response(200, {"access_url": f"{self.cdn_url}/files/{params['key']}"})
+
+    def _download(self, key: str, *, head: bool = False) -> Response:
         stored = self._storage.get(key)
         if stored is None:
             return _detail(404, "File not found")
+        if head:
+            return Response(200, b"", stored.content_type, length=stored.size)
         self._stats.add("downloads")
-        return Response(200, stored.data, stored.content_type)
+        return Response(200, stored.read(), stored.content_type)

@@ -38,10 +38,15 @@ class EmulatorStats:
     status_calls_by_request: dict[str, int] = dataclasses.field(default_factory=dict)
     result_calls: int = 0
     cancel_calls: int = 0
+    cancelled_requests: list[str] = dataclasses.field(default_factory=list)  # ids a cancel call named
     run_calls: int = 0
     token_calls: int = 0
     uploads: int = 0
     upload_bytes: int = 0
+    multipart_uploads: int = 0  # completed ones
+    multipart_parts: int = 0  # part PUTs, retries included
+    webhook_deliveries: int = 0
+    max_running: int = 0  # most jobs IN_PROGRESS at the same time
     downloads: int = 0
     auth_failures: int = 0
     jobs_completed: int = 0
@@ -61,12 +66,17 @@ class StatsRecorder:
         self._lock = threading.Lock()
         self._stats = EmulatorStats()
         self._route_calls: collections.Counter[str] = collections.Counter()
+        self._request_calls: collections.Counter[tuple[str, str]] = collections.Counter()
 
-    def route_call(self, route: str) -> int:
-        """Count one call to ``route``; returns its number (from 1)."""
+    def route_call(self, route: str, request_id: str | None = None) -> tuple[int, int | None]:
+        """Count one call to ``route``; returns its number (from 1) overall and for
+        ``request_id`` (None without one)."""
         with self._lock:
             self._route_calls[route] += 1
-            return self._route_calls[route]
+            if request_id is None:
+                return self._route_calls[route], None
+            self._request_calls[route, request_id] += 1
+            return self._route_calls[route], self._request_calls[route, request_id]
 
     def add(self, field: str, amount: int = 1) -> None:
         with self._lock:
@@ -77,6 +87,15 @@ class StatsRecorder:
         with self._lock:
             self._stats.submits.append((app_id, copy.deepcopy(payload)))
             self._stats.submit_count_by_payload[key] = self._stats.submit_count_by_payload.get(key, 0) + 1
+
+    def peak(self, field: str, value: int) -> None:
+        with self._lock:
+            setattr(self._stats, field, max(getattr(self._stats, field), value))
+
+    def cancel_call(self, request_id: str) -> None:
+        with self._lock:
+            self._stats.cancel_calls += 1
+            self._stats.cancelled_requests.append(request_id)
 
     def status_call(self, request_id: str) -> None:
         with self._lock:

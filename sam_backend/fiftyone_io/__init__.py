@@ -4,10 +4,10 @@ the SDK call, ``SamVideoModel`` the ``apply_model`` adapter."""
 
 from .export import export_tracks, import_tracks
 from .model import SamVideoModel
-from .segment import SampleProgress, SegmentOptions, SegmentReport, segment_videos
+from .segment import RunStatus, SampleProgress, SegmentOptions, SegmentReport, resume, segment_videos, status
 from .writer import FrameLabelWriter
 
 __all__ = [
     "FrameLabelWriter", "SampleProgress", "SamVideoModel", "SegmentOptions", "SegmentReport",
-    "export_tracks", "import_tracks", "segment_videos",
+    "RunStatus", "export_tracks", "import_tracks", "resume", "segment_videos", "status",
 ]

@@ -1,37 +1,123 @@
-"""``sam31-video``: the command line. ``demo`` runs the demo; ``segment`` labels a dataset."""
+"""``sam31-video``: the command line.
+
+- ``demo``: run the demo;
+- ``segment DATASET --prompt ...``: label a dataset (Ctrl-C cancels every request in
+  flight and writes nothing partial; a second Ctrl-C quits at once, leaving the requests
+  running and journaled for ``resume``);
+- ``resume [DATASET]``: finish the newest unfinished run without paying twice;
+- ``status [DATASET]``: runs in the journal and requests still open at fal.
+"""
 
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 from collections.abc import Sequence
+from typing import Any
 
-from ..errors import SamError
+from ..errors import Cancelled, SamError
+from ..types import FrameRange
+
+
+def _frames(text: str) -> FrameRange:
+    """``START:STOP[:STEP]`` (0-based, STOP exclusive, either end may be empty)."""
+    parts = text.split(":")
+    if len(parts) not in (2, 3):
+        raise argparse.ArgumentTypeError("frames must look like START:STOP or START:STOP:STEP, e.g. 0:300 or 100::2")
+    try:
+        start = int(parts[0]) if parts[0] else 0
+        stop = int(parts[1]) if parts[1] else None
+        step = int(parts[2]) if len(parts) == 3 and parts[2] else 1
+        return FrameRange(start=start, stop=stop, step=step)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"bad frame range {text!r}: {exc}") from None
+
+
+def _show(p: Any) -> None:
+    finished = p.done + p.failed
+    message = f"queue position {p.backend.queue_position}" if p.backend.queue_position is not None else p.backend.message
+    print(f"[{finished}/{p.sample_count} finished] video {p.sample_index + 1}: {p.backend.stage} {message}", file=sys.stderr)
+
+
+class _Interrupts:
+    """First Ctrl-C: cancel the run (requests in flight are cancelled at fal). Second:
+    quit now (requests keep running and stay journaled for ``resume``)."""
+
+    def __init__(self) -> None:
+        from ..backends.base import CancelToken
+
+        self.token = CancelToken()
+        self._previous: Any = None
+
+    def __enter__(self) -> _Interrupts:
+        self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        signal.signal(signal.SIGINT, self._previous)
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        print("\ncancelling: stopping every request in flight (Ctrl-C again to quit at once; "
+              "'sam31-video resume' picks up what is left)", file=sys.stderr)
+        self.token.cancel()
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+def _print_report(report: Any, field: str) -> int:
+    billed = f", {report.billed_units:g} billed units" if report.billed_units is not None else ""
+    cost = f", estimated ${report.estimated_usd:.2f}" if report.estimated_usd is not None else ""
+    run = f" (run {report.run_id})" if report.run_id else ""
+    print(f"{len(report.done)}/{report.samples} videos, {report.frames} frames, {sum(report.tracks.values())} tracks "
+          f"-> frames.{field}{cost}{billed} ({report.seconds:.1f} s){run}")
+    for sample_id, message in report.failed.items():
+        print(f"FAILED {sample_id}: {message}", file=sys.stderr)
+    return 1 if report.failed else 0
 
 
 def _segment(args: argparse.Namespace) -> int:
     import fiftyone as fo
 
-    from .segment import SampleProgress, segment_videos
+    from .segment import segment_videos
 
     dataset = fo.load_dataset(args.dataset)
+    backend_options: dict[str, Any] = {}
+    if args.endpoint:
+        backend_options["endpoint"] = args.endpoint
+    if args.webhook_url:
+        backend_options["webhook_url"] = args.webhook_url
+    if args.journal:
+        backend_options["journal_path"] = args.journal
+    with _Interrupts() as interrupts:
+        report = segment_videos(dataset, prompt=args.prompt, label_field=args.field, backend=args.backend,
+                                detection_threshold=args.threshold, max_num_objects=args.max_objects,
+                                concurrency=args.concurrency, frames=args.frames, url_field=args.url_field,
+                                backend_options=backend_options, progress=_show, cancel=interrupts.token)
+    return _print_report(report, args.field)
 
-    def show(p: SampleProgress) -> None:
-        print(f"[{p.sample_index + 1}/{p.sample_count}] {p.backend.stage} {p.backend.message}", file=sys.stderr)
 
-    report = segment_videos(dataset, prompt=args.prompt, label_field=args.field, backend=args.backend,
-                            detection_threshold=args.threshold, max_num_objects=args.max_objects, progress=show)
-    print(f"{len(report.done)}/{report.samples} videos, {report.frames} frames, "
-          f"{sum(report.tracks.values())} tracks -> frames.{args.field} ({report.seconds:.1f} s)")
-    for sample_id, message in report.failed.items():
-        print(f"FAILED {sample_id}: {message}", file=sys.stderr)
-    return 1 if report.failed else 0
+def _resume(args: argparse.Namespace) -> int:
+    from .segment import resume
+
+    with _Interrupts() as interrupts:
+        report = resume(args.dataset, run_id=args.run, label_field=args.field, journal_path=args.journal,
+                        resubmit_uncertain=args.resubmit_uncertain, progress=_show, cancel=interrupts.token)
+    return _print_report(report, report.label_field)
+
+
+def _status(args: argparse.Namespace) -> int:
+    from .segment import status
+
+    print(status(args.dataset, journal_path=args.journal))
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="sam31-video")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("demo", help="segment a generated video into a FiftyOne dataset", add_help=False)
+    sub.add_parser("export", help="export tracks to COCO, YOLO, MOT/MOTS or YouTube-VIS", add_help=False)
+    sub.add_parser("import", help="import COCO or YouTube-VIS tracks into frame labels", add_help=False)
     seg = sub.add_parser("segment", help="segment every video of a FiftyOne dataset")
     seg.add_argument("dataset")
     seg.add_argument("--prompt", required=True, help="comma-separated concepts, e.g. 'person, dog'")
@@ -39,15 +125,46 @@ def main(argv: Sequence[str] | None = None) -> int:
     seg.add_argument("--backend", default="fal")
     seg.add_argument("--threshold", type=float, default=0.5)
     seg.add_argument("--max-objects", type=int, default=16)
+    seg.add_argument("--concurrency", type=int, default=None, help="videos in flight at once (default 8)")
+    seg.add_argument("--frames", type=_frames, default=None, help="only these frames, START:STOP[:STEP] (0-based)")
+    seg.add_argument("--url-field", default=None, help="sample field with a public video URL to use instead of uploading")
+    seg.add_argument("--endpoint", default=None, help="fal endpoint id (default fal-ai/sam-3-1/video-rle)")
+    seg.add_argument("--webhook-url", default=None, help="passed to fal as fal_webhook on every submit")
+    seg.add_argument("--journal", default=None, help="request journal file (default in ~/.local/state/sam31-video)")
+    res = sub.add_parser("resume", help="finish an unfinished run without paying twice")
+    res.add_argument("dataset", nargs="?")
+    res.add_argument("--run", default=None, help="run id (default: the newest unfinished run)")
+    res.add_argument("--field", default=None)
+    res.add_argument("--journal", default=None)
+    res.add_argument("--resubmit-uncertain", action="store_true",
+                     help="also resubmit samples whose earlier submit may have reached fal (may bill twice)")
+    st = sub.add_parser("status", help="runs in the journal and requests still open at fal")
+    st.add_argument("dataset", nargs="?")
+    st.add_argument("--journal", default=None)
     args, rest = parser.parse_known_args(argv)
     try:
         if args.command == "demo":
             from .demo import main as demo_main
 
             return demo_main(rest)
+        if args.command in ("export", "import"):
+            from .export.cli import main as export_main
+
+            return export_main([args.command, *rest])
         if rest:
             parser.error(f"unrecognized arguments: {' '.join(rest)}")
-        return _segment(args)
+        if args.command == "segment":
+            if args.concurrency is None:
+                from .segment import DEFAULT_CONCURRENCY
+
+                args.concurrency = DEFAULT_CONCURRENCY
+            return _segment(args)
+        if args.command == "resume":
+            return _resume(args)
+        return _status(args)
+    except Cancelled as exc:
+        print(f"cancelled: {exc}", file=sys.stderr)
+        return 130
     except SamError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -1,15 +1,25 @@
-"""The SDK entry point: segment every video sample of a collection into a frame field.
+"""The SDK entry points: segment every video sample of a collection into a frame field,
+resume a run that stopped, and show what is pending.
 
 Everything that can be checked is checked before the first byte is uploaded or the first
-label written: the output field, the prompts (shape, and against every video's size and
-frame count), that every video decodes, and the backend's credentials.
+label written: the output field, the prompts (shape, and against every video's size,
+frame count and frame range), that every video decodes, and the backend's credentials.
+
+Samples run concurrently (``concurrency`` at once, one thread each: a backend call that
+mostly waits on the remote model, then the all-or-nothing write of that sample), all
+sharing one backend and so one HTTP client. A backend with a journal (fal) also gets the
+run recorded there (which samples, with which options), so :func:`resume` can finish it
+after a crash or Ctrl-C without the original arguments and without paying twice, and
+:func:`status` can show it.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import logging
 import os
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -26,6 +36,7 @@ from ..types import (
     DEFAULT_MAX_NUM_OBJECTS,
     BoxPrompt,
     DetectionThreshold,
+    FrameRange,
     MaxNumObjects,
     PointPrompt,
     Progress,
@@ -37,8 +48,18 @@ from .writer import FrameLabelWriter, check_label_field
 
 logger = logging.getLogger(__name__)
 
-# Errors that will fail every remaining sample the same way: stop instead of skipping.
-_FATAL = (AuthError, QuotaError, Cancelled)
+# Errors that will fail every remaining sample the same way: stop starting new samples
+# (the ones in flight are already paid for and finish) instead of skipping.
+_FATAL = (AuthError, QuotaError)
+# Samples in flight at once. Remote backends spend most of a sample waiting on the model
+# (fal runs requests in parallel), so 8 overlaps the waits; it also bounds memory (one
+# sample's result each), open requests, and how many a cancel has to stop.
+DEFAULT_CONCURRENCY = 8
+# ffprobe processes at once while checking videos: hundreds of videos are checked in
+# seconds, not minutes, without flooding a small machine.
+_PROBE_WORKERS = 8
+# backend_options keys never stored with a run (credentials are read again on resume).
+_SECRET_OPTIONS = ("key", "api_key", "secret", "token")
 
 
 class SegmentOptions(BaseModel):
@@ -56,6 +77,12 @@ class SegmentOptions(BaseModel):
     detection_threshold: DetectionThreshold = DEFAULT_DETECTION_THRESHOLD
     max_num_objects: MaxNumObjects = DEFAULT_MAX_NUM_OBJECTS
     skip_failures: bool = True
+    # Only these frames (0-based, the video's own indices) are sent and labelled; remote
+    # backends cut the video locally first, so only these frames are billed.
+    frames: FrameRange | None = None
+    concurrency: int = Field(default=DEFAULT_CONCURRENCY, ge=1, le=64)
+    # A sample field holding a public URL of the video: used instead of uploading the file.
+    url_field: str | None = None
 
     @classmethod
     def build(cls, options: SegmentOptions | None = None, **fields: Any) -> SegmentOptions:
@@ -79,12 +106,16 @@ class SegmentOptions(BaseModel):
 
 @dataclasses.dataclass(frozen=True)
 class SampleProgress:
-    """Progress of a run: which sample, and what its backend last said."""
+    """Progress of a run: which sample, what its backend last said, and how many samples
+    are finished so far (``done`` + ``failed`` of ``sample_count``). Called from worker
+    threads, one call at a time."""
 
     sample_index: int
     sample_count: int
     sample_id: str
     backend: Progress
+    done: int = 0
+    failed: int = 0
 
 
 @dataclasses.dataclass
@@ -102,6 +133,8 @@ class SegmentReport:
     records: dict[str, RunRecord] = dataclasses.field(default_factory=dict)
     warnings: list[str] = dataclasses.field(default_factory=list)
     seconds: float = 0.0
+    run_id: str | None = None  # the run's id in the backend's journal (for resume/status)
+    outputs: dict[str, dict[str, str]] = dataclasses.field(default_factory=dict)  # rendered media URLs
 
     @property
     def billed_units(self) -> float | None:
@@ -111,9 +144,11 @@ class SegmentReport:
 
 @dataclasses.dataclass(frozen=True)
 class _Job:
+    index: int
     sample_id: str
     path: Path
     info: VideoInfo
+    url: str | None = None
 
 
 def segment_videos(
@@ -129,59 +164,53 @@ def segment_videos(
     """Segment and track objects in every video of ``samples`` into ``frames.<label_field>``.
 
     Pass settings as keyword arguments (``prompt="person, dog"``, ``label_field="sam"``,
-    ``backend="fal"``, ...) or as a :class:`SegmentOptions`. ``backend`` is a backend name
-    (``"fal"``, ``"emulator"``, ``"local"``) or a ready :class:`Backend` instance, which is
-    used as is and not closed here. ``secrets`` (e.g. an
-    operator's ``ctx.secrets``) is where credentials such as FAL_KEY are read from instead
-    of the process environment. Each sample is written all or
-    nothing; with ``skip_failures`` a failed sample is reported and the run goes on.
+    ``backend="fal"``, ``concurrency=8``, ``frames=FrameRange(start=0, stop=100)``, ...) or
+    as a :class:`SegmentOptions`. ``backend`` is a backend name (``"fal"``, ``"emulator"``,
+    ``"local"``) or a ready :class:`Backend` instance, which is used as is and not closed
+    here. ``secrets`` (e.g. an operator's ``ctx.secrets``) is where credentials such as
+    FAL_KEY are read from instead of the process environment. Each sample is written all
+    or nothing; with ``skip_failures`` a failed sample is reported and the run goes on.
+    Setting ``cancel`` stops every sample in flight (remote requests are cancelled) and
+    raises :class:`Cancelled`; nothing partial is written.
     """
     if isinstance(backend, str):
         option_fields["backend"], backend = backend, None
     opts = SegmentOptions.build(options, **option_fields)
+    return _segment(samples, opts, backend=backend, secrets=secrets, progress=progress, cancel=cancel)
+
+
+def _segment(samples: fo.core.collections.SampleCollection, opts: SegmentOptions, *, backend: Backend | None,
+             secrets: Mapping[str, str] | None, progress: Callable[[SampleProgress], None] | None,
+             cancel: CancelToken | None, run_id: str | None = None) -> SegmentReport:
     start = time.monotonic()
     if samples.media_type != "video":
         raise ValueError(f"segment_videos needs video samples; this collection has media_type={samples.media_type!r}")
     dataset = samples._dataset
     check_label_field(dataset, opts.label_field)
     request = opts.request()
-    jobs = _prepare(samples, request)
-    report = SegmentReport(label_field=opts.label_field, samples=len(jobs), warnings=_frame_count_warnings(samples, jobs))
-    for warning in report.warnings:
-        logger.warning(warning)
-    if backend is None:
-        owned = get_backend(opts.backend, environ=_environ(secrets), **opts.backend_options)
-    else:
-        owned = None
+    jobs = _prepare(samples, request, opts)
+    report = SegmentReport(label_field=opts.label_field, samples=len(jobs))
+    owned = get_backend(opts.backend, environ=_environ(secrets), **opts.backend_options) if backend is None else None
     active = backend or owned
     assert active is not None
-    report.estimated_usd = _total_cost(active, jobs, request)
-    cancel = cancel or CancelToken()
-    writer = FrameLabelWriter(dataset, opts.label_field)
     try:
-        for i, job in enumerate(jobs):
-            cancel.raise_if_cancelled()
-
-            def on_progress(p: Progress, i: int = i, job: _Job = job) -> None:
-                if progress is not None:
-                    progress(SampleProgress(i, len(jobs), job.sample_id, p))
-
-            try:
-                run = active.segment(VideoSource(info=job.info, path=job.path), request, on_progress=on_progress, cancel=cancel,
-                                     work_key=f"{dataset.name}/{job.sample_id}/{opts.label_field}")
-                stats = writer.write_sample(job.sample_id, run, job.info)
-            except _FATAL:
-                raise
-            except SamError as exc:
-                if not opts.skip_failures:
-                    raise
-                report.failed[job.sample_id] = f"{job.path.name}: {exc}"
-                continue
-            report.done.append(job.sample_id)
-            report.records[job.sample_id] = run.record
-            report.frames += stats.frames
-            report.detections += stats.detections
-            report.tracks[job.sample_id] = len(stats.tracks)
+        report.estimated_usd = _total_cost(active, jobs, request, opts.frames)
+        journal = getattr(active, "journal", None)
+        if journal is not None and hasattr(journal, "begin_run"):
+            report.run_id = _record_run(journal, dataset, opts, jobs, run_id)
+        runner = _Runner(dataset, opts, request, active, jobs, report, progress, cancel or CancelToken())
+        # FiftyOne's own metadata (the App needs it) is computed while the videos are
+        # being segmented rather than before the first submit.
+        metadata = _Background(_fill_missing_metadata, samples)
+        try:
+            runner.run()
+        except BaseException:
+            metadata.join(reraise=False)  # the run's own error is the one to show
+            raise
+        metadata.join()
+        report.warnings = _frame_count_warnings(samples, jobs)
+        for warning in report.warnings:
+            logger.warning(warning)
     finally:
         if owned is not None:
             owned.close()
@@ -191,31 +220,216 @@ def segment_videos(
     return report
 
 
+class _Runner:
+    """Runs the jobs on a bounded thread pool and fills the report."""
+
+    def __init__(self, dataset: fo.Dataset, opts: SegmentOptions, request: SegmentRequest, backend: Backend,
+                 jobs: Sequence[_Job], report: SegmentReport, progress: Callable[[SampleProgress], None] | None,
+                 cancel: CancelToken) -> None:
+        self.dataset, self.opts, self.request, self.backend = dataset, opts, request, backend
+        self.jobs, self.report, self.progress, self.cancel = jobs, report, progress, cancel
+        self.writer = FrameLabelWriter(dataset, opts.label_field)
+        self.journal = getattr(backend, "journal", None) if report.run_id else None
+        self._lock = threading.Lock()  # report, counters, progress calls
+        self._stop = threading.Event()  # a fatal error or bug: start no new sample
+        self._results: dict[int, tuple[str, Any]] = {}
+
+    def work_key(self, job: _Job) -> str:
+        return f"{self.dataset.name}/{job.sample_id}/{self.opts.label_field}"
+
+    def run(self) -> None:
+        work_keys = [self.work_key(j) for j in self.jobs]
+        if self.journal is not None and callable(harvest := getattr(self.backend, "harvest", None)):
+            harvest(work_keys)  # results finished while nobody watched expire within minutes
+        errors: list[BaseException] = []
+        with concurrent.futures.ThreadPoolExecutor(max_workers=min(self.opts.concurrency, max(1, len(self.jobs))),
+                                                   thread_name_prefix="sam31-sample") as pool:
+            for future in [pool.submit(self._one, job) for job in self.jobs]:
+                try:
+                    future.result()
+                except BaseException as exc:  # noqa: BLE001 - re-raised below, once every worker stopped
+                    errors.append(exc)
+        for job in self.jobs:  # report in sample order, whatever order they finished in
+            outcome = self._results.get(job.index)
+            if outcome is not None and outcome[0] == "done":
+                self.report.done.append(job.sample_id)
+        if self.cancel.cancelled:
+            if callable(cancel_inflight := getattr(self.backend, "cancel_inflight", None)):
+                cancel_inflight(work_keys)  # requests journaled by an earlier run no worker reached
+            self._set_run_state("cancelled")
+            raise next((e for e in errors if isinstance(e, Cancelled)), None) or Cancelled("run cancelled")
+        fatal = next((e for e in errors if not isinstance(e, Cancelled)), None)
+        if fatal is not None:
+            self._set_run_state("failed")
+            raise fatal
+        self._set_run_state("failed" if self.report.failed else "done")
+
+    def _one(self, job: _Job) -> None:
+        if self._stop.is_set():
+            return
+        self.cancel.raise_if_cancelled()
+
+        def on_progress(p: Progress) -> None:
+            self._progress(job, p)
+
+        record: RunRecord | None = None
+        try:
+            run = self.backend.segment(
+                VideoSource(info=job.info, path=job.path, url=job.url), self.request, frames=self.opts.frames,
+                work_key=self.work_key(job), on_progress=on_progress, cancel=self.cancel,
+            )
+            record = run.record
+            stats = self.writer.write_sample(job.sample_id, run, job.info)
+            if callable(commit := getattr(run, "commit", None)):
+                commit()
+        except Cancelled:
+            raise
+        except _FATAL as exc:
+            self._stop.set()
+            self._fail(job, exc, record)
+            raise
+        except SamError as exc:
+            self._fail(job, exc, record)
+            if not self.opts.skip_failures:
+                self._stop.set()
+                raise
+            return
+        except BaseException:
+            self._stop.set()
+            raise
+        with self._lock:
+            self._results[job.index] = ("done", None)
+            self.report.records[job.sample_id] = run.record
+            self.report.frames += stats.frames
+            self.report.detections += stats.detections
+            self.report.tracks[job.sample_id] = len(stats.tracks)
+        self._sample_state(job, "done")
+
+    def _fail(self, job: _Job, exc: SamError, record: RunRecord | None) -> None:
+        message = f"{job.path.name}: {exc}"
+        files = dict(getattr(exc, "files", None) or {})
+        if files:  # rendered media only (no labels): keep it on the sample, say why
+            _store_outputs(self.dataset, job.sample_id, f"{self.opts.label_field}_outputs", files)
+        with self._lock:
+            self._results[job.index] = ("failed", exc)
+            self.report.failed[job.sample_id] = message
+            if files:
+                self.report.outputs[job.sample_id] = files
+            if record is not None and record.request_id:
+                self.report.records.setdefault(job.sample_id, record)
+        self._sample_state(job, "failed", message)
+
+    def _progress(self, job: _Job, p: Progress) -> None:
+        if self.progress is None:
+            return
+        with self._lock:
+            done = sum(1 for s, _ in self._results.values() if s == "done")
+            failed = len(self._results) - done
+            self.progress(SampleProgress(job.index, len(self.jobs), job.sample_id, p, done, failed))
+
+    def _sample_state(self, job: _Job, state: str, error: str | None = None) -> None:
+        if self.journal is not None and self.report.run_id:
+            from ..backends.fal.journal import SampleState
+
+            self.journal.set_sample_state(self.report.run_id, job.sample_id, SampleState(state), error)
+
+    def _set_run_state(self, state: str) -> None:
+        if self.journal is not None and self.report.run_id:
+            from ..backends.fal.journal import RunState
+
+            self.journal.set_run_state(self.report.run_id, RunState(state))
+
+
+_OUTPUTS_LOCK = threading.Lock()
+
+
+def _store_outputs(dataset: fo.Dataset, sample_id: str, field: str, files: Mapping[str, str]) -> None:
+    """Rendered media URLs of a labels-less answer, as a dict on the sample."""
+    with _OUTPUTS_LOCK:
+        sample = dataset[sample_id]
+        sample[field] = dict(files)
+        sample.save()
+
+
+def _record_run(journal: Any, dataset: fo.Dataset, opts: SegmentOptions, jobs: Sequence[_Job], run_id: str | None) -> str:
+    if run_id is not None:
+        from ..backends.fal.journal import RunState
+
+        journal.set_run_state(run_id, RunState.RUNNING)
+        return run_id
+    spec_opts = opts.model_dump(mode="json")
+    spec_opts["backend_options"] = {k: v for k, v in spec_opts.get("backend_options", {}).items()
+                                    if k.lower() not in _SECRET_OPTIONS}
+    return journal.begin_run(dataset=dataset.name, label_field=opts.label_field,
+                             sample_ids=[j.sample_id for j in jobs], spec={"options": spec_opts})
+
+
 def _environ(secrets: Mapping[str, str] | None) -> Mapping[str, str] | None:
     if not secrets:
         return None
     return {**os.environ, **{k: v for k, v in secrets.items() if v}}
 
 
-def _prepare(samples: fo.core.collections.SampleCollection, request: SegmentRequest) -> list[_Job]:
+def _probe_all(paths: Sequence[str]) -> list[VideoInfo | VideoError]:
+    """ffprobe every video, several at once (each is a subprocess that mostly waits)."""
+
+    def one(path: str) -> VideoInfo | VideoError:
+        try:
+            return video_ops.probe(path)
+        except VideoError as exc:
+            return exc
+
+    if len(paths) <= 1:
+        return [one(p) for p in paths]
+    with concurrent.futures.ThreadPoolExecutor(max_workers=min(_PROBE_WORKERS, len(paths)), thread_name_prefix="sam31-probe") as pool:
+        return list(pool.map(one, paths))
+
+
+def _prepare(samples: fo.core.collections.SampleCollection, request: SegmentRequest, opts: SegmentOptions) -> list[_Job]:
     """Probe every video and check the request against each, before anything is spent."""
     jobs, problems = [], []
     ids, paths = samples.values("id"), samples.values("filepath")
-    for sample_id, filepath in zip(ids, paths):
+    urls = samples.values(opts.url_field) if opts.url_field else [None] * len(ids)
+    for sample_id, filepath, url, probed in zip(ids, paths, urls, _probe_all(paths)):
         try:
-            info = video_ops.probe(filepath)
-            request.check_against(info)
+            if isinstance(probed, VideoError):
+                raise probed
+            info = probed
+            request.check_against(info, opts.frames)
         except VideoError as exc:
             problems.append(f"sample {sample_id}: {exc}")
             continue
         except InvalidRequest as exc:
             problems.extend(f"sample {sample_id} ({Path(filepath).name}): {p}" for p in exc.problems)
             continue
-        jobs.append(_Job(sample_id, Path(filepath), info))
+        if url is not None and not (isinstance(url, str) and url.startswith(("http://", "https://"))):
+            problems.append(f"sample {sample_id}: {opts.url_field}={url!r} is not an http(s) URL")
+            continue
+        jobs.append(_Job(len(jobs), sample_id, Path(filepath), info, url))
     if problems:
         raise InvalidRequest(problems)
-    _fill_missing_metadata(samples)
     return jobs
+
+
+class _Background:
+    """Run ``fn(*args)`` on a thread; ``join()`` waits and re-raises what it raised."""
+
+    def __init__(self, fn: Callable[..., Any], *args: Any) -> None:
+        self._error: BaseException | None = None
+
+        def target() -> None:
+            try:
+                fn(*args)
+            except BaseException as exc:  # noqa: BLE001 - handed to join()
+                self._error = exc
+
+        self._thread = threading.Thread(target=target, name="sam31-metadata", daemon=True)
+        self._thread.start()
+
+    def join(self, *, reraise: bool = True) -> None:
+        self._thread.join()
+        if self._error is not None and reraise:
+            raise self._error
 
 
 def _fill_missing_metadata(samples: fo.core.collections.SampleCollection) -> None:
@@ -243,10 +457,14 @@ def _frame_count_warnings(samples: fo.core.collections.SampleCollection, jobs: S
     return warnings
 
 
-def _total_cost(backend: Backend, jobs: Sequence[_Job], request: SegmentRequest) -> float | None:
+def _total_cost(backend: Backend, jobs: Sequence[_Job], request: SegmentRequest, frames: FrameRange | None) -> float | None:
+    """Sum of the per-video estimates, counting only the frames that will be sent."""
     total = 0.0
     for job in jobs:
-        usd = backend.estimate_cost(job.info, request).usd
+        info = job.info
+        if frames is not None:
+            info = info.model_copy(update={"frame_count": len(frames.indices(info.frame_count))})
+        usd = backend.estimate_cost(info, request).usd
         if usd is None:
             return None
         total += usd
@@ -254,21 +472,155 @@ def _total_cost(backend: Backend, jobs: Sequence[_Job], request: SegmentRequest)
 
 
 def _describe_field(dataset: fo.Dataset, opts: SegmentOptions, request: SegmentRequest, report: SegmentReport) -> None:
-    """Record on the output field where its labels came from (backend, model, endpoint)."""
+    """Record on the output field where its labels came from (backend, model, endpoint,
+    billed units) and how to find the run again."""
     field = dataset.get_field(f"frames.{opts.label_field}")
-    records = list(report.records.values())
-    field.description = f"SAM tracks ({records[-1].model or records[-1].backend}) for prompt {request.prompt!r}"
+    records = [report.records[s] for s in report.done if s in report.records]
+    last = records[-1]
+    field.description = f"SAM tracks ({last.model or last.backend}) for prompt {request.prompt!r}"
     field.info = {
         "sam31_video": {
-            "backend": records[-1].backend,
-            "model": records[-1].model,
-            "endpoint": records[-1].endpoint,
+            "backend": last.backend,
+            "model": last.model,
+            "endpoint": last.endpoint,
+            "endpoints": sorted({r.endpoint for r in records if r.endpoint}),
+            "models": sorted({r.model for r in records if r.model}),
             "request": request.model_dump(mode="json", exclude={"video_url"}),
-            "request_ids": {sid: r.request_id for sid, r in report.records.items()},
+            "frames": opts.frames.model_dump() if opts.frames is not None else None,
+            "request_ids": {sid: r.request_id for sid, r in report.records.items() if sid in report.done},
+            "billable_units": {sid: r.billable_units for sid, r in report.records.items() if sid in report.done},
+            "run_id": report.run_id,
             "warnings": sorted({w for r in records for w in r.warnings}),
         }
     }
     field.save()
 
 
-__all__ = ["SegmentOptions", "SegmentReport", "SampleProgress", "segment_videos"]
+# ---------------------------------------------------------------------------------------
+# resume and status
+
+
+@dataclasses.dataclass(frozen=True)
+class RunStatus:
+    """What the journal knows: runs (newest first) and requests still open at fal."""
+
+    journal: str
+    runs: list[Any]  # journal.RunInfo
+    open_requests: list[Any]  # journal.Entry in submitting / uncertain / submitted states
+
+    def __str__(self) -> str:
+        lines = [f"journal: {self.journal}"]
+        if not self.runs:
+            lines.append("no runs recorded")
+        for run in self.runs:
+            counts = run.counts()
+            lines.append(
+                f"run {run.run_id}  {run.state.value:<9} dataset={run.dataset} field={run.label_field} "
+                f"done={counts['done']} failed={counts['failed']} pending={counts['pending']} "
+                f"started {time.strftime('%Y-%m-%d %H:%M', time.localtime(run.created_at))}"
+            )
+        if self.open_requests:
+            lines.append("requests still open at fal:")
+            for entry in self.open_requests:
+                age = time.time() - entry.updated_at
+                lines.append(f"  #{entry.id} {entry.state.value:<10} {entry.work_key} {entry.endpoint} "
+                             f"request {entry.request_id or '-'} ({age:.0f} s ago){': ' + entry.error if entry.error else ''}")
+        return "\n".join(lines)
+
+
+def _open_journal(journal_path: str | os.PathLike[str] | None, environ: Mapping[str, str] | None):  # -> Journal
+    from ..backends.fal.config import default_journal_path
+    from ..backends.fal.journal import Journal
+
+    path = Path(journal_path) if journal_path is not None else default_journal_path(environ or os.environ)
+    if not path.exists():
+        raise InvalidRequest(f"no journal at {path}: nothing was ever submitted with it (pass journal_path=...)")
+    return Journal(path)
+
+
+def status(dataset: str | fo.Dataset | None = None, *, journal_path: str | os.PathLike[str] | None = None,
+           backend: Backend | None = None) -> RunStatus:
+    """Runs recorded in the fal journal (all, or ``dataset``'s) and the requests still open
+    at fal. ``backend`` (a fal backend instance) reads its own journal; otherwise the
+    journal at ``journal_path`` (default: the user's state directory)."""
+    name = dataset.name if isinstance(dataset, fo.Dataset) else dataset
+    journal = getattr(backend, "journal", None) if backend is not None else _open_journal(journal_path, None)
+    if journal is None:
+        raise InvalidRequest(f"backend {getattr(backend, 'name', backend)!r} keeps no journal")
+    from ..backends.fal.journal import OPEN_STATES
+
+    try:
+        runs = journal.runs(dataset=name)
+        prefix = f"{name}/" if name else None
+        entries = journal.entries(states=OPEN_STATES, work_key_prefix=prefix)
+        return RunStatus(journal.location, runs, entries)
+    finally:
+        if backend is None:
+            journal.close()
+
+
+def resume(
+    dataset: str | fo.Dataset | None = None,
+    *,
+    run_id: str | None = None,
+    label_field: str | None = None,
+    backend: Backend | None = None,
+    secrets: Mapping[str, str] | None = None,
+    journal_path: str | os.PathLike[str] | None = None,
+    resubmit_uncertain: bool = False,
+    progress: Callable[[SampleProgress], None] | None = None,
+    cancel: CancelToken | None = None,
+) -> SegmentReport:
+    """Finish a run that stopped (crash, kill, Ctrl-C, failures): the newest unfinished run
+    of ``dataset`` (and ``label_field``), or ``run_id``. Requests fal already has are polled
+    (never submitted again), results already fetched are written, and only samples never
+    submitted are submitted. Samples already written are left alone.
+
+    The run's options come from the journal; ``backend`` (an instance with that journal)
+    or ``journal_path`` say which journal. ``resubmit_uncertain`` also resubmits samples
+    whose earlier submit may or may not have reached fal (possibly paying twice).
+    """
+    name = dataset.name if isinstance(dataset, fo.Dataset) else dataset
+    journal = getattr(backend, "journal", None) if backend is not None else _open_journal(journal_path, _environ(secrets))
+    if journal is None:
+        raise InvalidRequest(f"backend {getattr(backend, 'name', backend)!r} keeps no journal: nothing to resume")
+    from ..backends.fal.journal import RunState
+
+    try:
+        if run_id is not None:
+            run = journal.run(run_id)
+        else:
+            runs = [r for r in journal.runs(dataset=name, states=[RunState.RUNNING, RunState.FAILED, RunState.CANCELLED])
+                    if label_field is None or r.label_field == label_field]
+            if not runs:
+                raise InvalidRequest(f"no unfinished run{' of ' + name if name else ''} in {journal.location}")
+            run = runs[0]
+        location = str(journal.path) if journal.path is not None else None
+    finally:
+        if backend is None:
+            journal.close()
+    opts = SegmentOptions.build(**run.spec["options"])
+    if backend is None:
+        backend_options = dict(opts.backend_options)
+        if location is not None:
+            backend_options["journal_path"] = location
+        if resubmit_uncertain:
+            backend_options["resubmit_uncertain"] = True
+        opts = opts.model_copy(update={"backend_options": backend_options})
+    pending = run.pending()
+    if not pending:
+        return SegmentReport(label_field=run.label_field, run_id=run.run_id)
+    samples = fo.load_dataset(run.dataset).select(pending, ordered=True)
+    config = getattr(backend, "config", None)
+    if backend is None or not resubmit_uncertain:
+        return _segment(samples, opts, backend=backend, secrets=secrets, progress=progress, cancel=cancel, run_id=run.run_id)
+    if config is None or not hasattr(config, "resubmit_uncertain"):
+        raise InvalidRequest("resubmit_uncertain needs a fal backend")
+    backend.config = config.model_copy(update={"resubmit_uncertain": True})  # type: ignore[attr-defined]
+    try:
+        return _segment(samples, opts, backend=backend, secrets=secrets, progress=progress, cancel=cancel, run_id=run.run_id)
+    finally:
+        backend.config = config  # type: ignore[attr-defined]
+
+
+__all__ = ["RunStatus", "SegmentOptions", "SegmentReport", "SampleProgress", "resume", "segment_videos", "status"]

@@ -1,4 +1,10 @@
-"""fal backend: SAM 3.1 on fal's hosted queue API, spoken with httpx."""
+"""fal backend: SAM 3.1 on fal's hosted queue API, spoken with httpx.
+
+Modules: ``config`` (FalConfig), ``client`` (queue protocol, retry rules, typed errors),
+``uploads`` (storage upload, multipart, upload cache), ``journal`` (SQLite request journal:
+resume without paying twice), ``decoders`` (one per response shape), ``backend``
+(FalBackend), ``webhooks`` (verifier for signed webhook deliveries).
+"""
 
 from __future__ import annotations
 
@@ -7,6 +13,7 @@ from typing import Any
 
 from .backend import FalBackend
 from .config import FalConfig
+from .journal import Journal
 
 
 def BACKEND(config: FalConfig | None = None, *, environ: Mapping[str, str] | None = None, **options: Any) -> FalBackend:
@@ -17,4 +24,4 @@ def BACKEND(config: FalConfig | None = None, *, environ: Mapping[str, str] | Non
     return FalBackend.from_env(environ, **options)
 
 
-__all__ = ["BACKEND", "FalBackend", "FalConfig"]
+__all__ = ["BACKEND", "FalBackend", "FalConfig", "Journal"]

@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import email.utils
 import random
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -47,6 +48,17 @@ class SubmitUncertain(BackendUnavailable):
     """A submit failed in a way that does not prove fal rejected it: it may be running and
     billed. It is not resent; the caller should look for it before submitting again."""
 
+
+class RequestGone(ResultExpired):
+    """fal no longer knows a request id it once accepted (404 on status): its retention ran out."""
+
+
+class RemoteCancelled(RemoteFailure):
+    """fal completed the request as cancelled (by us earlier, or on fal's side)."""
+
+
+# fal marks request-level errors with this header / error_type.
+CANCELLED_ERROR_TYPES = frozenset({"request_cancelled", "cancelled"})
 
 # --------------------------------------------------------------------------- status types
 
@@ -173,6 +185,7 @@ class FalClient:
         self._http = httpx.Client(timeout=timeout, transport=transport, follow_redirects=True)
         self._auth_hosts = {urlsplit(config.queue_url).netloc, urlsplit(config.rest_url).netloc}
         self.stats = {"submit": 0, "status": 0, "result": 0, "cancel": 0, "retries": 0}
+        self._stats_lock = threading.Lock()
 
     # -- plumbing
 
@@ -213,8 +226,12 @@ class FalClient:
                 continue
             return response
 
+    def _count(self, name: str) -> None:
+        with self._stats_lock:
+            self.stats[name] += 1
+
     def _pause(self, attempt: int, retry_after: float | None) -> None:
-        self.stats["retries"] += 1
+        self._count("retries")
         self._sleep(backoff_delay(attempt, retry_after=retry_after, cap_s=self.config.retry_cap_s, rng=self._rng))
 
     # -- queue verbs
@@ -225,7 +242,7 @@ class FalClient:
         params = {"fal_webhook": webhook_url} if webhook_url else None
         attempt = 0
         while True:
-            self.stats["submit"] += 1
+            self._count("submit")
             exc: Exception | None = None
             response = None
             try:
@@ -266,15 +283,24 @@ class FalClient:
             raise UnexpectedResponse(f"fal submit answer lacks {exc}: {str(body)[:200]}") from None
 
     def status(self, handle: RequestHandle, *, logs: bool = True) -> Status:
-        self.stats["status"] += 1
+        self._count("status")
         response = self.send("GET", handle.status_url, params={"logs": "true" if logs else "false"})
+        if response.status_code in (404, 410):
+            raise RequestGone(
+                f"fal no longer knows request {handle.request_id} on {handle.endpoint} (results are kept about 6 "
+                "minutes when 10 KB or larger, about an hour otherwise)",
+                request_id=handle.request_id,
+            )
         if response.status_code not in (200, 202):
             self.raise_for_response(response, what="status", request_id=handle.request_id)
         return parse_status(_json(response, "status"))
 
     def result(self, handle: RequestHandle) -> FalResult:
-        self.stats["result"] += 1
+        self._count("result")
         response = self.send("GET", handle.response_url)
+        error_type = response.headers.get("x-fal-error-type") or _error_type(response)
+        if response.status_code >= 400 and error_type in CANCELLED_ERROR_TYPES:
+            raise RemoteCancelled(f"fal cancelled the request ({_detail(response)})", request_id=handle.request_id)
         if response.status_code in (404, 410):
             raise ResultExpired(
                 "fal no longer has this result (results of 10 KB or more are kept about 6 minutes)",
@@ -287,7 +313,7 @@ class FalClient:
 
     def cancel(self, handle: RequestHandle) -> bool:
         """Ask fal to stop; True if it will, False if the request had already completed."""
-        self.stats["cancel"] += 1
+        self._count("cancel")
         response = self.send("PUT", handle.cancel_url)
         if response.status_code == 202:
             return True
@@ -295,6 +321,14 @@ class FalClient:
             return False
         self.raise_for_response(response, what="cancel", request_id=handle.request_id)
         return False
+
+    def alive(self, url: str) -> bool:
+        """Whether a public file URL still answers (HEAD 200): fal deletes uploads after
+        the lifetime they were given."""
+        try:
+            return self.send("HEAD", url).status_code == 200
+        except BackendUnavailable:
+            return False
 
     def download(self, url: str) -> bytes:
         response = self.send("GET", url, timeout=self.config.upload_timeout_s)
@@ -331,6 +365,14 @@ def _json(response: httpx.Response, what: str) -> Any:
         return response.json()
     except ValueError:
         raise UnexpectedResponse(f"fal {what} answer is not JSON: {response.text[:200]!r}") from None
+
+
+def _error_type(response: httpx.Response) -> str | None:
+    try:
+        body = response.json()
+    except ValueError:
+        return None
+    return body.get("error_type") if isinstance(body, dict) else None
 
 
 def _detail(response: httpx.Response) -> str:

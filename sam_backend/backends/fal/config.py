@@ -2,11 +2,22 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
+from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 from ...errors import AuthError
+
+MiB = 1024 * 1024
+
+
+def default_journal_path(environ: Mapping[str, str]) -> Path:
+    """``$XDG_STATE_HOME/sam31-video/fal-journal.sqlite3`` (``~/.local/state`` by default):
+    state that must outlive a crash, not a cache that may be wiped."""
+    base = environ.get("XDG_STATE_HOME") or os.path.join(environ.get("HOME") or os.path.expanduser("~"), ".local", "state")
+    return Path(base) / "sam31-video" / "fal-journal.sqlite3"
 
 DEFAULT_ENDPOINT = "fal-ai/sam-3-1/video-rle"
 # If fal answers that an endpoint does not exist, try this one instead (with a warning).
@@ -47,6 +58,30 @@ class FalConfig(BaseModel):
     # Files up to this size travel inline as data URIs instead of being uploaded (0 = never):
     # saves a round trip for tiny clips, but every byte rides in the request body.
     data_uri_max_bytes: int = 0
+    # fal's storage takes one request up to 100 MiB; above, multipart in 10 MiB parts
+    # (what fal-client does), a few at once: enough to fill a typical uplink without
+    # holding more than concurrency x part size in memory.
+    multipart_threshold_bytes: int = Field(default=100 * MiB, gt=0)
+    multipart_part_bytes: int = Field(default=10 * MiB, ge=5 * MiB)
+    multipart_concurrency: int = Field(default=4, ge=1, le=10)
+    # Uploaded videos are public on fal's CDN: ask fal to delete them after this many
+    # seconds (X-Fal-Object-Lifecycle-Preference). One hour outlives the queue wait of any
+    # normal run; None keeps fal's default retention.
+    upload_lifetime_s: int | None = Field(default=3600, gt=0)
+    # A status call failing for this long in a row (each call already retried) gives up;
+    # the request stays in the journal and a rerun picks it up.
+    status_outage_s: float = 60.0
+    # Where submitted requests are recorded (None: in memory, nothing survives the
+    # process). from_env() defaults it to the user's state directory.
+    journal_path: Path | None = None
+    # Submit entries whose first submit may or may not have reached fal (lost answer,
+    # crash mid-submit) again anyway: the user accepts a possible double charge.
+    resubmit_uncertain: bool = False
+    # Passed to fal as fal_webhook on every submit and recorded in the journal.
+    webhook_url: str | None = None
+    # Quality of the local re-encode when only a frame range is sent (x264 CRF: lower is
+    # closer to the original and bigger). 10 is visually lossless for segmentation.
+    trim_crf: int = Field(default=10, ge=0, le=51)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str], **overrides: object) -> FalConfig:
@@ -59,6 +94,7 @@ class FalConfig(BaseModel):
                 "FAL_KEY is not set: create a key in your fal.ai dashboard and export FAL_KEY=<key_id>:<key_secret>, "
                 "or use backend='emulator' to try the plugin offline"
             )
+        overrides.setdefault("journal_path", default_journal_path(environ))
         return cls(key=SecretStr(key), **overrides)  # type: ignore[arg-type]
 
     def model_for(self, endpoint: str) -> str:

@@ -1,12 +1,20 @@
 """Reading fal's answers into FrameResults, one decoder per response shape.
 
-fal's SAM endpoints answer in different shapes (see reference notes); each decoder says
-whether a payload is its shape and how to read it, and :func:`decode_output` picks the
-first that matches. Adding a shape is adding one decoder to ``DECODERS``.
+fal's SAM endpoints answer in different shapes (see the reference notes; the RLE layout is
+not documented), so each decoder says whether a payload is its shape and how to read it,
+and :func:`decode_output` picks the first that matches. Adding a shape is adding one
+decoder to ``DECODERS``. Masks may be COCO RLE with compressed (string) or plain (list)
+counts; they are resampled to the video's size if fal used another.
 
 Shapes handled:
 - ``per_frame_rle``: ``{"frames": [{"frame_index", "masks": [{"rle": {"size", "counts"},
-  "metadata": {"index", "score", "box": [cx, cy, w, h] normalised, "label"?}}]}], "video"?, ...}``
+  "metadata": {"index", "score", "box": [cx, cy, w, h] normalised, "label"?}}]}], ...}``
+- ``per_object_rle``: ``{"objects" | "masks": [{"object_id" | "index" | "id" | "track_id",
+  "label"?, "score"?, and per-frame RLEs as "rles": [rle | null per frame] or "frames":
+  [{"frame_index", "rle"}]}]}``
+- ``mask_file``: ``{"mask_url": url | File}``: the masks live in a JSON file (one of the
+  shapes above) that the backend downloads right after the result, since fal deletes
+  result files soon; the file's JSON arrives here as ``attachments["mask_url"]``.
 - ``video_only`` (the documented ``fal-ai/sam-3-1/video``): ``{"video": File,
   "boundingbox_frames_zip": File?}``: a rendered video and overlay images, no labels.
 """
@@ -14,7 +22,7 @@ Shapes handled:
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import numpy as np
@@ -23,11 +31,21 @@ from ... import masks as mask_ops
 from ...errors import UnexpectedResponse
 from ...types import FrameResult, SegmentRequest, TrackedObject, VideoInfo
 
-FILE_KEYS = ("video", "boundingbox_frames_zip", "boundingbox_zip")
+FILE_KEYS = ("video", "boundingbox_frames_zip", "boundingbox_zip", "mask_url")
+# Keys whose URL points at masks the decoder needs (downloaded with the result).
+MASK_FILE_KEYS = ("mask_url",)
+_ID_KEYS = ("object_id", "index", "id", "track_id")
+
+Attachments = Mapping[str, Any]
 
 
 class NoLabelsInResponse(UnexpectedResponse):
-    """The endpoint returned only rendered media, no per-frame masks."""
+    """The endpoint returned only rendered media, no per-frame masks. ``files`` maps
+    output name -> URL (the rendered video, the overlay zip)."""
+
+    def __init__(self, message: str, files: Mapping[str, str] | None = None) -> None:
+        self.files = dict(files or {})
+        super().__init__(message)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,8 +58,16 @@ class DecodedOutput:
 @dataclasses.dataclass(frozen=True)
 class Decoder:
     name: str
-    matches: Callable[[dict[str, Any]], bool]
-    decode: Callable[[dict[str, Any], VideoInfo, SegmentRequest], DecodedOutput]
+    matches: Callable[[dict[str, Any], Attachments], bool]
+    decode: Callable[[dict[str, Any], VideoInfo, SegmentRequest, Attachments], DecodedOutput]
+
+
+@dataclasses.dataclass(frozen=True)
+class _Item:
+    track_id: int
+    label: str | None
+    score: float
+    rle: dict[str, Any]
 
 
 def label_for(track_id: int, reported: str | None, request: SegmentRequest) -> str:
@@ -56,13 +82,17 @@ def label_for(track_id: int, reported: str | None, request: SegmentRequest) -> s
     return "object"
 
 
-def _files(payload: dict[str, Any]) -> dict[str, str]:
-    out = {}
-    for key in FILE_KEYS:
-        value = payload.get(key)
-        if isinstance(value, dict) and value.get("url"):
-            out[key] = value["url"]
-    return out
+def file_url(value: Any) -> str | None:
+    """A URL from a fal File object (``{"url": ...}``) or a bare string."""
+    if isinstance(value, dict) and isinstance(value.get("url"), str):
+        return value["url"]
+    if isinstance(value, str) and value.startswith(("http://", "https://")):
+        return value
+    return None
+
+
+def output_files(payload: dict[str, Any]) -> dict[str, str]:
+    return {key: url for key in FILE_KEYS if (url := file_url(payload.get(key)))}
 
 
 def _fit(mask: np.ndarray, info: VideoInfo) -> np.ndarray:
@@ -74,20 +104,16 @@ def _fit(mask: np.ndarray, info: VideoInfo) -> np.ndarray:
     return mask[rows[:, None], cols[None, :]]
 
 
-def _decode_per_frame_rle(payload: dict[str, Any], info: VideoInfo, request: SegmentRequest) -> DecodedOutput:
-    entries = payload["frames"]
-    by_index: dict[int, list[dict[str, Any]]] = {}
-    for entry in entries:
-        try:
-            index = int(entry["frame_index"])
-            by_index[index] = list(entry.get("masks") or [])
-        except (KeyError, TypeError, ValueError):
-            raise UnexpectedResponse(f"frame entry without a usable frame_index: {str(entry)[:200]}") from None
+def _frames(by_index: dict[int, list[_Item]], info: VideoInfo, request: SegmentRequest) -> Callable[[], Iterator[FrameResult]]:
+    """Every frame 0..N-1 in order (empty where nothing was found), masks decoded lazily
+    so memory holds one frame's masks at a time."""
     if by_index and max(by_index) >= info.frame_count:
         raise UnexpectedResponse(
             f"fal returned masks for frame_index {max(by_index)} but the video has {info.frame_count} frames "
             "(decoders disagree on the frame count; re-encode the video to constant frame rate)"
         )
+    if by_index and min(by_index) < 0:
+        raise UnexpectedResponse(f"fal returned masks for frame_index {min(by_index)}")
 
     def frames() -> Iterator[FrameResult]:
         for index in range(info.frame_count):
@@ -95,39 +121,133 @@ def _decode_per_frame_rle(payload: dict[str, Any], info: VideoInfo, request: Seg
             seen: set[int] = set()
             for item in by_index.get(index, ()):
                 try:
-                    meta = item["metadata"]
-                    track_id = int(meta["index"])
-                    mask = _fit(mask_ops.decode_rle(item["rle"]), info)
+                    mask = _fit(mask_ops.decode_rle(item.rle), info)
                 except (KeyError, TypeError, ValueError) as exc:
-                    raise UnexpectedResponse(f"unreadable mask on frame {index}: {exc!r} in {str(item)[:200]}") from None
-                if track_id in seen:
-                    raise UnexpectedResponse(f"track {track_id} appears twice on frame {index}")
-                seen.add(track_id)
+                    raise UnexpectedResponse(f"unreadable mask on frame {index}: {exc!r} in {str(item.rle)[:200]}") from None
+                if item.track_id in seen:
+                    raise UnexpectedResponse(f"track {item.track_id} appears twice on frame {index}")
+                seen.add(item.track_id)
                 box = mask_ops.tight_box(mask)
                 if box is None:  # the tracker lost the object on this frame
                     continue
-                label = label_for(track_id, meta.get("label"), request)
-                objects.append(TrackedObject(track_id, label, float(meta.get("score", 1.0)), mask, box))
+                label = label_for(item.track_id, item.label, request)
+                objects.append(TrackedObject(item.track_id, label, item.score, mask, box))
             yield FrameResult(index, objects)
 
-    return DecodedOutput("per_frame_rle", _files(payload), frames)
+    return frames
 
 
-def _decode_video_only(payload: dict[str, Any], info: VideoInfo, request: SegmentRequest) -> DecodedOutput:
-    return DecodedOutput("video_only", _files(payload), None)
+# --------------------------------------------------------------------------- per frame
+
+
+def _is_per_frame(payload: dict[str, Any], attachments: Attachments) -> bool:
+    return isinstance(payload.get("frames"), list)
+
+
+def _decode_per_frame_rle(payload: dict[str, Any], info: VideoInfo, request: SegmentRequest,
+                          attachments: Attachments) -> DecodedOutput:
+    by_index: dict[int, list[_Item]] = {}
+    for entry in payload["frames"]:
+        try:
+            index = int(entry["frame_index"])
+            items = []
+            for m in entry.get("masks") or []:
+                meta = m["metadata"]
+                items.append(_Item(int(meta["index"]), meta.get("label"), float(meta.get("score", 1.0)), m["rle"]))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise UnexpectedResponse(f"unreadable frame entry ({exc!r}): {str(entry)[:200]}") from None
+        by_index[index] = items
+    return DecodedOutput("per_frame_rle", output_files(payload), _frames(by_index, info, request))
+
+
+# --------------------------------------------------------------------------- per object
+
+
+def _object_list(payload: dict[str, Any]) -> list[Any] | None:
+    for key in ("objects", "masks"):
+        value = payload.get(key)
+        if isinstance(value, list) and all(isinstance(o, dict) and any(k in o for k in _ID_KEYS) for o in value):
+            return value
+    return None
+
+
+def _is_per_object(payload: dict[str, Any], attachments: Attachments) -> bool:
+    return "frames" not in payload and _object_list(payload) is not None
+
+
+def _decode_per_object_rle(payload: dict[str, Any], info: VideoInfo, request: SegmentRequest,
+                           attachments: Attachments) -> DecodedOutput:
+    by_index: dict[int, list[_Item]] = {}
+    for obj in _object_list(payload) or []:
+        try:
+            track_id = int(next(obj[k] for k in _ID_KEYS if k in obj))
+            label, score = obj.get("label"), float(obj.get("score", 1.0))
+            if isinstance(obj.get("frames"), list):
+                pairs = [(int(f["frame_index"]), f["rle"]) for f in obj["frames"]]
+            else:
+                rles = next((obj[k] for k in ("rles", "rle", "segmentations") if isinstance(obj.get(k), list)), None)
+                if rles is None:
+                    raise KeyError("no per-frame RLE list ('rles' or 'frames')")
+                pairs = [(i, r) for i, r in enumerate(rles) if r]
+        except (KeyError, TypeError, ValueError, StopIteration) as exc:
+            raise UnexpectedResponse(f"unreadable object entry ({exc!r}): {str(obj)[:200]}") from None
+        for index, rle in pairs:
+            by_index.setdefault(index, []).append(_Item(track_id, label, score, rle))
+    for items in by_index.values():
+        items.sort(key=lambda it: it.track_id)
+    return DecodedOutput("per_object_rle", output_files(payload), _frames(by_index, info, request))
+
+
+# --------------------------------------------------------------------------- mask file
+
+
+def _is_mask_file(payload: dict[str, Any], attachments: Attachments) -> bool:
+    return any(file_url(payload.get(k)) for k in MASK_FILE_KEYS) and "frames" not in payload and _object_list(payload) is None
+
+
+def _decode_mask_file(payload: dict[str, Any], info: VideoInfo, request: SegmentRequest,
+                      attachments: Attachments) -> DecodedOutput:
+    key = next(k for k in MASK_FILE_KEYS if file_url(payload.get(k)))
+    content = attachments.get(key)
+    if not isinstance(content, dict):
+        raise UnexpectedResponse(
+            f"the masks are in a file ({file_url(payload.get(key))}) that is not a JSON object "
+            f"({str(content)[:120] if content is not None else 'not downloaded'}); no decoder reads it"
+        )
+    for decoder in (d for d in DECODERS if d.name in ("per_frame_rle", "per_object_rle")):
+        if decoder.matches(content, {}):
+            inner = decoder.decode(content, info, request, {})
+            return DecodedOutput(f"mask_file/{inner.shape}", {**output_files(payload), **inner.files}, inner.frames)
+    raise UnexpectedResponse(f"the mask file has a shape no decoder knows (keys: {sorted(content)})")
+
+
+# --------------------------------------------------------------------------- video only
+
+
+def _is_video_only(payload: dict[str, Any], attachments: Attachments) -> bool:
+    return file_url(payload.get("video")) is not None and "frames" not in payload
+
+
+def _decode_video_only(payload: dict[str, Any], info: VideoInfo, request: SegmentRequest,
+                       attachments: Attachments) -> DecodedOutput:
+    return DecodedOutput("video_only", output_files(payload), None)
 
 
 DECODERS: list[Decoder] = [
-    Decoder("per_frame_rle", lambda p: isinstance(p.get("frames"), list), _decode_per_frame_rle),
-    Decoder("video_only", lambda p: isinstance(p.get("video"), dict) and "frames" not in p, _decode_video_only),
+    Decoder("per_frame_rle", _is_per_frame, _decode_per_frame_rle),
+    Decoder("per_object_rle", _is_per_object, _decode_per_object_rle),
+    Decoder("mask_file", _is_mask_file, _decode_mask_file),
+    Decoder("video_only", _is_video_only, _decode_video_only),
 ]
 
 
-def decode_output(payload: Any, info: VideoInfo, request: SegmentRequest) -> DecodedOutput:
+def decode_output(payload: Any, info: VideoInfo, request: SegmentRequest, attachments: Attachments | None = None) -> DecodedOutput:
+    """Decode ``payload`` with the first decoder whose shape it has; raise
+    :class:`UnexpectedResponse` naming the keys seen and the shapes known otherwise."""
     if isinstance(payload, dict):
         for decoder in DECODERS:
-            if decoder.matches(payload):
-                return decoder.decode(payload, info, request)
+            if decoder.matches(payload, attachments or {}):
+                return decoder.decode(payload, info, request, attachments or {})
     keys = sorted(payload) if isinstance(payload, dict) else type(payload).__name__
     raise UnexpectedResponse(f"fal answered a shape no decoder knows (keys: {keys}); known shapes: "
                              + ", ".join(d.name for d in DECODERS))

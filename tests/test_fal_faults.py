@@ -1,0 +1,450 @@
+"""The fal backend under faults, end to end: segment_videos -> FalBackend -> real loopback
+emulator (faults injected per route and call) -> real MongoDB, checked against the
+synthetic videos' ground truth.
+
+Every fault test asserts the two things a user pays for: the labels are exactly right,
+and fal saw exactly one submit per sample (``submit_count_by_payload`` all 1).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import fiftyone as fo
+import numpy as np
+import pytest
+
+from sam_backend import masks as mask_ops
+from sam_backend import synthetic
+from sam_backend.backends.base import CancelToken
+from sam_backend.backends.fal import FalBackend, FalConfig
+from sam_backend.backends.fal.journal import Journal, RequestState, RunState
+from sam_backend.coords import pixel_box
+from sam_backend.emulator import EmulatorConfig, EmulatorServer, FaultPlan, FaultRule
+from sam_backend.emulator.faults import dropped, http_error, slow
+from sam_backend.errors import Cancelled
+from sam_backend.fiftyone_io.segment import resume, segment_videos, status
+from sam_backend.types import FrameRange, PointPrompt
+
+PROMPT = "red ball, blue box, green ball"
+NAMES = ("red ball", "blue box", "green ball")
+Clip = tuple[Path, synthetic.GroundTruth]
+
+
+# --------------------------------------------------------------------------- fixtures
+
+
+@pytest.fixture(scope="module")
+def clips(tmp_path_factory: pytest.TempPathFactory) -> list[Clip]:
+    """Three different videos (48, 52, 56 frames, 160x120): distinct bytes, so distinct
+    uploads and submit payloads, and each with its own ground truth."""
+    folder = tmp_path_factory.mktemp("fal_clips")
+    out = []
+    for n in (48, 52, 56):
+        path = folder / f"clip{n}.mp4"
+        out.append((path, synthetic.write_video(synthetic.default_scene(frame_count=n, width=160, height=120), path)))
+    return out
+
+
+def fal_config(emu: EmulatorServer, **overrides: Any) -> FalConfig:
+    """Fast polling and retries, so fault tests take seconds; real code paths otherwise."""
+    base: dict[str, Any] = dict(key=emu.key, queue_url=emu.queue_url, rest_url=emu.rest_url, cdn_url=emu.cdn_url,
+                                poll_initial_s=0.02, poll_max_s=0.2, retry_cap_s=0.2, trim_crf=4)
+    return FalConfig(**{**base, **overrides})
+
+
+@pytest.fixture
+def emu() -> Iterator[EmulatorServer]:
+    with EmulatorServer(EmulatorConfig(queue_steps=1, workers=4)) as server:
+        yield server
+
+
+@pytest.fixture
+def dataset(make_dataset, clips: list[Clip]) -> fo.Dataset:
+    return make_dataset(*[p for p, _ in clips])
+
+
+def truth_by_sample(ds: fo.Dataset, clips: list[Clip]) -> dict[str, synthetic.GroundTruth]:
+    by_path = {str(p): t for p, t in clips}
+    return {s.id: by_path[s.filepath] for s in ds.select_fields("filepath")}
+
+
+def assert_labels_exact(sample: fo.Sample, field: str, truth: synthetic.GroundTruth,
+                        labels: dict[str, str] | None = None, frames: range | None = None) -> None:
+    """Exactly the processed frames exist; on each, one detection per visible object with
+    the right label, IoU >= 0.98 against the truth and box within 1 px; one track id per
+    object over the whole video."""
+    labels = labels or {n: n for n in NAMES}
+    scene = truth.scene
+    frames = frames or range(scene.frame_count)
+    assert sorted(sample.frames.keys()) == [i + 1 for i in frames]
+    ids: dict[str, set[int]] = {}
+    for number, frame in sample.frames.items():
+        index = number - 1
+        dets = frame[field].detections
+        expected = [n for n in labels if truth.mask(n, index) is not None]
+        assert sorted(d.label for d in dets) == sorted(labels[n] for n in expected), f"frame {number}"
+        for name in expected:
+            [det] = [d for d in dets if d.label == labels[name]]
+            x0, y0, x1, y1 = pixel_box(det.bounding_box, scene.width, scene.height)
+            full = np.zeros((scene.height, scene.width), bool)
+            full[y0:y1, x0:x1] = det.mask
+            gt = truth.mask(name, index)
+            assert mask_ops.iou(full, gt) >= 0.98, (name, number)
+            assert max(abs(a - b) for a, b in zip((x0, y0, x1, y1), mask_ops.tight_box(gt))) <= 1
+            ids.setdefault(name, set()).add(det.index)
+    assert all(len(v) == 1 for v in ids.values()), ids
+    assert len({min(v) for v in ids.values()}) == len(ids)
+
+
+def assert_one_submit_per_sample(emu: EmulatorServer, samples: int) -> None:
+    stats = emu.stats
+    assert len(stats.submits) == samples
+    assert sorted(stats.submit_count_by_payload.values()) == [1] * samples
+
+
+def run_all(ds: fo.Dataset, backend: FalBackend, **kwargs: Any):
+    return segment_videos(ds, prompt=PROMPT, label_field=kwargs.pop("label_field", "sam"), backend=backend, **kwargs)
+
+
+def check_all(ds: fo.Dataset, clips: list[Clip], field: str = "sam") -> None:
+    truths = truth_by_sample(ds, clips)
+    for sample in ds:
+        assert_labels_exact(sample, field, truths[sample.id])
+
+
+# --------------------------------------------------------------------------- faults
+
+
+FAULTS = {
+    # 429 storms on submit (provably refused: resent), token, status and result, with Retry-After.
+    "429_storm": FaultPlan(
+        FaultRule.first("submit", 4, http_error(429, retry_after=0.05)),
+        FaultRule.first("token", 2, http_error(429, retry_after=0.05)),
+        FaultRule("status", http_error(429, retry_after=0.02), calls=frozenset({1, 2}), per_request=True),
+        FaultRule.first("result", 3, http_error(429, retry_after=0.05)),
+    ),
+    # 5xx on status and result (and a proxy 503 on submit, which carries no request id).
+    "5xx_status_result": FaultPlan(
+        FaultRule.first("submit", 1, http_error(503)),
+        FaultRule("status", http_error(500), calls=frozenset({1}), per_request=True),
+        FaultRule("status", http_error(503), calls=frozenset({2}), per_request=True),
+        FaultRule("status", http_error(504), calls=frozenset({3}), per_request=True),
+        FaultRule("result", http_error(502), calls=frozenset({1}), per_request=True),
+        FaultRule("result", http_error(500), calls=frozenset({2}), per_request=True),
+    ),
+    # Connections closed without an answer: before the upload is read, after a result
+    # was computed (answer lost), on status polls and downloads of stored files.
+    "connection_drops": FaultPlan(
+        FaultRule.first("upload", 1, dropped()),
+        FaultRule("status", dropped(), calls=frozenset({1}), per_request=True),
+        FaultRule("result", dropped(when="after"), calls=frozenset({1}), per_request=True),
+        FaultRule.first("download", 1, dropped()),
+    ),
+    # Answers slower than the client's read timeout (0.3 s below): timed out, retried.
+    "client_timeouts": FaultPlan(
+        FaultRule("status", slow(0.8), calls=frozenset({1}), per_request=True),
+        FaultRule("result", slow(0.8), calls=frozenset({1}), per_request=True),
+        FaultRule.first("token", 1, slow(0.8)),
+    ),
+}
+
+
+@pytest.mark.parametrize("fault", list(FAULTS))
+def test_faults_cost_one_submit_per_sample_and_labels_stay_exact(fault: str, emu: EmulatorServer, dataset: fo.Dataset,
+                                                                   clips: list[Clip]) -> None:
+    emu.set_faults(FAULTS[fault])
+    with FalBackend(fal_config(emu, read_timeout_s=0.3)) as backend:
+        report = run_all(dataset, backend)
+        retries = backend.client.stats["retries"]
+    assert report.failed == {} and len(report.done) == 3
+    assert_one_submit_per_sample(emu, 3)
+    assert retries >= 3  # the faults really fired and were retried
+    assert report.billed_units == sum(t.scene.frame_count for _, t in clips)
+    check_all(dataset, clips)
+
+
+def test_expired_result_is_reported_and_a_rerun_resubmits_only_that_sample(emu: EmulatorServer, dataset: fo.Dataset,
+                                                                           clips: list[Clip]) -> None:
+    expired: list[str] = []
+
+    def expire_first_result(call):  # fal forgot the first result before it was fetched
+        if call.route == "result" and not expired:
+            expired.append(call.request_id)
+            emu.expire(call.request_id)
+        return None
+
+    emu.set_faults(expire_first_result)
+    with FalBackend(fal_config(emu)) as backend:
+        report = run_all(dataset, backend)
+        [(lost_sample, message)] = report.failed.items()
+        assert expired[0] in message and "no longer has this result" in message
+        assert len(report.done) == 2
+        [entry] = backend.journal.entries(states=[RequestState.EXPIRED])
+        assert entry.request_id == expired[0] and entry.work_key.endswith(f"/{lost_sample}/sam")
+
+        emu.set_faults(None)
+        before = emu.stats.submits
+        again = run_all(dataset, backend)
+        new_submits = emu.stats.submits[len(before):]
+    assert again.failed == {} and len(again.done) == 3
+    assert len(new_submits) == 1 and new_submits[0][1] == entry.payload  # only the expired sample, same input
+    assert {r.request_id for s, r in again.records.items() if s != lost_sample} == {
+        r.request_id for s, r in report.records.items() if s != lost_sample}  # the others reused their results
+    check_all(dataset, clips)
+
+
+def test_cancel_mid_run_cancels_every_request_and_writes_nothing(dataset: fo.Dataset, clips: list[Clip]) -> None:
+    with EmulatorServer(EmulatorConfig(queue_steps=0, service_time_s=5.0, workers=4)) as emu, \
+            FalBackend(fal_config(emu)) as backend:
+        cancel = CancelToken()
+        running: set[str] = set()
+
+        def on_progress(p) -> None:
+            if p.backend.stage == "running":
+                running.add(p.backend.request_id)
+            if len(running) == 3:
+                cancel.cancel()
+
+        started = time.monotonic()
+        with pytest.raises(Cancelled):
+            run_all(dataset, backend, progress=on_progress, cancel=cancel)
+        assert time.monotonic() - started < 4.5  # did not wait for the 5 s jobs
+        assert sorted(emu.stats.cancelled_requests) == sorted(running)
+        states = {e.state for e in backend.journal.entries()}
+        [run] = backend.journal.runs()
+    assert states == {RequestState.CANCELLED} and run.state is RunState.CANCELLED
+    assert not dataset.has_frame_field("sam") and dataset.count("frames") == 0
+
+
+def test_cancel_after_fetch_keeps_the_paid_result_and_a_rerun_writes_it_for_free(emu: EmulatorServer, make_dataset,
+                                                                                  clips: list[Clip]) -> None:
+    ds = make_dataset(clips[0][0])
+    cancel = CancelToken()
+    with FalBackend(fal_config(emu)) as backend:
+        with pytest.raises(Cancelled):
+            run_all(ds, backend, cancel=cancel, progress=lambda p: p.backend.stage == "decode" and cancel.cancel())
+        assert not ds.has_frame_field("sam")
+        [entry] = backend.journal.entries()
+        assert entry.state is RequestState.COMPLETED and entry.has_result
+        report = run_all(ds, backend)
+    assert_one_submit_per_sample(emu, 1)
+    assert report.failed == {} and "no new charge" in " ".join(report.records[ds.first().id].warnings)
+    assert_labels_exact(ds.first(), "sam", clips[0][1])
+
+
+def test_lost_submit_answer_is_never_resent_without_consent(emu: EmulatorServer, make_dataset, clips: list[Clip]) -> None:
+    ds = make_dataset(clips[0][0])
+    emu.set_faults(FaultPlan(FaultRule.first("submit", 1, dropped(when="after"))))  # accepted, answer lost
+    with FalBackend(fal_config(emu)) as backend:
+        first = run_all(ds, backend)
+        [message] = first.failed.values()
+        assert "journal entry #1" in message and "not resent" in message
+        second = run_all(ds, backend)  # a plain rerun must not resend it either
+        assert "journal entry #1" in next(iter(second.failed.values()))
+        assert len(emu.stats.submits) == 1
+        pending = status(backend=backend)
+        assert [e.state for e in pending.open_requests] == [RequestState.UNCERTAIN]
+        report = resume(ds, backend=backend, resubmit_uncertain=True)  # the user accepts the risk
+    assert report.failed == {} and len(emu.stats.submits) == 2
+    assert_labels_exact(ds.first(), "sam", clips[0][1])
+
+
+# --------------------------------------------------------------------------- SIGKILL + resume
+
+
+CHILD = textwrap.dedent("""
+    import sys
+    import fiftyone as fo
+    from sam_backend.backends.fal import FalBackend, FalConfig
+    from sam_backend.fiftyone_io.segment import segment_videos
+
+    name, key, base, journal = sys.argv[1:5]
+    config = FalConfig(key=key, queue_url=base + "/queue", rest_url=base + "/rest", cdn_url=base + "/cdn",
+                       journal_path=journal, poll_initial_s=0.02, poll_max_s=0.2)
+    with FalBackend(config) as backend:
+        segment_videos(fo.load_dataset(name), prompt=sys.argv[5], label_field="sam", backend=backend, concurrency=2)
+    print("finished")
+""")
+
+
+def test_sigkill_mid_run_then_resume_pays_once_and_labels_everything(make_dataset, clips: list[Clip], tmp_path: Path) -> None:
+    """A child process runs 5 samples, 2 at a time; it is SIGKILLed once 2 samples are
+    written and 2 are in flight at fal. resume() then polls those 2 (never submits them
+    again), submits only the never-submitted 5th, and labels everything exactly."""
+    paths = [clips[i % 3][0] for i in range(5)]
+    ds = make_dataset(*paths, persistent=True)
+    journal_path = tmp_path / "journal.sqlite3"
+    with EmulatorServer(EmulatorConfig(queue_steps=0, service_time_s=1.0, workers=4)) as emu:
+        child = subprocess.Popen([sys.executable, "-c", CHILD, ds.name, emu.key, emu.base_url, str(journal_path), PROMPT],
+                                 env=dict(os.environ), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        try:
+            deadline = time.monotonic() + 90
+            while True:
+                assert child.poll() is None, child.communicate()
+                assert time.monotonic() < deadline, "child never reached the kill point"
+                if journal_path.exists():
+                    with Journal(journal_path) as journal:
+                        states = [e.state for e in journal.entries()]
+                    # 2 written, the 2 workers each waiting on a submitted request (the
+                    # 5th sample waits for a free worker): no submit is in flight, which
+                    # would leave an entry that may or may not exist at fal.
+                    if states.count(RequestState.WRITTEN) == 2 and states.count(RequestState.SUBMITTED) == 2 \
+                            and RequestState.SUBMITTING not in states:
+                        break
+                time.sleep(0.02)
+            child.send_signal(signal.SIGKILL)
+            child.wait(10)
+        finally:
+            if child.poll() is None:
+                child.kill()
+        assert len(emu.stats.submits) == 4  # 2 written, 2 in flight, 1 never submitted
+        with Journal(journal_path) as journal:
+            [run] = journal.runs()
+            assert run.state is RunState.RUNNING and run.counts()["done"] >= 2
+
+        with FalBackend(fal_config(emu, journal_path=journal_path)) as backend:
+            shown = str(status(ds.name, backend=backend))
+            assert run.run_id in shown and "submitted" in shown
+            report = resume(ds.name, backend=backend)
+        assert report.run_id == run.run_id and report.failed == {}
+        assert len(report.done) == 5 - run.counts()["done"]
+        # Zero duplicate submits: 5 in all, and per video as many as samples showing it
+        # (samples 0/3 and 1/4 share a video, so their payloads are identical).
+        submits = emu.stats.submits
+        assert len(submits) == 5
+        per_video = Counter(emu.stored_file(p["video_url"]).sha256() for _, p in submits)
+        assert per_video == Counter(hashlib.sha256(p.read_bytes()).hexdigest() for p in paths)
+        with Journal(journal_path) as journal:
+            assert journal.run(run.run_id).state is RunState.DONE
+            assert {e.state for e in journal.entries()} == {RequestState.WRITTEN}
+    by_path = {str(p): t for p, t in clips}
+    for sample in ds:
+        assert_labels_exact(sample, "sam", by_path[sample.filepath])
+
+
+# --------------------------------------------------------------------------- features
+
+
+def test_frame_range_sends_only_those_frames_and_maps_indices_back(emu: EmulatorServer, make_dataset, clips: list[Clip]) -> None:
+    path, truth = clips[1]  # 52 frames
+    ds = make_dataset(path)
+    frames = FrameRange(start=6, stop=40, step=2)  # 17 frames: 2 blocks of 16
+    blue_at_10 = truth.mask("blue box", 10)
+    ys, xs = np.nonzero(blue_at_10)
+    point = PointPrompt(x=int(xs[len(xs) // 2]), y=int(ys[len(ys) // 2]), label=1, object_id=7, frame_index=10)
+    with FalBackend(fal_config(emu)) as backend:
+        report = segment_videos(ds, prompt="red ball", point_prompts=[point], label_field="sam", backend=backend, frames=frames)
+    assert report.failed == {}
+    assert report.estimated_usd == pytest.approx(0.02)
+    [(_, payload)] = emu.stats.submits
+    assert payload["point_prompts"][0]["frame_index"] == 2  # frame 10 is the 3rd frame sent
+    assert report.billed_units == 17
+    sample = ds.first()
+    assert_labels_exact(sample, "sam", truth, {"red ball": "red ball", "blue box": "object_7"},
+                        frames=frames.indices(truth.scene.frame_count))
+    assert {d.index for f in sample.frames.values() for d in f["sam"].detections if d.label == "object_7"} == {7}
+    assert ds.get_field("frames.sam").info["sam31_video"]["frames"] == {"start": 6, "stop": 40, "step": 2}
+
+
+def test_endpoint_fallback_is_recorded_with_model_and_warning(make_dataset, clips: list[Clip]) -> None:
+    ds = make_dataset(clips[0][0], clips[1][0])
+    with EmulatorServer(EmulatorConfig(unavailable_apps=frozenset({"fal-ai/sam-3-1/video-rle"}))) as emu, \
+            FalBackend(fal_config(emu)) as backend:
+        report = run_all(ds, backend)
+        assert report.failed == {}
+        assert {app for app, _ in emu.stats.submits} == {"fal-ai/sam-3/video-rle"}
+        assert emu.stats.calls_by_route["submit"] == 3  # the missing app was asked once, not per sample
+    info = ds.get_field("frames.sam").info["sam31_video"]
+    assert info["endpoint"] == "fal-ai/sam-3/video-rle" and info["model"] == "sam3"
+    assert any("fal has no endpoint fal-ai/sam-3-1/video-rle" in w for w in info["warnings"])
+    assert report.estimated_usd == pytest.approx(0.03 + 0.04)  # estimated before the run, at SAM 3.1's price
+    check_all(ds, clips)
+
+
+def test_video_only_endpoint_stores_the_rendered_media_and_explains(emu: EmulatorServer, make_dataset, clips: list[Clip]) -> None:
+    ds = make_dataset(clips[0][0])
+    with FalBackend(fal_config(emu, endpoint="fal-ai/sam-3-1/video")) as backend:
+        report = run_all(ds, backend)
+    [message] = report.failed.values()
+    assert "labels need an RLE endpoint" in message and "fal-ai/sam-3-1/video-rle" in message
+    outputs = ds.first()["sam_outputs"]
+    assert outputs == report.outputs[ds.first().id] and set(outputs) == {"video", "boundingbox_frames_zip"}
+    assert emu.stored_file(outputs["video"]).content_type == "video/mp4"
+    assert not ds.has_frame_field("sam")
+
+
+def test_uploads_are_reused_across_runs_and_public_urls_never_uploaded(emu: EmulatorServer, make_dataset, clips: list[Clip],
+                                                                       tmp_path: Path) -> None:
+    path, truth = clips[0]
+    ds = make_dataset(path)
+    journal = tmp_path / "journal.sqlite3"
+    with FalBackend(fal_config(emu, journal_path=journal)) as backend:
+        run_all(ds, backend, label_field="a")
+    with FalBackend(fal_config(emu, journal_path=journal)) as backend:  # a later process, same journal
+        run_all(ds, backend, label_field="b")
+    assert emu.stats.uploads == 1 and len(emu.stats.submits) == 2
+    [(_, first), (_, second)] = emu.stats.submits
+    url = first["video_url"]
+    assert second["video_url"] == url
+    assert emu.stored_file(url).lifecycle == {"expiration_duration_seconds": 3600}  # short life on a public CDN
+
+    emu.expire_file(url)  # fal deleted it: the next run uploads again
+    with FalBackend(fal_config(emu, journal_path=journal)) as backend:
+        run_all(ds, backend, label_field="c")
+    assert emu.stats.uploads == 2
+
+    fresh = emu.stats.submits[-1][1]["video_url"]  # a public URL the user already has
+    ds.set_values("public_url", [fresh])
+    with FalBackend(fal_config(emu)) as backend:
+        report = segment_videos(ds, prompt=PROMPT, label_field="d", backend=backend, url_field="public_url")
+    assert report.failed == {} and emu.stats.uploads == 2  # the sample's own URL was used
+    assert emu.stats.submits[-1][1]["video_url"] == fresh
+    assert_labels_exact(ds.first(), "d", truth)
+
+
+def test_concurrency_overlaps_requests_and_reports_progress_counts(make_dataset, clips: list[Clip]) -> None:
+    ds = make_dataset(*[clips[i % 3][0] for i in range(6)])
+    seen: list[tuple[int, int]] = []
+    lock = threading.Lock()
+
+    def on_progress(p) -> None:
+        with lock:
+            seen.append((p.done, p.failed))
+
+    with EmulatorServer(EmulatorConfig(queue_steps=0, service_time_s=0.5, workers=8)) as emu, \
+            FalBackend(fal_config(emu)) as backend:
+        report = run_all(ds, backend, concurrency=3, progress=on_progress)
+        stats = emu.stats
+    assert report.failed == {} and report.done == list(ds.values("id"))  # reported in sample order
+    assert stats.max_running == 3  # three in flight at once, never more
+    assert max(d for d, _ in seen) >= 4 and all(f == 0 for _, f in seen)
+
+
+def test_a_request_cancelled_on_fals_side_fails_only_its_sample(make_dataset, clips: list[Clip]) -> None:
+    ds = make_dataset(clips[0][0], clips[1][0])
+    first = ds.first().id
+    with EmulatorServer(EmulatorConfig(queue_steps=0, service_time_s=1.0)) as emu, FalBackend(fal_config(emu)) as backend:
+        cancelled: list[str] = []
+
+        def on_progress(p) -> None:
+            if p.sample_id == first and p.backend.stage == "running" and not cancelled:
+                cancelled.append(p.backend.request_id)
+                emu.cancel_job(p.backend.request_id)
+
+        report = run_all(ds, backend, progress=on_progress)
+        [entry] = [e for e in backend.journal.entries() if e.request_id == cancelled[0]]
+    assert list(report.failed) == [first] and "fal cancelled the request" in report.failed[first]
+    assert report.done == [ds.last().id] and entry.state is RequestState.CANCELLED
+    assert_labels_exact(ds.last(), "sam", clips[1][1])

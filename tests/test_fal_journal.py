@@ -1,0 +1,234 @@
+"""The request journal (stdlib sqlite3): states, stored results, upload cache, runs,
+webhook dedupe, persistence across processes and threads; and the backend's decisions
+from it (poll, reuse, or refuse to resend an uncertain submit)."""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from sam_backend.backends.base import VideoSource
+from sam_backend.backends.fal import FalBackend, FalConfig
+from sam_backend.backends.fal.client import RequestHandle, SubmitUncertain
+from sam_backend.backends.fal.journal import Journal, RequestState, RunState, SampleState
+from sam_backend.types import SegmentRequest, VideoInfo
+
+HANDLE = RequestHandle("fal-ai/sam-3-1/video-rle", "r1", "https://q/s", "https://q/r", "https://q/c")
+
+
+def test_request_lifecycle_and_stored_result(tmp_path: Path) -> None:
+    path = tmp_path / "j.sqlite3"
+    with Journal(path) as journal:
+        entry = journal.begin(work_key="ds/s1/sam", request_hash="h", endpoint=HANDLE.endpoint,
+                              payload={"video_url": "u", "prompt": "red"}, webhook_url="https://hook", frame_indices=[2, 4])
+        assert entry.state is RequestState.SUBMITTING and entry.request_id is None
+        with pytest.raises(ValueError, match="no request id yet"):
+            entry.handle()
+        entry = journal.submitted(entry.id, HANDLE)
+        assert entry.state is RequestState.SUBMITTED and entry.handle() == HANDLE
+        result = {"payload": {"frames": [{"frame_index": 0, "masks": []}] * 500}, "attachments": {}}
+        entry = journal.completed(entry.id, result, 96.0)
+        assert entry.has_result and entry.billable_units == 96.0
+    # a new process sees everything, the result byte for byte
+    with Journal(path) as journal:
+        again = journal.latest("ds/s1/sam", "h")
+        assert again is not None and again.id == entry.id and again.state is RequestState.COMPLETED
+        assert again.webhook_url == "https://hook" and again.frame_indices == [2, 4]
+        assert journal.result(again.id) == result
+        journal.written(again.id)
+        assert journal.get(again.id).state is RequestState.WRITTEN
+        assert "journal entry #1 (ds/s1/sam" in again.describe() and "fal request r1" in again.describe()
+
+
+def test_old_written_results_are_pruned(tmp_path: Path) -> None:
+    with Journal(tmp_path / "j.sqlite3") as journal:
+        old = journal.begin(work_key="ds/a/sam", request_hash="h", endpoint="e", payload={})
+        journal.completed(old.id, {"payload": {}}, 1)
+        kept = journal.begin(work_key="ds/b/sam", request_hash="h", endpoint="e", payload={})
+        journal.completed(kept.id, {"payload": {}}, 1)  # completed, not yet written: never pruned
+        journal.written(old.id)
+        assert journal.prune(now=time.time() + 31 * 24 * 3600) == 1
+        assert not journal.get(old.id).has_result and journal.get(old.id).state is RequestState.WRITTEN
+        assert journal.get(kept.id).has_result
+
+
+def test_latest_attempt_wins_and_filters(tmp_path: Path) -> None:
+    with Journal(None) as journal:
+        a = journal.begin(work_key="ds/s1/sam", request_hash="h", endpoint="e", payload={})
+        journal.mark(a.id, RequestState.EXPIRED, "gone")
+        b = journal.begin(work_key="ds/s1/sam", request_hash="h", endpoint="e", payload={})
+        journal.begin(work_key="ds/s1/sam", request_hash="other", endpoint="e", payload={})
+        journal.begin(work_key="other/s9/sam", request_hash="h", endpoint="e", payload={})
+        assert journal.latest("ds/s1/sam", "h").id == b.id
+        assert [e.id for e in journal.entries(states=[RequestState.EXPIRED])] == [a.id]
+        assert len(journal.entries(work_key_prefix="ds/")) == 3
+        assert len(journal.entries(work_keys=["other/s9/sam"])) == 1
+        with pytest.raises(ValueError, match="not uncertain"):
+            journal.release(a.id)
+        journal.mark(b.id, RequestState.UNCERTAIN, "lost answer")
+        assert journal.release(b.id).state is RequestState.ABANDONED
+
+
+def test_upload_cache_honours_expiry_and_size() -> None:
+    with Journal(None) as journal:
+        now = time.time()
+        journal.record_upload("abc", 10, "https://cdn/x.mp4", expires_at=now + 60)
+        assert journal.cached_upload("abc", 10) == "https://cdn/x.mp4"
+        assert journal.cached_upload("abc", 11) is None  # same hash, other size: not trusted
+        assert journal.cached_upload("abc", 10, now=now + 61) is None
+        journal.forget_upload("abc")
+        assert journal.cached_upload("abc", 10) is None
+
+
+def test_runs_and_sample_states() -> None:
+    with Journal(None) as journal:
+        run_id = journal.begin_run(dataset="ds", label_field="sam", sample_ids=["a", "b", "c"], spec={"options": {"prompt": "x"}})
+        journal.set_sample_state(run_id, "b", SampleState.DONE)
+        journal.set_sample_state(run_id, "c", SampleState.FAILED, "boom")
+        run = journal.run(run_id)
+        assert run.state is RunState.RUNNING and run.spec == {"options": {"prompt": "x"}}
+        assert run.pending() == ["a", "c"] and run.errors == {"c": "boom"}
+        assert run.counts() == {"pending": 1, "done": 1, "failed": 1}
+        journal.set_run_state(run_id, RunState.FAILED)
+        other = journal.begin_run(dataset="other", label_field="sam", sample_ids=[], spec={})
+        assert [r.run_id for r in journal.runs(dataset="ds")] == [run_id]
+        assert [r.run_id for r in journal.runs(states=[RunState.RUNNING])] == [other]
+        with pytest.raises(KeyError, match="no run"):
+            journal.run("nope")
+
+
+def test_webhook_dedupe_survives_reopen(tmp_path: Path) -> None:
+    with Journal(tmp_path / "j.sqlite3") as journal:
+        assert journal.first_delivery("r1") is True
+        assert journal.first_delivery("r1") is False
+    with Journal(tmp_path / "j.sqlite3") as journal:
+        assert journal.first_delivery("r1") is False and journal.first_delivery("r2") is True
+
+
+def test_many_threads_one_journal(tmp_path: Path) -> None:
+    with Journal(tmp_path / "j.sqlite3") as journal:
+        errors: list[BaseException] = []
+
+        def work(i: int) -> None:
+            try:
+                for k in range(20):
+                    e = journal.begin(work_key=f"ds/{i}/sam", request_hash=str(k), endpoint="e", payload={"k": k})
+                    journal.submitted(e.id, RequestHandle("e", f"{i}-{k}", "s", "r", "c"))
+                    journal.completed(e.id, {"payload": {"i": i, "k": k}}, k)
+            except BaseException as exc:  # noqa: BLE001
+                errors.append(exc)
+
+        threads = [threading.Thread(target=work, args=(i,)) for i in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert errors == []
+        entries = journal.entries(states=[RequestState.COMPLETED])
+        assert len(entries) == 160 and len({e.request_id for e in entries}) == 160
+        assert journal.result(entries[-1].id)["payload"]["k"] == 19
+
+
+# --------------------------------------------------------------------------- backend decisions
+
+
+def _backend(handler, journal: Journal) -> FalBackend:
+    config = FalConfig(key="k:s", queue_url="https://queue.test", rest_url="https://rest.test", cdn_url="https://cdn.test",
+                       poll_initial_s=0.0, poll_max_s=0.0)
+    return FalBackend(config, transport=httpx.MockTransport(handler), journal=journal, sleep=lambda s: None,
+                      rng=random.Random(0))
+
+
+INFO = VideoInfo(width=4, height=2, frame_count=2, fps=10, duration=0.2)
+VIDEO = VideoSource(info=INFO, url="https://example.test/v.mp4")
+REQUEST = SegmentRequest.build(prompt="red")
+
+
+def test_a_submitted_request_is_polled_not_resubmitted_and_a_stored_result_costs_no_http() -> None:
+    calls: list[str] = []
+    rle = {"size": [2, 4], "counts": [1, 2, 5]}
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        calls.append(f"{request.method} {request.url.path}")
+        if request.method == "POST":
+            return httpx.Response(200, json={"request_id": "r1", "status_url": "https://queue.test/fal-ai/sam-3-1/requests/r1/status",
+                                              "response_url": "https://queue.test/fal-ai/sam-3-1/requests/r1",
+                                              "cancel_url": "https://queue.test/fal-ai/sam-3-1/requests/r1/cancel"})
+        if request.url.path.endswith("/status"):
+            return httpx.Response(200, json={"status": "COMPLETED", "logs": None})
+        return httpx.Response(200, headers={"x-fal-billable-units": "2"},
+                              json={"frames": [{"frame_index": 1, "masks": [{"rle": rle, "metadata": {"index": 3, "score": 0.9}}]}]})
+
+    journal = Journal(None)
+    with _backend(handler, journal) as backend:
+        first = backend.segment(VIDEO, REQUEST, work_key="ds/s/sam")
+        frames = list(first)
+        assert calls[0].startswith("POST") and len(frames) == 2 and frames[1].objects[0].track_id == 3
+        assert first.record.billable_units == 2
+        first.commit()
+        assert journal.entries()[0].state is RequestState.WRITTEN
+
+        calls.clear()
+        again = list(backend.segment(VIDEO, REQUEST, work_key="ds/s/sam"))
+        assert calls == []  # the stored result: no submit, no poll, no fetch
+        assert [f.objects[0].mask.tolist() for f in again[1:]] == [f.objects[0].mask.tolist() for f in frames[1:]]
+
+        entry = journal.entries()[0]
+        journal.mark(entry.id, RequestState.SUBMITTED)  # as if the result had never been fetched
+        calls.clear()
+        list(backend.segment(VIDEO, REQUEST, work_key="ds/s/sam"))
+        assert [c.split()[0] for c in calls] == ["GET", "GET"]  # status + result, no POST
+
+
+def test_an_uncertain_submit_is_not_resent_unless_released() -> None:
+    posts: list[int] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        posts.append(1)
+        raise httpx.ReadTimeout("answer lost")
+
+    journal = Journal(None)
+    with _backend(handler, journal) as backend:
+        with pytest.raises(SubmitUncertain, match=r"journal entry #1 .*not resend"):
+            list(backend.segment(VIDEO, REQUEST, work_key="ds/s/sam"))
+        with pytest.raises(SubmitUncertain, match=r"may already be running .*journal entry #1"):
+            list(backend.segment(VIDEO, REQUEST, work_key="ds/s/sam"))
+        assert len(posts) == 1
+        backend.config = backend.config.model_copy(update={"resubmit_uncertain": True})
+        with pytest.raises(SubmitUncertain):
+            list(backend.segment(VIDEO, REQUEST, work_key="ds/s/sam"))
+        assert len(posts) == 2
+        assert [e.state for e in journal.entries()] == [RequestState.ABANDONED, RequestState.UNCERTAIN]
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def test_cli_status_resume_and_frame_ranges(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import argparse
+
+    from sam_backend.fiftyone_io.cli import _frames, main
+
+    path = tmp_path / "journal.sqlite3"
+    with Journal(path) as journal:
+        run_id = journal.begin_run(dataset="my-videos", label_field="sam", sample_ids=["a", "b"], spec={"options": {}})
+        journal.set_sample_state(run_id, "a", SampleState.DONE)
+        entry = journal.begin(work_key="my-videos/b/sam", request_hash="h", endpoint="fal-ai/sam-3-1/video-rle", payload={})
+        journal.submitted(entry.id, HANDLE)
+        journal.set_run_state(run_id, RunState.DONE)
+    assert main(["status", "--journal", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert f"run {run_id}" in out and "done=1" in out and "pending=1" in out
+    assert "#1 submitted" in out and "request r1" in out
+    assert main(["resume", "my-videos", "--journal", str(path)]) == 2  # that run is finished
+    assert "no unfinished run of my-videos" in capsys.readouterr().err
+    assert main(["status", "--journal", str(tmp_path / "none.sqlite3")]) == 2
+    assert _frames("10:50:2").model_dump() == {"start": 10, "stop": 50, "step": 2}
+    assert _frames("100:").stop is None
+    with pytest.raises(argparse.ArgumentTypeError):
+        _frames("10")
