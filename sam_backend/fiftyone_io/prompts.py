@@ -100,6 +100,17 @@ def prompts_from_fields(sample: fo.Sample, fields: Sequence[str], info: VideoInf
 
 def prompts_from_selection(sample: fo.Sample, selected_labels: Iterable[dict[str, Any]], info: VideoInfo) -> VisualPrompts:
     """The labels a user selected in the App (``ctx.selected_labels``) on this sample."""
+    return _build(_found_in_selection(sample, selected_labels), info)
+
+
+def prompts_from_sources(sample: fo.Sample, info: VideoInfo, *, fields: Sequence[str] = (),
+                         selected_labels: Iterable[dict[str, Any]] = ()) -> VisualPrompts:
+    """Fields and App selection read together, in one object id space."""
+    found = [f for field in fields for f in _found_in_field(sample, field)]
+    return _build(found + _found_in_selection(sample, selected_labels), info)
+
+
+def _found_in_selection(sample: fo.Sample, selected_labels: Iterable[dict[str, Any]]) -> list[_Found]:
     found = []
     for item in selected_labels:
         if item.get("sample_id") != sample.id:
@@ -112,7 +123,7 @@ def prompts_from_selection(sample: fo.Sample, selected_labels: Iterable[dict[str
         if not matches:
             raise InvalidRequest(f"selected label {item.get('label_id')} not found in frames.{field} on frame {number}")
         found.append(_Found(number, matches[0], f"selected frames.{field} on frame {number}"))
-    return _build(found, info)
+    return found
 
 
 def _build(found: Sequence[_Found], info: VideoInfo) -> VisualPrompts:

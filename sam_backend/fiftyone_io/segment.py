@@ -23,7 +23,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import fiftyone as fo
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -44,7 +44,9 @@ from ..types import (
     VideoInfo,
     describe_validation_error,
 )
-from .writer import FrameLabelWriter, check_label_field
+from ..postprocess import clean_frames
+from .plan import Refine, SamplePlan, plan_sample
+from .writer import FrameLabelWriter, WritePolicy, check_label_field
 
 logger = logging.getLogger(__name__)
 
@@ -83,6 +85,44 @@ class SegmentOptions(BaseModel):
     concurrency: int = Field(default=DEFAULT_CONCURRENCY, ge=1, le=64)
     # A sample field holding a public URL of the video: used instead of uploading the file.
     url_field: str | None = None
+    # Visual prompts from labels, per video: frame fields (Detections -> boxes, Keypoints
+    # and Polylines -> clicks) and labels selected in the App (ctx.selected_labels).
+    prompt_fields: list[str] = Field(default_factory=list)
+    selected_labels: list[dict[str, Any]] = Field(default_factory=list)
+    # Refine: re-run track `refine_track` from FiftyOne frame number `refine_frame` on
+    # (or back to the start, or both ways), replacing only that track's detections.
+    refine_track: int | None = Field(default=None, ge=0)
+    refine_frame: int | None = Field(default=None, ge=1)
+    refine_direction: Literal["forward", "backward", "both"] = "forward"
+    # Clean-ups: drop masks smaller than this many pixels, and tracks seen on fewer frames.
+    min_mask_area: int = Field(default=0, ge=0)
+    min_track_frames: int = Field(default=1, ge=1)
+    # Store masks as PNG files under this folder (mask_path) instead of in the database.
+    mask_dir: str | None = None
+    # Names one run across processes (sharded delegated runs): samples this key already
+    # wrote are skipped, so a re-queued shard resumes instead of starting over.
+    run_key: str | None = None
+
+    @property
+    def per_sample_prompts(self) -> bool:
+        return bool(self.prompt_fields or self.selected_labels or self.refine_track is not None)
+
+    def refine(self) -> Refine | None:
+        if self.refine_track is None:
+            return None
+        if self.refine_frame is None:
+            raise InvalidRequest("refine_track needs refine_frame (the frame number where the track was fixed)")
+        return Refine(self.refine_track, self.refine_frame, self.refine_direction)
+
+    def request_fields(self) -> dict[str, Any]:
+        """The run's own prompts and settings, as SegmentRequest fields."""
+        return {
+            "prompt": self.prompt,
+            "point_prompts": list(self.point_prompts),
+            "box_prompts": list(self.box_prompts),
+            "detection_threshold": self.detection_threshold,
+            "max_num_objects": self.max_num_objects,
+        }
 
     @classmethod
     def build(cls, options: SegmentOptions | None = None, **fields: Any) -> SegmentOptions:
@@ -95,13 +135,7 @@ class SegmentOptions(BaseModel):
             raise InvalidRequest(describe_validation_error(exc)) from None
 
     def request(self) -> SegmentRequest:
-        return SegmentRequest.build(
-            prompt=self.prompt,
-            point_prompts=self.point_prompts,
-            box_prompts=self.box_prompts,
-            detection_threshold=self.detection_threshold,
-            max_num_objects=self.max_num_objects,
-        )
+        return SegmentRequest.build(**self.request_fields())
 
 
 @dataclasses.dataclass(frozen=True)
@@ -135,6 +169,7 @@ class SegmentReport:
     seconds: float = 0.0
     run_id: str | None = None  # the run's id in the backend's journal (for resume/status)
     outputs: dict[str, dict[str, str]] = dataclasses.field(default_factory=dict)  # rendered media URLs
+    skipped: list[str] = dataclasses.field(default_factory=list)  # already written under run_key
 
     @property
     def billed_units(self) -> float | None:
@@ -149,6 +184,7 @@ class _Job:
     path: Path
     info: VideoInfo
     url: str | None = None
+    plan: SamplePlan | None = None
 
 
 def segment_videos(
@@ -187,18 +223,21 @@ def _segment(samples: fo.core.collections.SampleCollection, opts: SegmentOptions
         raise ValueError(f"segment_videos needs video samples; this collection has media_type={samples.media_type!r}")
     dataset = samples._dataset
     check_label_field(dataset, opts.label_field)
-    request = opts.request()
+    # Per-video prompts (from labels, or a refine) are checked per video in _prepare.
+    request = None if opts.per_sample_prompts else opts.request()
     jobs = _prepare(samples, request, opts)
-    report = SegmentReport(label_field=opts.label_field, samples=len(jobs))
+    skipped = _already_written(opts.run_key, jobs)
+    jobs = [dataclasses.replace(j, index=i) for i, j in enumerate(j for j in jobs if j.sample_id not in skipped)]
+    report = SegmentReport(label_field=opts.label_field, samples=len(jobs), skipped=sorted(skipped))
     owned = get_backend(opts.backend, environ=_environ(secrets), **opts.backend_options) if backend is None else None
     active = backend or owned
     assert active is not None
     try:
-        report.estimated_usd = _total_cost(active, jobs, request, opts.frames)
+        report.estimated_usd = _total_cost(active, jobs)
         journal = getattr(active, "journal", None)
         if journal is not None and hasattr(journal, "begin_run"):
             report.run_id = _record_run(journal, dataset, opts, jobs, run_id)
-        runner = _Runner(dataset, opts, request, active, jobs, report, progress, cancel or CancelToken())
+        runner = _Runner(dataset, opts, active, jobs, report, progress, cancel or CancelToken())
         # FiftyOne's own metadata (the App needs it) is computed while the videos are
         # being segmented rather than before the first submit.
         metadata = _Background(_fill_missing_metadata, samples)
@@ -216,17 +255,17 @@ def _segment(samples: fo.core.collections.SampleCollection, opts: SegmentOptions
             owned.close()
         report.seconds = time.monotonic() - start
     if report.done:
-        _describe_field(dataset, opts, request, report)
+        _describe_field(dataset, opts, report)
     return report
 
 
 class _Runner:
     """Runs the jobs on a bounded thread pool and fills the report."""
 
-    def __init__(self, dataset: fo.Dataset, opts: SegmentOptions, request: SegmentRequest, backend: Backend,
+    def __init__(self, dataset: fo.Dataset, opts: SegmentOptions, backend: Backend,
                  jobs: Sequence[_Job], report: SegmentReport, progress: Callable[[SampleProgress], None] | None,
                  cancel: CancelToken) -> None:
-        self.dataset, self.opts, self.request, self.backend = dataset, opts, request, backend
+        self.dataset, self.opts, self.backend = dataset, opts, backend
         self.jobs, self.report, self.progress, self.cancel = jobs, report, progress, cancel
         self.writer = FrameLabelWriter(dataset, opts.label_field)
         self.journal = getattr(backend, "journal", None) if report.run_id else None
@@ -273,15 +312,21 @@ class _Runner:
             self._progress(job, p)
 
         record: RunRecord | None = None
+        plan = job.plan
+        assert plan is not None
         try:
             run = self.backend.segment(
-                VideoSource(info=job.info, path=job.path, url=job.url), self.request, frames=self.opts.frames,
+                VideoSource(info=job.info, path=job.path, url=job.url), plan.request, frames=plan.frames,
                 work_key=self.work_key(job), on_progress=on_progress, cancel=self.cancel,
             )
             record = run.record
-            stats = self.writer.write_sample(job.sample_id, run, job.info)
+            frames = clean_frames(run, names=plan.names, min_mask_area=self.opts.min_mask_area)
+            policy = WritePolicy(min_track_frames=self.opts.min_track_frames, replace_tracks=plan.replace_tracks,
+                                 mask_dir=Path(self.opts.mask_dir) if self.opts.mask_dir else None)
+            stats = self.writer.write_sample(job.sample_id, frames, job.info, policy)
             if callable(commit := getattr(run, "commit", None)):
                 commit()
+            _mark_written(self.opts.run_key, job.sample_id)
         except Cancelled:
             raise
         except _FATAL as exc:
@@ -385,17 +430,26 @@ def _probe_all(paths: Sequence[str]) -> list[VideoInfo | VideoError]:
         return list(pool.map(one, paths))
 
 
-def _prepare(samples: fo.core.collections.SampleCollection, request: SegmentRequest, opts: SegmentOptions) -> list[_Job]:
-    """Probe every video and check the request against each, before anything is spent."""
+def _prepare(samples: fo.core.collections.SampleCollection, request: SegmentRequest | None, opts: SegmentOptions) -> list[_Job]:
+    """Probe every video and check its request against it, before anything is spent.
+    ``request`` is the run's request, or None when each video gets its own (see plan.py)."""
     jobs, problems = [], []
     ids, paths = samples.values("id"), samples.values("filepath")
     urls = samples.values(opts.url_field) if opts.url_field else [None] * len(ids)
+    refine = opts.refine()
+    docs = {s.id: s for s in samples.select(ids)} if request is None else {}
     for sample_id, filepath, url, probed in zip(ids, paths, urls, _probe_all(paths)):
         try:
             if isinstance(probed, VideoError):
                 raise probed
             info = probed
-            request.check_against(info, opts.frames)
+            if request is None:
+                plan = plan_sample(docs[sample_id], info, base=opts.request_fields(), frames=opts.frames,
+                                   prompt_fields=opts.prompt_fields, selected_labels=opts.selected_labels,
+                                   refine=refine, label_field=opts.label_field)
+            else:
+                request.check_against(info, opts.frames)
+                plan = SamplePlan(request, opts.frames, {})
         except VideoError as exc:
             problems.append(f"sample {sample_id}: {exc}")
             continue
@@ -405,10 +459,35 @@ def _prepare(samples: fo.core.collections.SampleCollection, request: SegmentRequ
         if url is not None and not (isinstance(url, str) and url.startswith(("http://", "https://"))):
             problems.append(f"sample {sample_id}: {opts.url_field}={url!r} is not an http(s) URL")
             continue
-        jobs.append(_Job(len(jobs), sample_id, Path(filepath), info, url))
+        jobs.append(_Job(len(jobs), sample_id, Path(filepath), info, url, plan))
     if problems:
         raise InvalidRequest(problems)
     return jobs
+
+
+# Samples written under a run key (sharded runs): a tiny collection next to FiftyOne's own.
+RUN_MARKS_COLLECTION = "sam31_run_marks"
+
+
+def _marks():  # -> pymongo Collection
+    import fiftyone.core.odm as foo
+
+    coll = foo.get_db_conn()[RUN_MARKS_COLLECTION]
+    coll.create_index([("run_key", 1), ("sample_id", 1)], unique=True)
+    return coll
+
+
+def _already_written(run_key: str | None, jobs: Sequence[_Job]) -> set[str]:
+    if not run_key:
+        return set()
+    ids = [j.sample_id for j in jobs]
+    return {d["sample_id"] for d in _marks().find({"run_key": run_key, "sample_id": {"$in": ids}}, {"sample_id": 1})}
+
+
+def _mark_written(run_key: str | None, sample_id: str) -> None:
+    if run_key:
+        _marks().update_one({"run_key": run_key, "sample_id": sample_id},
+                            {"$setOnInsert": {"written_at": time.time()}}, upsert=True)
 
 
 class _Background:
@@ -457,27 +536,28 @@ def _frame_count_warnings(samples: fo.core.collections.SampleCollection, jobs: S
     return warnings
 
 
-def _total_cost(backend: Backend, jobs: Sequence[_Job], request: SegmentRequest, frames: FrameRange | None) -> float | None:
+def _total_cost(backend: Backend, jobs: Sequence[_Job]) -> float | None:
     """Sum of the per-video estimates, counting only the frames that will be sent."""
     total = 0.0
     for job in jobs:
+        assert job.plan is not None
         info = job.info
-        if frames is not None:
-            info = info.model_copy(update={"frame_count": len(frames.indices(info.frame_count))})
-        usd = backend.estimate_cost(info, request).usd
+        if job.plan.frames is not None:
+            info = info.model_copy(update={"frame_count": len(job.plan.frames.indices(info.frame_count))})
+        usd = backend.estimate_cost(info, job.plan.request).usd
         if usd is None:
             return None
         total += usd
     return total
 
 
-def _describe_field(dataset: fo.Dataset, opts: SegmentOptions, request: SegmentRequest, report: SegmentReport) -> None:
+def _describe_field(dataset: fo.Dataset, opts: SegmentOptions, report: SegmentReport) -> None:
     """Record on the output field where its labels came from (backend, model, endpoint,
     billed units) and how to find the run again."""
     field = dataset.get_field(f"frames.{opts.label_field}")
     records = [report.records[s] for s in report.done if s in report.records]
     last = records[-1]
-    field.description = f"SAM tracks ({last.model or last.backend}) for prompt {request.prompt!r}"
+    field.description = f"SAM tracks ({last.model or last.backend}) for prompt {opts.prompt!r}"
     field.info = {
         "sam31_video": {
             "backend": last.backend,
@@ -485,7 +565,10 @@ def _describe_field(dataset: fo.Dataset, opts: SegmentOptions, request: SegmentR
             "endpoint": last.endpoint,
             "endpoints": sorted({r.endpoint for r in records if r.endpoint}),
             "models": sorted({r.model for r in records if r.model}),
-            "request": request.model_dump(mode="json", exclude={"video_url"}),
+            "request": SegmentRequest.model_construct(**opts.request_fields()).model_dump(mode="json", exclude={"video_url"}),
+            "prompt_fields": opts.prompt_fields,
+            "refine": {"track": opts.refine_track, "frame": opts.refine_frame, "direction": opts.refine_direction}
+            if opts.refine_track is not None else None,
             "frames": opts.frames.model_dump() if opts.frames is not None else None,
             "request_ids": {sid: r.request_id for sid, r in report.records.items() if sid in report.done},
             "billable_units": {sid: r.billable_units for sid, r in report.records.items() if sid in report.done},

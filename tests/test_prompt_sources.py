@@ -1,0 +1,168 @@
+"""Every prompt source produces exactly the fal request expected (as the emulator received
+it), and the labels come back named and tracked right; refine, clean-ups and run keys."""
+
+from __future__ import annotations
+
+import fiftyone as fo
+import pytest
+
+from sam_backend import masks as mask_ops
+from sam_backend.coords import relative_box
+from sam_backend.emulator import EmulatorServer
+from sam_backend.errors import InvalidRequest
+from sam_backend.fiftyone_io import segment_videos
+
+DEFAULTS = {"apply_mask": True, "video_output_type": "X264 (.mp4)", "detection_threshold": 0.5, "max_num_objects": 16}
+
+
+def submitted(emulator: EmulatorServer, before: int) -> dict:
+    """The one request body the emulator received since ``before`` submits, minus video_url."""
+    subs = emulator.stats.submits[before:]
+    assert len(subs) == 1, f"expected one submit, got {len(subs)}"
+    payload = dict(subs[0][1])
+    assert payload.pop("video_url")
+    return payload
+
+
+def labels_by_track(sample: fo.Sample, field: str) -> dict[int, set[str]]:
+    out: dict[int, set[str]] = {}
+    for frame in sample.frames.values():
+        for det in frame[field].detections:
+            out.setdefault(det.index, set()).add(det.label)
+    return out
+
+
+@pytest.fixture
+def scene(make_dataset, scene_video):
+    path, truth = scene_video
+    return make_dataset(path), truth
+
+
+def test_form_text_points_and_boxes(scene, fal_backend, emulator) -> None:
+    ds, truth = scene
+    n = len(emulator.stats.submits)
+    # a negative click on the background next to the box: it refines object 3, finds nothing
+    segment_videos(ds, prompt="red ball", point_prompts=[{"x": 300, "y": 20, "label": 0, "object_id": 3}],
+                   box_prompts=[{"x_min": 190, "y_min": 90, "x_max": 260, "y_max": 150, "object_id": 3, "frame_index": 2}],
+                   label_field="form", backend=fal_backend)
+    assert submitted(emulator, n) == {
+        "prompt": "red ball",
+        "point_prompts": [{"x": 300, "y": 20, "label": 0, "object_id": 3, "frame_index": 0}],
+        "box_prompts": [{"x_min": 190, "y_min": 90, "x_max": 260, "y_max": 150, "object_id": 3, "frame_index": 2}],
+        **DEFAULTS,
+    }
+    assert labels_by_track(ds.first(), "form") == {1: {"red ball"}, 3: {"object_3"}}
+
+
+def _gt_box(truth, name: str, index: int) -> tuple[int, int, int, int]:
+    return mask_ops.tight_box(truth.mask(name, index))
+
+
+def test_existing_detections_field(scene, fal_backend, emulator) -> None:
+    ds, truth = scene
+    sample = ds.first()
+    box = _gt_box(truth, "blue box", 10)
+    sample.frames[11]["hints"] = fo.Detections(detections=[fo.Detection(label="blue box", bounding_box=relative_box(box, 320, 240))])
+    sample.save()
+    n = len(emulator.stats.submits)
+    segment_videos(ds, prompt_fields=["hints"], label_field="sam", backend=fal_backend)
+    x0, y0, x1, y1 = box
+    assert submitted(emulator, n) == {
+        "prompt": "", "point_prompts": [],
+        "box_prompts": [{"x_min": x0, "y_min": y0, "x_max": x1, "y_max": y1, "object_id": 1, "frame_index": 10}],
+        **DEFAULTS,
+    }
+    tracks = labels_by_track(ds.first(), "sam")
+    assert tracks == {1: {"blue box"}}  # the track is named after the label it was prompted with
+    assert sum(1 for f in ds.first().frames.values() if f["sam"].detections) == len(truth.frames_visible("blue box"))
+
+
+def test_existing_keypoints_field(scene, fal_backend, emulator) -> None:
+    ds, truth = scene
+    sample = ds.first()
+    sample.frames[31]["clicks"] = fo.Keypoints(keypoints=[
+        fo.Keypoint(label="pos", points=[[0.5 + 0.5 / 320, 0.5 + 0.5 / 240]], index=4),
+        fo.Keypoint(label="neg", points=[[10.5 / 320, 10.5 / 240]], index=4),
+    ])
+    sample.save()
+    n = len(emulator.stats.submits)
+    segment_videos(ds, prompt_fields=["frames.clicks"], label_field="sam", backend=fal_backend)
+    assert submitted(emulator, n) == {
+        "prompt": "", "box_prompts": [],
+        "point_prompts": [{"x": 160, "y": 120, "label": 1, "object_id": 4, "frame_index": 30},
+                          {"x": 10, "y": 10, "label": 0, "object_id": 4, "frame_index": 30}],
+        **DEFAULTS,
+    }
+    assert set(labels_by_track(ds.first(), "sam")) == {4}
+
+
+def test_selected_labels(scene, fal_backend, emulator) -> None:
+    ds, truth = scene
+    sample = ds.first()
+    red, green = _gt_box(truth, "red ball", 40), _gt_box(truth, "green ball", 40)
+    sample.frames[41]["gt"] = fo.Detections(detections=[
+        fo.Detection(label="red ball", bounding_box=relative_box(red, 320, 240), index=7),
+        fo.Detection(label="green ball", bounding_box=relative_box(green, 320, 240), index=8),
+    ])
+    sample.save()
+    chosen = sample.frames[41]["gt"].detections[1]
+    n = len(emulator.stats.submits)
+    selected = [{"label_id": chosen.id, "sample_id": sample.id, "field": "frames.gt", "frame_number": 41}]
+    segment_videos(ds, selected_labels=selected, label_field="sam", backend=fal_backend)
+    x0, y0, x1, y1 = green
+    assert submitted(emulator, n)["box_prompts"] == [
+        {"x_min": x0, "y_min": y0, "x_max": x1, "y_max": y1, "object_id": 8, "frame_index": 40}]
+    assert labels_by_track(ds.first(), "sam") == {8: {"green ball"}}
+
+
+def test_refine_one_track_forward_keeps_everything_else(scene, fal_backend, emulator) -> None:
+    ds, truth = scene
+    segment_videos(ds, prompt="red ball, blue box", label_field="sam", backend=fal_backend)
+    before = {n: {d.index: d.id for d in f["sam"].detections} for n, f in ds.first().frames.items()}
+    red_id = next(d.index for d in ds.first().frames[1]["sam"].detections if d.label == "red ball")
+    n = len(emulator.stats.submits)
+    report = segment_videos(ds, refine_track=red_id, refine_frame=50, label_field="sam", backend=fal_backend)
+    assert report.failed == {}
+    payload = submitted(emulator, n)
+    # only frames 50.. were sent (trimmed locally), so the prompt sits on the clip's first frame
+    x0, y0, x1, y1 = _gt_box(truth, "red ball", 49)
+    assert payload["prompt"] == "" and payload["point_prompts"] == []
+    assert payload["box_prompts"] == [{"x_min": x0, "y_min": y0, "x_max": x1, "y_max": y1, "object_id": red_id, "frame_index": 0}]
+    after = {n: {d.index: (d.id, d.label) for d in f["sam"].detections} for n, f in ds.first().frames.items()}
+    for number in after:
+        for track, det_id in before[number].items():
+            same = after[number][track][0] == det_id
+            assert same == (track != red_id or number < 50), (number, track)
+        assert set(after[number]) == set(before[number])
+    assert {label for f in after.values() for t, (_, label) in f.items() if t == red_id} == {"red ball"}
+
+
+def test_refine_needs_a_prompt_for_that_track(scene, fal_backend, emulator) -> None:
+    ds, _ = scene
+    n = len(emulator.stats.submits)
+    with pytest.raises(InvalidRequest, match="track 9 has no detection in frames.sam on frame 5"):
+        segment_videos(ds, refine_track=9, refine_frame=5, label_field="sam", backend=fal_backend)
+    with pytest.raises(InvalidRequest, match="leave the text prompt empty"):
+        segment_videos(ds, prompt="red ball", refine_track=1, refine_frame=5, label_field="sam", backend=fal_backend)
+    assert len(emulator.stats.submits) == n
+
+
+def test_specks_and_short_tracks_are_dropped(scene, fal_backend) -> None:
+    ds, truth = scene
+    report = segment_videos(ds, prompt="red ball, blue box, green ball", label_field="sam", backend=fal_backend,
+                            min_mask_area=400, min_track_frames=50)
+    areas = [d.mask.sum() for f in ds.first().frames.values() for d in f["sam"].detections]
+    assert areas and min(areas) >= 400
+    # the green ball is visible on 45 frames only: dropped as a short track
+    assert sorted(label for labels in labels_by_track(ds.first(), "sam").values() for label in labels) == ["blue box", "red ball"]
+    assert report.tracks[ds.first().id] == 2
+
+
+def test_run_key_skips_samples_already_written(make_dataset, small_video, fal_backend, emulator) -> None:
+    path, _ = small_video
+    ds = make_dataset(path, path)
+    first = segment_videos(ds, prompt="red ball", label_field="sam", backend=fal_backend, run_key="shard-run-1")
+    assert len(first.done) == 2
+    n = len(emulator.stats.submits)
+    again = segment_videos(ds, prompt="red ball", label_field="sam", backend=fal_backend, run_key="shard-run-1")
+    assert again.skipped == sorted(ds.values("id")) and again.done == [] and len(emulator.stats.submits) == n
