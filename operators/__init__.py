@@ -3,7 +3,8 @@
 from .export_tracks import ExportTracks
 from .prepare_prompts import PreparePrompts
 from .segment_video import SegmentVideo
+from .segmentation_runs import SegmentationRuns
 
-OPERATORS = [SegmentVideo, PreparePrompts, ExportTracks]
+OPERATORS = [SegmentVideo, PreparePrompts, SegmentationRuns, ExportTracks]
 
-__all__ = ["OPERATORS", "ExportTracks", "PreparePrompts", "SegmentVideo"]
+__all__ = ["OPERATORS", "ExportTracks", "PreparePrompts", "SegmentVideo", "SegmentationRuns"]

@@ -385,6 +385,19 @@ def test_video_only_endpoint_stores_the_rendered_media_and_explains(emu: Emulato
     assert not ds.has_frame_field("sam")
 
 
+def test_render_video_keeps_the_overlay_next_to_the_labels_only_when_asked(emu: EmulatorServer, make_dataset,
+                                                                             clips: list[Clip]) -> None:
+    ds = make_dataset(clips[0][0])
+    with FalBackend(fal_config(emu)) as backend:
+        run_all(ds, backend, label_field="plain")
+        run_all(ds, backend, label_field="rendered", render_video=True)
+    sample = ds.first()
+    assert not ds.has_sample_field("plain_outputs")
+    outputs = sample["rendered_outputs"]
+    assert emu.stored_file(outputs["video"]).content_type == "video/mp4"
+    check_all(ds, clips[:1], field="rendered")  # the labels are written as well, not instead
+
+
 def test_uploads_are_reused_across_runs_and_public_urls_never_uploaded(emu: EmulatorServer, make_dataset, clips: list[Clip],
                                                                        tmp_path: Path) -> None:
     path, truth = clips[0]

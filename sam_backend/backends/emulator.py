@@ -32,8 +32,13 @@ class EmulatorBackend(FalBackend):
             self.server.stop()
 
 
-def BACKEND(emulator: EmulatorConfig | None = None, *, environ: Mapping[str, str] | None = None, **config_overrides: Any) -> EmulatorBackend:
-    """Start an emulator and a fal backend pointed at it (``environ`` is not needed)."""
+def BACKEND(emulator: EmulatorConfig | Mapping[str, Any] | None = None, *, environ: Mapping[str, str] | None = None,
+            **config_overrides: Any) -> EmulatorBackend:
+    """Start an emulator and a fal backend pointed at it (``environ`` is not needed).
+    ``emulator`` may be a dict of EmulatorConfig fields, e.g. ``{"service_time_s": 3}`` to
+    watch progress and cancel on a slow "remote" model."""
+    if isinstance(emulator, Mapping):
+        emulator = EmulatorConfig(**emulator)
     server = EmulatorServer(emulator or EmulatorConfig())
     server.start()
     try:

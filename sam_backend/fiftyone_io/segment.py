@@ -102,6 +102,8 @@ class SegmentOptions(BaseModel):
     # Names one run across processes (sharded delegated runs): samples this key already
     # wrote are skipped, so a re-queued shard resumes instead of starting over.
     run_key: str | None = None
+    # Keep the rendered overlay video / box-overlay zip URLs on each sample (<field>_outputs).
+    render_video: bool = False
 
     @property
     def per_sample_prompts(self) -> bool:
@@ -327,6 +329,8 @@ class _Runner:
             if callable(commit := getattr(run, "commit", None)):
                 commit()
             _mark_written(self.opts.run_key, job.sample_id)
+            if self.opts.render_video and run.record.outputs:
+                _store_outputs(self.dataset, job.sample_id, f"{self.opts.label_field}_outputs", run.record.outputs)
         except Cancelled:
             raise
         except _FATAL as exc:
@@ -486,8 +490,9 @@ def _already_written(run_key: str | None, jobs: Sequence[_Job]) -> set[str]:
 
 def _mark_written(run_key: str | None, sample_id: str) -> None:
     if run_key:
+        # `writes` counts publishes: 1 per sample when shards never overlap (tests check it).
         _marks().update_one({"run_key": run_key, "sample_id": sample_id},
-                            {"$setOnInsert": {"written_at": time.time()}}, upsert=True)
+                            {"$setOnInsert": {"written_at": time.time()}, "$inc": {"writes": 1}}, upsert=True)
 
 
 class _Background:

@@ -1,0 +1,271 @@
+"""The segment_video form, and the one mapping from its params to SegmentOptions.
+
+Defaults come from :class:`SegmentOptions` (never repeated here); the same mapping serves
+the App form, ``execute`` and the SDK ``__call__``.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import fiftyone.operators.types as types
+
+from sam_backend.cost import fal_cost_usd
+from sam_backend.errors import InvalidRequest
+from sam_backend.fiftyone_io import SegmentOptions
+from sam_backend.types import FrameRange
+
+DEFAULTS = SegmentOptions()
+BACKENDS = {
+    "fal": "fal: hosted SAM 3.1, billed per frame (needs FAL_KEY)",
+    "local": "local: SAM 3.1 / SAM 3 on this machine's GPU, or SAM 3 on CPU (transformers)",
+    "emulator": "emulator: offline stand-in for fal (synthetic test videos only)",
+}
+PROMPT_LABEL_TYPES = ("Detections", "Detection", "Keypoints", "Keypoint", "Polylines", "Polyline")
+LOCAL_OPTIONS = ("engine", "checkpoint", "model", "device", "chunk_size", "overlap", "offload")
+FAL_OPTIONS = ("endpoint",)
+DEFAULT_FAL_ENDPOINT = "fal-ai/sam-3-1/video-rle"
+
+
+def options_from_params(params: dict[str, Any], *, selected_labels: list[dict[str, Any]] | None = None) -> SegmentOptions:
+    """Form/SDK params -> options; params not given take SegmentOptions' defaults."""
+    fields: dict[str, Any] = {}
+    for key in ("label_field", "backend", "prompt", "detection_threshold", "max_num_objects", "min_mask_area",
+                "min_track_frames", "concurrency", "point_prompts", "box_prompts", "prompt_fields", "run_key",
+                "render_video"):
+        if params.get(key) not in (None, ""):
+            fields[key] = params[key]
+    backend = params.get("backend") or DEFAULTS.backend
+    allowed = LOCAL_OPTIONS if backend == "local" else FAL_OPTIONS if backend == "fal" else ()
+    backend_options = {k: params[k] for k in allowed if params.get(k) not in (None, "", "auto")}
+    if backend == "emulator" and params.get("emulator_service_s"):
+        backend_options["emulator"] = {"service_time_s": float(params["emulator_service_s"])}
+    if backend_options:
+        fields["backend_options"] = backend_options
+    if any(params.get(k) not in (None, "") for k in ("frame_start", "frame_stop", "frame_step")):
+        fields["frames"] = FrameRange(start=params.get("frame_start") or 0, stop=params.get("frame_stop") or None,
+                                      step=params.get("frame_step") or 1)
+    if params.get("mask_storage") == "disk":
+        if not params.get("mask_dir"):
+            raise InvalidRequest("mask_dir: give a folder for the mask PNGs (masks stored on disk)")
+        fields["mask_dir"] = params["mask_dir"]
+    chosen = selected_labels or []
+    refine_from = [s for s in chosen if str(s.get("field", "")).removeprefix("frames.") == (params.get("label_field") or DEFAULTS.label_field)]
+    if params.get("refine"):
+        if len(refine_from) != 1:
+            raise InvalidRequest("refine: select exactly one label of the track to fix, in the output field, on the fixed frame")
+        if refine_from[0].get("_index") is None:
+            raise InvalidRequest("refine: the selected label has no track index")
+        fields.update(refine_track=refine_from[0]["_index"], refine_frame=refine_from[0]["frame_number"],
+                      refine_direction=params.get("refine_direction") or "forward")
+    elif params.get("use_selection") and chosen:
+        fields["selected_labels"] = chosen
+    return SegmentOptions.build(**fields)
+
+
+def new_run_key() -> str:
+    return uuid.uuid4().hex
+
+
+def build_inputs(ctx: Any, inputs: types.Object) -> None:
+    inputs.view_target(ctx)
+    view = ctx.target_view()
+    params = ctx.params
+    _prompt_inputs(ctx, inputs)
+    _backend_inputs(ctx, inputs)
+    _output_inputs(ctx, inputs)
+    _run_inputs(ctx, inputs, view)
+    try:
+        options_from_params(params, selected_labels=selection(ctx))
+    except InvalidRequest as exc:
+        inputs.view("options_error", types.Error(label="Check these settings", description="; ".join(exc.problems)))
+
+
+def selection(ctx: Any) -> list[dict[str, Any]]:
+    """ctx.selected_labels, each with ``_index``: the track id of the label (for refine)."""
+    out = []
+    for item in ctx.selected_labels or []:
+        item = dict(item)
+        field, number = str(item.get("field", "")).removeprefix("frames."), item.get("frame_number")
+        if ctx.dataset is not None and number is not None and ctx.dataset.has_frame_field(field):
+            frame = ctx.dataset[item["sample_id"]].frames[number]
+            value = frame[field] if frame.has_field(field) else None
+            for label in getattr(value, "detections", None) or []:
+                if label.id == item.get("label_id"):
+                    item["_index"] = label.index
+        out.append(item)
+    return out
+
+
+def _prompt_inputs(ctx: Any, inputs: types.Object) -> None:
+    params = ctx.params
+    inputs.view("prompts_header", types.Header(label="What to track"))
+    prompt = inputs.str("prompt", label="Text prompt", description="Comma-separated concepts, e.g. 'player, ball'")
+    if params.get("prompt"):
+        try:
+            SegmentOptions.build(prompt=params["prompt"]).request()
+        except InvalidRequest as exc:
+            prompt.invalid = True
+            prompt.error_message = "; ".join(exc.problems)
+    fields = _prompt_field_choices(ctx)
+    if fields:
+        choices = types.AutocompleteView()
+        for name, count in fields.items():
+            choices.add_choice(name, label=f"{name} ({count} labels)")
+        default = [f for f in ("sam_boxes", "sam_clicks") if fields.get(f)]
+        inputs.list("prompt_fields", types.String(), default=default, label="Prompts from label fields",
+                    description="Boxes (Detections) and clicks (Keypoints, Polylines) on their frames; one object per index or class",
+                    view=choices)
+    selected = ctx.selected_labels or []
+    if selected:
+        inputs.bool("use_selection", default=True, label=f"Use the {len(selected)} selected label(s) as prompts")
+        inputs.bool("refine", default=False, label="Refine: re-run only the selected track from its frame",
+                    description="Select the (corrected) label of one track in the output field on the frame to fix from")
+        if params.get("refine"):
+            direction = types.RadioGroup()
+            for value in ("forward", "backward", "both"):
+                direction.add_choice(value, label=value)
+            inputs.enum("refine_direction", direction.values(), default="forward", view=direction, label="Direction")
+    point = types.Object()
+    point.int("x", required=True, label="x (px)")
+    point.int("y", required=True, label="y (px)")
+    point.enum("label", [1, 0], default=1, label="1 = on the object, 0 = not")
+    point.int("object_id", label="object id")
+    point.int("frame_index", default=0, label="frame (0-based, as the App's timeline counts)")
+    inputs.list("point_prompts", point, label="Clicks", description="Optional point prompts in pixels")
+    box = types.Object()
+    for key in ("x_min", "y_min", "x_max", "y_max"):
+        box.int(key, required=True, label=f"{key} (px)")
+    box.int("object_id", label="object id")
+    box.int("frame_index", default=0, label="frame (0-based)")
+    inputs.list("box_prompts", box, label="Boxes", description="Optional box prompts in pixels")
+    counts = _prompt_counts(ctx)
+    inputs.view("prompt_counts", types.Notice(label=counts))
+
+
+def _prompt_field_choices(ctx: Any) -> dict[str, int]:
+    if ctx.dataset is None or ctx.dataset.media_type != "video":
+        return {}
+    out = {}
+    for name, field in ctx.dataset.get_frame_field_schema().items():
+        doc_type = getattr(getattr(field, "document_type", None), "__name__", "")
+        if doc_type in PROMPT_LABEL_TYPES:
+            path = {"Detections": "detections", "Keypoints": "keypoints", "Polylines": "polylines"}.get(doc_type)
+            out[name] = ctx.target_view().count(f"frames.{name}.{path}" if path else f"frames.{name}")
+    return out
+
+
+def _prompt_counts(ctx: Any) -> str:
+    params = ctx.params
+    parts = []
+    if (params.get("prompt") or "").strip():
+        parts.append(f"{len([c for c in params['prompt'].split(',') if c.strip()])} concept(s)")
+    if params.get("point_prompts"):
+        parts.append(f"{len(params['point_prompts'])} typed click(s)")
+    if params.get("box_prompts"):
+        parts.append(f"{len(params['box_prompts'])} typed box(es)")
+    fields = _prompt_field_choices(ctx)
+    for name in params.get("prompt_fields") or []:
+        parts.append(f"{fields.get(name, 0)} label(s) in frames.{name}")
+    if params.get("use_selection") and ctx.selected_labels:
+        parts.append(f"{len(ctx.selected_labels)} selected label(s)")
+    return "Prompts: " + (", ".join(parts) if parts else "none yet")
+
+
+def _backend_inputs(ctx: Any, inputs: types.Object) -> None:
+    params = ctx.params
+    inputs.view("backend_header", types.Header(label="Where SAM runs"))
+    choices = types.RadioGroup()
+    for value, label in BACKENDS.items():
+        choices.add_choice(value, label=label)
+    inputs.enum("backend", choices.values(), default=DEFAULTS.backend, label="Backend", view=choices)
+    backend = params.get("backend") or DEFAULTS.backend
+    if backend == "fal":
+        if not ctx.secret("FAL_KEY"):
+            inputs.view("no_key", types.Warning(label="FAL_KEY is not set",
+                                                description="Set the FAL_KEY secret (environment variable) or pick the emulator."))
+        inputs.str("endpoint", default=DEFAULT_FAL_ENDPOINT, label="fal endpoint",
+                   description="An RLE endpoint returns masks; fal-ai/sam-3-1/video returns only a rendered video")
+    if backend in ("fal", "emulator"):
+        inputs.int("concurrency", default=DEFAULTS.concurrency, min=1, max=64, label="Videos at once")
+    if backend == "emulator":
+        inputs.float("emulator_service_s", default=0.0, min=0.0, label="Emulated model time per video (s)",
+                     description="Slow the stand-in model down to watch progress and try cancel")
+    if backend == "local":
+        engines = types.Dropdown()
+        for value in ("sam3.1", "sam3", "transformers"):
+            engines.add_choice(value, label=value)
+        inputs.enum("engine", engines.values(), default="sam3.1", view=engines, label="Engine",
+                    description="sam3.1 / sam3: Meta's predictor on CUDA; transformers: SAM 3 on CPU or GPU")
+        inputs.str("checkpoint", label="Checkpoint folder or file (Meta engines)",
+                   description="Defaults to $SAM31_LOCAL_CHECKPOINT")
+        inputs.str("model", label="Model id or folder (transformers)", description="Defaults to $SAM31_LOCAL_MODEL")
+        devices = types.Dropdown()
+        for value in ("auto", "cuda", "cpu"):
+            devices.add_choice(value, label=value)
+        inputs.enum("device", devices.values(), default="auto", view=devices, label="Device")
+        inputs.int("chunk_size", default=200, min=16, label="Chunk size (frames)")
+        inputs.int("overlap", default=24, min=16, label="Chunk overlap (frames)")
+        inputs.bool("offload", default=False, label="Offload video and state to CPU memory")
+
+
+def _output_inputs(ctx: Any, inputs: types.Object) -> None:
+    params = ctx.params
+    inputs.view("output_header", types.Header(label="Output"))
+    inputs.str("label_field", label="Output frame field", default=DEFAULTS.label_field, required=True)
+    name = params.get("label_field") or DEFAULTS.label_field
+    if ctx.dataset is not None and ctx.dataset.has_frame_field(name) and not params.get("refine"):
+        inputs.view("overwrite", types.Warning(label=f"frames.{name} exists and will be replaced on the target videos"))
+    inputs.float("detection_threshold", label="Detection threshold", default=DEFAULTS.detection_threshold, min=0.0, max=1.0)
+    inputs.int("max_num_objects", label="Max objects", default=DEFAULTS.max_num_objects, min=1, max=128)
+    inputs.int("min_mask_area", label="Drop masks smaller than (pixels)", default=DEFAULTS.min_mask_area, min=0)
+    inputs.int("min_track_frames", label="Drop tracks shorter than (frames)", default=DEFAULTS.min_track_frames, min=1)
+    inputs.int("frame_start", label="First frame (0-based)", min=0)
+    inputs.int("frame_stop", label="Stop before frame (0-based, empty = end)", min=1)
+    inputs.int("frame_step", label="Every Nth frame", min=1)
+    storage = types.RadioGroup()
+    storage.add_choice("database", label="in the database")
+    storage.add_choice("disk", label="PNG files on disk (big videos)")
+    inputs.enum("mask_storage", storage.values(), default="database", view=storage, label="Masks")
+    if params.get("mask_storage") == "disk":
+        inputs.str("mask_dir", required=True, label="Mask folder")
+    inputs.bool("render_video", default=False, label="Keep the rendered overlay video (URL stored on each sample)")
+
+
+def _run_inputs(ctx: Any, inputs: types.Object, view: Any) -> None:
+    params = ctx.params
+    inputs.view("run_header", types.Header(label="Run"))
+    inputs.int("preview_frames", default=0, min=0, label="Preview: first N frames of the first video only (0 = off)",
+               description="Writes to <field>_preview and opens that video")
+    inputs.int("shards", default=1, min=1, max=64, label="Split into N delegated operations",
+               description="For many videos: each shard can run on its own `fiftyone delegated launch` worker")
+    inputs.bool("delegate", default=False, label="Run in the background (delegated)")
+    inputs.view("cost", types.Notice(label=cost_line(view, params)))
+
+
+def cost_line(view: Any, params: dict[str, Any]) -> str:
+    """What the run will cost, from FiftyOne's metadata (exact once metadata exists)."""
+    backend = params.get("backend") or DEFAULTS.backend
+    per_video = _frames_per_video(view, params)
+    if params.get("preview_frames") and per_video:
+        first = per_video[0]
+        per_video = [params["preview_frames"] if first is None else min(first, params["preview_frames"])]
+    unknown = sum(1 for n in per_video if n is None)
+    known = [n for n in per_video if n is not None]
+    scope = f"{len(per_video)} video(s), {sum(known)} frames" + (f" (+{unknown} without metadata yet)" if unknown else "")
+    if backend == "emulator":
+        return f"Cost: {scope}, no charge (emulator)"
+    if backend == "local":
+        return f"Cost: {scope} on this machine: no fee, time depends on the GPU"
+    endpoint = params.get("endpoint") or DEFAULT_FAL_ENDPOINT
+    prices = [fal_cost_usd(endpoint, n) for n in known]
+    if any(p is None for p in prices):
+        return f"Cost: {scope} on fal; no price known for {endpoint}"
+    return f"Cost: {scope} on fal ({endpoint}): about ${sum(prices):.2f}" + (" so far" if unknown else "")
+
+
+def _frames_per_video(view: Any, params: dict[str, Any]) -> list[int | None]:
+    start, stop, step = params.get("frame_start") or 0, params.get("frame_stop"), params.get("frame_step") or 1
+    return [None if c is None else len(range(start, min(stop, c) if stop else c, step))
+            for c in view.values("metadata.total_frame_count")]
