@@ -2,9 +2,10 @@
 
 from .export_tracks import ExportTracks
 from .prepare_prompts import PreparePrompts
+from .prompt_panel import PromptPanel
 from .segment_video import SegmentVideo
 from .segmentation_runs import SegmentationRuns
 
-OPERATORS = [SegmentVideo, PreparePrompts, SegmentationRuns, ExportTracks]
+OPERATORS = [SegmentVideo, PreparePrompts, PromptPanel, SegmentationRuns, ExportTracks]
 
-__all__ = ["OPERATORS", "ExportTracks", "PreparePrompts", "SegmentVideo", "SegmentationRuns"]
+__all__ = ["OPERATORS", "ExportTracks", "PreparePrompts", "PromptPanel", "SegmentVideo", "SegmentationRuns"]

@@ -113,7 +113,7 @@ def _prompt_inputs(ctx: Any, inputs: types.Object) -> None:
         choices = types.AutocompleteView()
         for name, count in fields.items():
             choices.add_choice(name, label=f"{name} ({count} labels)")
-        default = [f for f in ("sam_boxes", "sam_clicks") if fields.get(f)]
+        default = [f for f in ("sam_boxes", "sam_clicks", "sam_points") if fields.get(f)]
         inputs.list("prompt_fields", types.String(), default=default, label="Prompts from label fields",
                     description="Boxes (Detections) and clicks (Keypoints, Polylines) on their frames; one object per index or class",
                     view=choices)

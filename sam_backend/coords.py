@@ -48,6 +48,12 @@ def pixel_point(rel_x: float, rel_y: float, width: int, height: int) -> tuple[in
     return x, y
 
 
+def relative_point(x: int, y: int, width: int, height: int) -> tuple[float, float]:
+    """Integer pixel (x, y) -> FiftyOne relative point at the pixel's centre (so
+    :func:`pixel_point` gives the same pixel back)."""
+    return (x + 0.5) / width, (y + 0.5) / height
+
+
 def box_from_normalized_cxcywh(cxcywh: Sequence[float], width: int, height: int) -> tuple[float, float, float, float]:
     """fal MaskMetadata box (normalised centre x, centre y, w, h) -> pixel xyxy floats."""
     cx, cy, w, h = cxcywh

@@ -131,6 +131,27 @@ def iter_frames(path: str | os.PathLike[str], info: VideoInfo | None = None, *, 
         raise VideoError(f"ffmpeg failed decoding {path}: {stderr.strip()}")
 
 
+def read_frame(path: str | os.PathLike[str], frame_index: int, info: VideoInfo | None = None) -> np.ndarray:
+    """One decoded frame as uint8 (H, W, 3) RGB: exactly ``list(iter_frames(path))[frame_index]``.
+
+    Selected by decode order (ffmpeg's ``select`` on the frame counter), not by timestamp,
+    so it agrees with :func:`iter_frames` on variable and odd frame rates too.
+    """
+    info = info or probe(path)
+    if not 0 <= frame_index < info.frame_count:
+        raise VideoError(f"frame_index {frame_index} is outside {path} (frames 0..{info.frame_count - 1})")
+    ffmpeg, _ = require_ffmpeg()
+    cmd = [
+        ffmpeg, "-v", "error", "-nostdin", "-i", str(path), "-map", "0:v:0", "-vf", f"select=eq(n\\,{frame_index})",
+        *_passthrough_flags(), "-frames:v", "1", "-f", "rawvideo", "-pix_fmt", "rgb24", "-",
+    ]
+    proc = subprocess.run(cmd, capture_output=True)
+    size = info.width * info.height * 3
+    if proc.returncode != 0 or len(proc.stdout) != size:
+        raise VideoError(f"ffmpeg could not decode frame {frame_index} of {path}: {proc.stderr.decode(errors='replace').strip()}")
+    return np.frombuffer(proc.stdout, np.uint8).reshape(info.height, info.width, 3)
+
+
 def encode_rgb_frames(frames: Iterator[np.ndarray], path: str | os.PathLike[str], *, width: int, height: int, fps: float | str, crf: int = 4) -> None:
     """Encode RGB frames as H.264 yuv420p MP4 (plays in browsers, so in the FiftyOne App).
 

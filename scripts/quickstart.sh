@@ -3,6 +3,7 @@
 # e.g. --app to open the FiftyOne App on the result.
 set -euo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+export SAM31_SETUP_BROWSER="${SAM31_SETUP_BROWSER:-0}"  # the demo needs no browser
 # shellcheck source=setup.sh
 . "$repo/scripts/setup.sh"
 cd "$repo"

