@@ -154,6 +154,26 @@ def test_writer_stores_what_the_real_model_produced(tiny_backend, tiny_video, ma
     assert ds.get_field("frames.tiny").info["sam31_video"]["model"] == "sam3 (transformers)"
 
 
+def test_segment_operator_runs_the_local_backend(tiny_model_dir: Path, tiny_video, make_dataset) -> None:
+    """The same operator and SDK call as for fal, with backend="local" and its own options:
+    the operator builds the local backend itself (no backend object handed in)."""
+    import fiftyone.operators as foo
+
+    path, _ = tiny_video
+    ds = make_dataset(path)
+    result = foo.get_operator("@sam31/video/segment_video")(
+        ds.view(), "blue box", backend="local", engine="transformers", model=str(tiny_model_dir), device="cpu",
+        detection_threshold=0.0, max_num_objects=2, label_field="local_op")
+    assert result.error is None, result.error
+    ds.reload()
+    sample = ds.first()
+    for n in range(1, 11):
+        dets = sample.frames[n]["local_op"].detections
+        assert dets and all(d.label == "blue box" and d.mask is not None and d.mask.any() for d in dets), n
+    info = ds.get_field("frames.local_op").info["sam31_video"]
+    assert (info["backend"], info["model"]) == ("local", "sam3 (transformers)")
+
+
 def test_meta_engine_without_cuda_says_so(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     if torch.cuda.is_available():
         pytest.skip("a CUDA GPU is visible here")
