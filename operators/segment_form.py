@@ -140,8 +140,7 @@ def _prompt_inputs(ctx: Any, inputs: types.Object) -> None:
     box.int("object_id", label="object id")
     box.int("frame_index", default=0, label="frame (0-based)")
     inputs.list("box_prompts", box, label="Boxes", description="Optional box prompts in pixels")
-    counts = _prompt_counts(ctx)
-    inputs.view("prompt_counts", types.Notice(label=counts))
+    inputs.view("prompt_counts", types.Notice(label=_prompt_counts(ctx, fields)))
 
 
 def _prompt_field_choices(ctx: Any) -> dict[str, int]:
@@ -156,7 +155,8 @@ def _prompt_field_choices(ctx: Any) -> dict[str, int]:
     return out
 
 
-def _prompt_counts(ctx: Any) -> str:
+def _prompt_counts(ctx: Any, fields: dict[str, int]) -> str:
+    """The form's summary line; ``fields`` = label counts per prompt field (counted once per form render)."""
     params = ctx.params
     parts = []
     if (params.get("prompt") or "").strip():
@@ -165,7 +165,6 @@ def _prompt_counts(ctx: Any) -> str:
         parts.append(f"{len(params['point_prompts'])} typed click(s)")
     if params.get("box_prompts"):
         parts.append(f"{len(params['box_prompts'])} typed box(es)")
-    fields = _prompt_field_choices(ctx)
     for name in params.get("prompt_fields") or []:
         parts.append(f"{fields.get(name, 0)} label(s) in frames.{name}")
     if params.get("use_selection") and ctx.selected_labels:

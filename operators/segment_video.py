@@ -8,24 +8,18 @@ delegated), or a sharded run that queues one delegated operation per slice of th
 
 from __future__ import annotations
 
-import queue
-import threading
 from collections.abc import Iterator
 from typing import Any
 
 import fiftyone.operators as foo
 import fiftyone.operators.types as types
 
-from sam_backend.backends.base import CancelToken
 from sam_backend.errors import SamError
-from sam_backend.fiftyone_io import SampleProgress, SegmentOptions, SegmentReport, segment_videos
+from sam_backend.fiftyone_io import SegmentOptions, segment_videos
 from sam_backend.types import FrameRange
 
+from .run_progress import fail_in_app, run_with_progress, summary
 from .segment_form import DEFAULTS, build_inputs, new_run_key, options_from_params, selection
-
-# How often a delegated run checks whether its operation was marked failed/cancelled.
-WATCH_INTERVAL_S = 2.0
-
 
 class SegmentVideo(foo.Operator):
     @property
@@ -52,7 +46,7 @@ class SegmentVideo(foo.Operator):
         try:
             options = options_from_params(ctx.params, selected_labels=selection(ctx))
         except SamError as exc:
-            yield from _failed(ctx, exc)
+            yield from fail_in_app(ctx, exc)
         view = ctx.target_view()
         if (ctx.params.get("shards") or 1) > 1 and not options.run_key:
             yield from self._queue_shards(ctx, view, options)
@@ -62,7 +56,9 @@ class SegmentVideo(foo.Operator):
             view = view.limit(1)
             options = options.model_copy(update={"frames": FrameRange(stop=preview),
                                                  "label_field": f"{options.label_field}_preview"})
-        report = yield from _run(ctx, view, options)
+        secrets = {"FAL_KEY": ctx.secret("FAL_KEY")} if options.backend == "fal" and ctx.secret("FAL_KEY") else None
+        report = yield from run_with_progress(
+            ctx, lambda progress, cancel: segment_videos(view, options, secrets=secrets, progress=progress, cancel=cancel))
         yield ctx.trigger("reload_dataset")
         yield ctx.trigger("notify", {"message": summary(report), "variant": "warning" if report.failed else "success"})
         if preview and report.done:
@@ -76,14 +72,11 @@ class SegmentVideo(foo.Operator):
         shards = min(ctx.params["shards"], len(ids))
         run_key = new_run_key()
         params = {k: v for k, v in ctx.params.items() if k not in ("shards", "view_target", "delegate")}
-        queued = []
         for i in range(shards):
-            part = ids[i::shards]
-            result = foo.execute_operator(
-                self.uri, {"view": view.select(part), "params": {**params, "run_key": run_key, "shards": 1}},
+            foo.execute_operator(
+                self.uri, {"view": view.select(ids[i::shards]), "params": {**params, "run_key": run_key, "shards": 1}},
                 request_delegation=True,
             )
-            queued.append(str(result.result.get("id")) if isinstance(result.result, dict) else str(result.result))
         yield ctx.trigger("notify", {
             "message": f"Queued {shards} delegated operations over {len(ids)} videos (run key {run_key}); "
                        "start workers with `fiftyone delegated launch`",
@@ -98,100 +91,4 @@ class SegmentVideo(foo.Operator):
                                     request_delegation=delegate)
 
 
-def _failed(ctx: Any, exc: BaseException) -> Iterator[Any]:
-    if not ctx.delegated:  # show it in the App before the stream ends with the error
-        yield ctx.trigger("notify", {"message": f"SAM 3.1: {exc}", "variant": "error"})
-    raise RuntimeError(str(exc)) from exc
-
-
-def _run(ctx: Any, view: Any, options: SegmentOptions) -> Iterator[Any]:
-    """Run segment_videos on a worker thread; turn its progress into App progress here."""
-    events: queue.Queue[SampleProgress | None] = queue.Queue()
-    cancel = CancelToken()
-    outcome: dict[str, Any] = {}
-    secrets = {"FAL_KEY": ctx.secret("FAL_KEY")} if options.backend == "fal" and ctx.secret("FAL_KEY") else None
-
-    def work() -> None:
-        try:
-            outcome["report"] = segment_videos(view, options, secrets=secrets, progress=events.put, cancel=cancel)
-        except BaseException as exc:  # handed to the operator thread, re-raised there
-            outcome["error"] = exc
-        finally:
-            events.put(None)
-
-    worker = threading.Thread(target=work, name="sam31-segment", daemon=True)
-    worker.start()
-    watcher = _watch_delegated(ctx, cancel) if ctx.delegated else None
-    try:
-        while (event := events.get()) is not None:
-            update = _progress_update(event)
-            if ctx.delegated:
-                ctx.set_progress(**update)
-            else:
-                yield ctx.trigger("set_progress", update)
-    finally:
-        # Reached early only if the App went away mid-run (generator closed): stop the run;
-        # the writer then discards every unfinished video.
-        if worker.is_alive():
-            cancel.cancel()
-        worker.join()
-        if watcher is not None:
-            watcher.set()
-    if "error" in outcome:
-        exc = outcome["error"]
-        if not isinstance(exc, SamError):
-            raise exc
-        yield from _failed(ctx, exc)
-    return outcome["report"]
-
-
-def _watch_delegated(ctx: Any, cancel: CancelToken) -> threading.Event:
-    """Cancel the run when its delegated operation stops being RUNNING (e.g. marked failed
-    with `fiftyone delegated fail`): nothing partial is written, fal requests are cancelled."""
-    from fiftyone.operators.delegated import DelegatedOperationService
-    from fiftyone.operators.executor import ExecutionRunState
-
-    stop = threading.Event()
-    op_id = getattr(ctx, "_delegated_operation_id", None)  # FiftyOne keeps it private
-    if op_id is None:
-        return stop
-
-    def watch() -> None:
-        service = DelegatedOperationService()
-        while not stop.wait(WATCH_INTERVAL_S):
-            doc = service.get(op_id)
-            if doc is None or doc.run_state != ExecutionRunState.RUNNING:
-                cancel.cancel()
-                return
-
-    threading.Thread(target=watch, name="sam31-watch", daemon=True).start()
-    return stop
-
-
-def _progress_update(event: SampleProgress) -> dict[str, Any]:
-    p = event.backend
-    finished = event.done + event.failed
-    label = f"{finished}/{event.sample_count} videos done"
-    if event.failed:
-        label += f" ({event.failed} failed)"
-    label += f"; video {event.sample_index + 1}: {p.stage}"
-    if p.queue_position is not None:
-        label += f" (queue position {p.queue_position})"
-    elif p.frames_done is not None and p.frames_total:
-        label += f" ({p.frames_done}/{p.frames_total} frames)"
-    elif p.message:
-        label += f": {p.message}"
-    return {"progress": finished / max(1, event.sample_count), "label": label}
-
-
-def summary(report: SegmentReport) -> str:
-    text = (f"SAM 3.1: {len(report.done)}/{report.samples} videos, {report.frames} frames, "
-            f"{sum(report.tracks.values())} tracks in frames.{report.label_field} ({report.seconds:.1f} s)")
-    if report.skipped:
-        text += f"; {len(report.skipped)} already done"
-    if report.failed:
-        text += "; failed: " + "; ".join(report.failed.values())
-    return text
-
-
-__all__ = ["DEFAULTS", "SegmentVideo", "summary"]
+__all__ = ["DEFAULTS", "SegmentVideo"]

@@ -13,7 +13,7 @@ import fiftyone.operators.types as types
 from sam_backend.errors import SamError
 from sam_backend.fiftyone_io import resume, status
 
-from .segment_video import _failed, _progress_update, summary
+from .run_progress import fail_in_app, run_with_progress, summary
 
 UNFINISHED = ("running", "failed", "cancelled")
 
@@ -63,15 +63,10 @@ class SegmentationRuns(foo.Operator):
             yield ctx.trigger("notify", {"message": "SAM 3.1: nothing to resume", "variant": "info"})
             return
         key = ctx.secret("FAL_KEY")
-        events: list[Any] = []
-        try:
-            report = resume(ctx.dataset, run_id=ctx.params["run_id"], journal_path=ctx.params.get("journal_path") or None,
-                            secrets={"FAL_KEY": key} if key else None,
-                            resubmit_uncertain=bool(ctx.params.get("resubmit_uncertain")),
-                            progress=events.append if not ctx.delegated else
-                            (lambda e: ctx.set_progress(**_progress_update(e))))
-        except SamError as exc:
-            yield from _failed(ctx, exc)
+        report = yield from run_with_progress(ctx, lambda progress, cancel: resume(
+            ctx.dataset, run_id=ctx.params["run_id"], journal_path=ctx.params.get("journal_path") or None,
+            secrets={"FAL_KEY": key} if key else None, resubmit_uncertain=bool(ctx.params.get("resubmit_uncertain")),
+            progress=progress, cancel=cancel))
         yield ctx.trigger("reload_dataset")
         yield ctx.trigger("notify", {"message": "resumed: " + summary(report), "variant": "warning" if report.failed else "success"})
 
