@@ -16,7 +16,7 @@ from sam_backend import masks as mask_ops
 from sam_backend import video
 from sam_backend.errors import InvalidRequest, VideoError
 from sam_backend.fiftyone_io import segment_videos
-from sam_backend.fiftyone_io.click_prompts import add_box, add_click, frame_image, prompts_on_frame, remove_label
+from sam_backend.fiftyone_io.click_prompts import _encoded_frame, add_box, add_click, frame_image, prompts_on_frame, remove_label
 
 from test_prompt_sources import DEFAULTS, labels_by_track, submitted
 from test_video import _vfr_video
@@ -53,6 +53,9 @@ def test_frame_image_shows_that_frame_downscaled(make_dataset, scene_video) -> N
     assert decoded.shape == (120, 160, 3)
     full = video.read_frame(path, 10)
     assert np.abs(decoded.astype(int) - full[::2, ::2].astype(int)).mean() < 12  # JPEG + resampling, same picture
+    hits = _encoded_frame.cache_info().hits
+    assert frame_image(sample, 11, max_side=160) == image  # a click redraws the same frame: decoded once
+    assert _encoded_frame.cache_info().hits == hits + 1
     with pytest.raises(InvalidRequest, match=r"frame 97 is outside the video \(frames 1..96\)"):
         frame_image(sample, 97)
 

@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import functools
 import io
+import os
 from collections.abc import Sequence
 
 import fiftyone as fo
@@ -50,18 +52,27 @@ class FramePrompts:
 def frame_image(sample: fo.Sample, frame_number: int, *, max_side: int = 960) -> FrameImage:
     """Frame ``frame_number`` (1-based, as the App counts) as a JPEG data URI, downscaled so
     its longer side is at most ``max_side`` (panel payloads stay small)."""
+    _, _, count = _size(sample)
+    _check_frame(frame_number, count)
+    stat = os.stat(sample.filepath)
+    return _encoded_frame(sample.filepath, (stat.st_mtime_ns, stat.st_size), frame_index_from_number(frame_number), max_side)
+
+
+# Every click redraws the panel on the same frame: decode and encode it once, not per click.
+# Keyed by the file's mtime and size too, so a replaced video is never served stale.
+@functools.lru_cache(maxsize=16)
+def _encoded_frame(path: str, stamp: tuple[int, int], frame_index: int, max_side: int) -> FrameImage:
     from PIL import Image  # FiftyOne depends on Pillow
 
-    width, height, count = _size(sample)
-    _check_frame(frame_number, count)
-    rgb = read_frame(sample.filepath, frame_index_from_number(frame_number), probe(sample.filepath))
-    scale = max(1.0, max(width, height) / max_side)
+    info = probe(path)
+    rgb = read_frame(path, frame_index, info)
+    scale = max(1.0, max(info.width, info.height) / max_side)
     image = Image.fromarray(rgb)
     if scale > 1.0:
-        image = image.resize((round(width / scale), round(height / scale)), Image.BILINEAR)
+        image = image.resize((round(info.width / scale), round(info.height / scale)), Image.BILINEAR)
     buf = io.BytesIO()
     image.save(buf, format="JPEG", quality=88)
-    return FrameImage("data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode(), width, height, scale)
+    return FrameImage("data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode(), info.width, info.height, scale)
 
 
 def add_click(sample: fo.Sample, frame_number: int, x: int, y: int, *, positive: bool, object_id: int,
