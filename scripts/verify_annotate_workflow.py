@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -37,6 +36,8 @@ os.environ.setdefault("FIFTYONE_DO_NOT_TRACK", "true")
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from app_screenshot import free_port, wait_for  # noqa: E402  (this folder is on sys.path when run as a script)
+
 DATASET = "sam31-annotate-demo"
 OBJECTS = ["red ball", "blue box", "green ball"]
 BOX_FRAME = 10  # 0-based frame index where the red ball gets its box
@@ -47,23 +48,6 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networki
 INIT_SCRIPT = "window.IS_PLAYWRIGHT=true; localStorage.setItem('fiftyone-enterprise-tooltip-seen','true');"
 UI_TIMEOUT_MS = 60_000  # first modal load decodes the video: seconds on 2 cores
 SAVE_TIMEOUT_S = 30.0  # the App saves edits in the background; this is ample
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_for(url: str, seconds: float = 60) -> None:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(url, timeout=2):
-                return
-        except OSError:
-            time.sleep(0.3)
-    raise RuntimeError(f"{url} did not come up")
 
 
 class Modal:
