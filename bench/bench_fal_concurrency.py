@@ -14,12 +14,9 @@ import shutil
 import statistics
 import tempfile
 import time
-import uuid
 from pathlib import Path
 
-os.environ.setdefault("FIFTYONE_DATABASE_VALIDATION", "false")
-os.environ.setdefault("FIFTYONE_DO_NOT_TRACK", "true")
-os.environ.setdefault("FIFTYONE_DATABASE_NAME", f"sam31_bench_{uuid.uuid4().hex[:8]}")
+from _bench_db import drop_own_database  # noqa: E402  (before fiftyone: names this run's database)
 os.environ.setdefault("FIFTYONE_SHOW_PROGRESS_BARS", "false")
 
 
@@ -87,6 +84,7 @@ def main() -> None:
         for ds in datasets:
             ds.delete()
         shutil.rmtree(folder, ignore_errors=True)
+        drop_own_database()
 
 
 if __name__ == "__main__":

@@ -10,14 +10,10 @@ fresh sample. Prints frames/s of both and the speed-up (target >= 10x).
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import time
-import uuid
 
-os.environ.setdefault("FIFTYONE_DATABASE_VALIDATION", "false")
-os.environ.setdefault("FIFTYONE_DO_NOT_TRACK", "true")
-os.environ.setdefault("FIFTYONE_DATABASE_NAME", f"sam31_bench_{uuid.uuid4().hex[:8]}")
+from _bench_db import drop_own_database  # noqa: E402  (before fiftyone: names this run's database)
 
 import numpy as np  # noqa: E402
 
@@ -92,6 +88,7 @@ def main() -> None:
         print(f"speed-up: {n / f:.1f}x (target >= 10x)")
     finally:
         dataset.delete()
+        drop_own_database()
 
 
 if __name__ == "__main__":

@@ -17,12 +17,9 @@ import os
 import sys
 import tempfile
 import time
-import uuid
 from pathlib import Path
 
-os.environ.setdefault("FIFTYONE_DATABASE_VALIDATION", "false")
-os.environ.setdefault("FIFTYONE_DO_NOT_TRACK", "true")
-os.environ.setdefault("FIFTYONE_DATABASE_NAME", f"sam31_gpu_check_{uuid.uuid4().hex[:8]}")
+from _bench_db import drop_own_database  # noqa: E402  (before fiftyone: names this run's database)
 
 
 def balls_scene(objects: int, frames: int, width: int = 1280, height: int = 720):
@@ -97,6 +94,7 @@ def main() -> int:
                 finally:
                     dataset.delete()
                 print(f"{rows[-1][0]:>7} {rows[-1][1]:>3} objects: {rows[-1][2]} frames/s  {rows[-1][3]}", flush=True)
+    drop_own_database()
     print("\nengine  objects  frames/s")
     for engine, n, fps, _ in rows:
         print(f"{engine:>7} {n:>8} {fps:>9}")
