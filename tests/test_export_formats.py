@@ -28,25 +28,13 @@ from sam_backend import synthetic, video
 from sam_backend.errors import InvalidRequest
 from sam_backend.fiftyone_io.export import export_tracks, import_tracks
 from sam_backend.fiftyone_io.writer import FrameLabelWriter
-from sam_backend.types import FrameResult, TrackedObject
+from sam_backend.types import FrameResult
+from test_writer import truth_frames  # noqa: F401  (shared with test_export_edges / test_export_operator)
 
 # ---------------------------------------------------------------------------------------
 # Shared helpers (also used by test_export_edges.py and test_export_operator.py)
 
 Objects = dict[int, tuple[str, np.ndarray]]  # track id -> (label, full-frame mask)
-
-
-def truth_frames(truth: synthetic.GroundTruth) -> list[FrameResult]:
-    """The generator's exact masks as tracker output: track id = shape order + 1."""
-    frames = []
-    for index in range(truth.scene.frame_count):
-        objects = []
-        for track_id, shape in enumerate(truth.scene.shapes, start=1):
-            mask = truth.mask(shape.name, index)
-            if mask is not None:
-                objects.append(TrackedObject(track_id, shape.name, 0.5 + track_id / 10, mask, mask_ops.tight_box(mask)))
-        frames.append(FrameResult(index, objects))
-    return frames
 
 
 def as_objects(frames: list[FrameResult]) -> dict[int, Objects]:

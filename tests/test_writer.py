@@ -20,6 +20,7 @@ from sam_backend.types import FrameResult, TrackedObject
 
 
 def truth_frames(truth: synthetic.GroundTruth) -> list[FrameResult]:
+    """The generator's exact masks as tracker output: track id = shape order + 1."""
     frames = []
     for index in range(truth.scene.frame_count):
         objects = []
