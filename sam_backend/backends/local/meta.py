@@ -22,7 +22,7 @@ import contextlib
 import importlib
 import importlib.util
 import inspect
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -218,26 +218,27 @@ def _objects(outputs: Any) -> list[tuple[int, float, np.ndarray]]:
     return [(int(i), float(p), masks[k].astype(bool, copy=False)) for k, (i, p) in enumerate(zip(ids, probs))]
 
 
-def _accepted(fn: Callable[..., Any], kwargs: dict[str, Any]) -> dict[str, Any]:
-    """The subset of ``kwargs`` that ``fn`` accepts (all of them if it takes **kwargs)."""
+def _parameters(fn: Callable[..., Any]) -> Mapping[str, inspect.Parameter] | None:
+    """``fn``'s named parameters; None when it takes any keyword (**kwargs) or has no signature."""
     try:
         params = inspect.signature(fn).parameters
     except (TypeError, ValueError):
-        return kwargs
+        return None
     if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
-        return kwargs
-    return {k: v for k, v in kwargs.items() if k in params}
+        return None
+    return params
+
+
+def _accepted(fn: Callable[..., Any], kwargs: dict[str, Any]) -> dict[str, Any]:
+    """The subset of ``kwargs`` that ``fn`` accepts (all of them if it takes **kwargs)."""
+    params = _parameters(fn)
+    return kwargs if params is None else {k: v for k, v in kwargs.items() if k in params}
 
 
 def _filter_request(predictor: Any, request: dict[str, Any]) -> dict[str, Any]:
     """Drop request keys the installed predictor's method for this type does not take."""
     method = getattr(predictor, _METHODS.get(request["type"], ""), None)
-    if method is None:
-        return request
-    try:
-        params = inspect.signature(method).parameters
-    except (TypeError, ValueError):
-        return request
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+    params = _parameters(method) if method is not None else None
+    if params is None:
         return request
     return {k: v for k, v in request.items() if k == "type" or _PARAM_NAMES.get(k, k) in params}
