@@ -43,6 +43,11 @@ class FormatWriter:
         pass
 
 
+def frame_file_name(video: VideoRef, frame_index: int, ext: str) -> str:
+    """``<video>/<0-based frame index, 6 digits>.<ext>``: the frame files COCO and YouTube-VIS list."""
+    return f"{video.name}/{frame_index:06d}.{ext}"
+
+
 def write_json(data: Any, path: Path) -> None:
     """JSON as every reader takes it: ASCII-only (non-ASCII labels as \\u escapes), so
     readers that open files with the platform's default encoding read them right too."""

@@ -26,16 +26,12 @@ from typing import Any
 import numpy as np
 
 from ... import masks as mask_ops
-from .base import FormatWriter, write_json
+from .base import FormatWriter, frame_file_name, write_json
 from .polygons import coco_polygons
 from .tracks import ExportFrame, ExportObject, VideoRef
 
 LABELS_FILE = "labels.json"
 DATA_DIR = "data"
-
-
-def frame_file_name(video: VideoRef, frame_index: int, ext: str) -> str:
-    return f"{video.name}/{frame_index:06d}.{ext}"
 
 
 class CocoWriter(FormatWriter):

@@ -26,15 +26,11 @@ from typing import Any
 import numpy as np
 
 from ... import masks as mask_ops
-from .base import FormatWriter, check_unique_tracks, write_json
+from .base import FormatWriter, check_unique_tracks, frame_file_name, write_json
 from .tracks import ExportFrame, VideoRef
 
 LABELS_FILE = "instances.json"
 IMAGES_DIR = "JPEGImages"
-
-
-def frame_file_name(video: VideoRef, frame_index: int, ext: str) -> str:
-    return f"{video.name}/{frame_index:06d}.{ext}"
 
 
 class YtvisWriter(FormatWriter):
