@@ -8,7 +8,9 @@ package (a test extra; it drives the system Chromium, no browser download).
 
 from __future__ import annotations
 
+import contextlib
 import os
+import re
 import shutil
 import time
 from collections.abc import Iterator
@@ -16,6 +18,7 @@ from pathlib import Path
 
 import fiftyone as fo
 import pytest
+from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
 from sam_backend import masks as mask_ops
 from sam_backend.coords import pixel_box
@@ -68,13 +71,23 @@ class PromptPanel:
         self.page.wait_for_selector("[data-cy=modal] .js-plotly-plot image")
         time.sleep(1.5)
 
+    def current_frame(self) -> int:
+        text = self.page.get_by_text(re.compile(r"^Frame \d+:")).first.inner_text()
+        return int(re.match(r"Frame (\d+):", text).group(1))
+
     def go_to_frame(self, number: int) -> None:
-        """Press the slider's arrow keys one frame at a time: the panel re-renders after each
-        change, which takes the focus away from the slider."""
-        for current in range(2, number + 1):
+        """Step the slider with its arrow keys until the panel shows frame ``number``. The
+        panel re-renders after each change and takes the focus away, so each step refocuses
+        the slider; a step the App drops under load is simply taken again."""
+        deadline = time.monotonic() + 180
+        while (current := self.current_frame()) != number:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"the panel stayed on frame {current}, wanted {number}")
+            step = 1 if current < number else -1
             self.page.locator("[data-cy=modal] input[type=range]").first.focus()
-            self.page.keyboard.press("ArrowRight")
-            self.page.get_by_text(f"Frame {current}:").wait_for(timeout=20_000)
+            self.page.keyboard.press("ArrowRight" if step > 0 else "ArrowLeft")
+            with contextlib.suppress(PlaywrightTimeout):
+                self.page.get_by_text(f"Frame {current + step}:").wait_for(timeout=5_000)
         self.wait_image()
 
     def set_mode(self, label: str) -> None:
