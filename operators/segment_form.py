@@ -11,10 +11,10 @@ from typing import Any
 
 import fiftyone.operators.types as types
 
-from sam_backend.cost import fal_cost_usd
+from sam_backend.cost import fal_estimate
 from sam_backend.errors import InvalidRequest
 from sam_backend.fiftyone_io import SegmentOptions
-from sam_backend.types import FrameRange
+from sam_backend.types import FrameRange, SegmentRequest
 
 DEFAULTS = SegmentOptions()
 BACKENDS = {
@@ -24,7 +24,7 @@ BACKENDS = {
 }
 PROMPT_LABEL_TYPES = ("Detections", "Detection", "Keypoints", "Keypoint", "Polylines", "Polyline")
 LOCAL_OPTIONS = ("engine", "checkpoint", "model", "device", "chunk_size", "overlap", "offload")
-FAL_OPTIONS = ("endpoint",)
+FAL_OPTIONS = ("endpoint", "text_mode")
 DEFAULT_FAL_ENDPOINT = "fal-ai/sam-3-1/video-rle"
 
 
@@ -184,8 +184,14 @@ def _backend_inputs(ctx: Any, inputs: types.Object) -> None:
         if not ctx.secret("FAL_KEY"):
             inputs.view("no_key", types.Warning(label="FAL_KEY is not set",
                                                 description="Set the FAL_KEY secret (environment variable) or pick the emulator."))
-        inputs.str("endpoint", default=DEFAULT_FAL_ENDPOINT, label="fal endpoint",
+        inputs.str("endpoint", default=DEFAULT_FAL_ENDPOINT, label="fal endpoint (clicks and boxes)",
                    description="An RLE endpoint returns masks; fal-ai/sam-3-1/video returns only a rendered video")
+        modes = types.RadioGroup()
+        modes.add_choice("instances", label="instances: a track per person/dog/... (SAM 3, one request per concept)")
+        modes.add_choice("union", label="union: one track per concept, all its instances together (SAM 3.1)")
+        inputs.enum("text_mode", modes.values(), default="instances", view=modes, label="Text concepts",
+                    description="fal's SAM 3.1 endpoint returns one mask per frame for everything it finds, so "
+                                "separate instances come from SAM 3's per-object endpoint")
     if backend in ("fal", "emulator"):
         inputs.int("concurrency", default=DEFAULTS.concurrency, min=1, max=64, label="Videos at once")
     if backend == "emulator":
@@ -258,10 +264,18 @@ def cost_line(view: Any, params: dict[str, Any]) -> str:
     if backend == "local":
         return f"Cost: {scope} on this machine: no fee, time depends on the GPU"
     endpoint = params.get("endpoint") or DEFAULT_FAL_ENDPOINT
-    prices = [fal_cost_usd(endpoint, n) for n in known]
-    if any(p is None for p in prices):
-        return f"Cost: {scope} on fal; no price known for {endpoint}"
-    return f"Cost: {scope} on fal ({endpoint}): about ${sum(prices):.2f}" + (" so far" if unknown else "")
+    try:  # every fal request a video takes: one per clicked/boxed object, one per concept
+        request = SegmentRequest.build(prompt=params.get("prompt") or "", point_prompts=params.get("point_prompts") or [],
+                                       box_prompts=params.get("box_prompts") or [])
+    except InvalidRequest:
+        request = SegmentRequest.build(prompt="object")  # prompts still being typed: price one request
+    estimates = [fal_estimate(request, n, endpoint=endpoint, text_mode=params.get("text_mode") or "instances")
+                 for n in known]
+    if any(usd is None for usd, _ in estimates):
+        return f"Cost: {scope} on fal; {estimates[0][1]}"
+    detail = estimates[0][1] if estimates else ""
+    return (f"Cost: {scope} on fal: about ${sum(usd or 0 for usd, _ in estimates):.2f}"
+            + (" so far" if unknown else "") + (f" ({detail} per video)" if detail else ""))
 
 
 def _frames_per_video(view: Any, params: dict[str, Any]) -> list[int | None]:

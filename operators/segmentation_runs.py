@@ -13,7 +13,7 @@ import fiftyone.operators.types as types
 from sam_backend.errors import SamError
 from sam_backend.fiftyone_io import resume, status
 
-from .run_progress import fail_in_app, run_with_progress, summary
+from .run_progress import run_with_progress, summary
 
 UNFINISHED = ("running", "failed", "cancelled")
 

@@ -15,12 +15,12 @@ from .errors import (
     UnexpectedResponse,
     VideoError,
 )
-from .types import BoxPrompt, FrameResult, PointPrompt, SegmentRequest, TrackedObject, VideoInfo, VideoOutputType
+from .types import BoxPrompt, FrameResult, PointPrompt, SegmentRequest, TrackedObject, VideoInfo
 
 __version__ = "0.1.0"
 
 __all__ = [
     "AuthError", "BackendUnavailable", "BoxPrompt", "Cancelled", "FrameResult", "InvalidRequest", "PointPrompt",
     "QuotaError", "RemoteFailure", "ResultExpired", "SamError", "SegmentRequest", "TrackedObject",
-    "UnexpectedResponse", "VideoError", "VideoInfo", "VideoOutputType",
+    "UnexpectedResponse", "VideoError", "VideoInfo",
 ]

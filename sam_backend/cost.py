@@ -1,29 +1,22 @@
-"""Prices, in one table that is easy to update, and the estimate built from them.
+"""What a fal run will cost, from the endpoint table (``backends/fal/endpoints.py``).
 
-fal bills these endpoints per started block of 16 video frames (public pricing pages,
-read 2026-11): SAM 3.1 about $0.01, SAM 3 about $0.005. The RLE variants are assumed to
-cost what their model's rendered-video endpoint costs. What fal actually billed comes back
-in the ``x-fal-billable-units`` response header and is recorded after each run.
+A video is several fal requests (one per visual object, one per text concept: see
+``backends/fal/planner.py``), each billed per started block of 16 frames at its
+endpoint's price. What fal actually billed comes back in ``x-fal-billable-units`` and is
+recorded with the labels after each run.
 """
 
 from __future__ import annotations
 
-import math
-
-FRAMES_PER_UNIT = 16
-
-# endpoint id -> USD per block of FRAMES_PER_UNIT frames
-FAL_PRICES_USD: dict[str, float] = {
-    "fal-ai/sam-3-1/video": 0.01,
-    "fal-ai/sam-3-1/video-rle": 0.01,
-    "fal-ai/sam-3/video": 0.005,
-    "fal-ai/sam-3/video-rle": 0.005,
-}
+from .backends.fal.endpoints import SAM3_VIDEO_RLE_OBJECTS, SAM31_VIDEO_RLE, plan_cost
+from .backends.fal.planner import TextMode, plan
+from .types import SegmentRequest
 
 
-def fal_cost_usd(endpoint: str, frames: int) -> float | None:
-    """Expected charge for one request over ``frames`` frames; None for unknown endpoints."""
-    price = FAL_PRICES_USD.get(endpoint)
-    if price is None:
-        return None
-    return math.ceil(frames / FRAMES_PER_UNIT) * price
+def fal_estimate(request: SegmentRequest, frames: int, *, endpoint: str = SAM31_VIDEO_RLE,
+                 objects_endpoint: str = SAM3_VIDEO_RLE_OBJECTS,
+                 text_mode: TextMode = "instances") -> tuple[float | None, str]:
+    """What one video with ``request`` costs on fal over ``frames`` frames (every planned request)."""
+    planned = plan(request, visual_endpoint=endpoint, objects_endpoints=[objects_endpoint], text_mode=text_mode,
+                   fallbacks={})
+    return plan_cost(planned, frames)

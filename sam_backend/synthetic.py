@@ -29,6 +29,9 @@ PALETTE: dict[str, tuple[int, int, int]] = {
     "white": (255, 255, 255),
 }
 BACKGROUND = (0, 0, 0)
+# The kind of object each colour is drawn as in the scenes here (balls are circles, boxes
+# rectangles), so a text concept like "ball" names several instances and "red ball" one.
+KINDS: dict[str, tuple[str, ...]] = {"ball": ("red", "green", "yellow"), "box": ("blue", "cyan", "white")}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -99,6 +102,26 @@ def default_scene(frame_count: int = 96, width: int = 320, height: int = 240, fp
             ShapeSpec("red ball", "red", "circle", round(26 * sx), round(26 * sy), kf((0, 30, 110), (1, 300, 130)), z=2),
             ShapeSpec("green ball", "green", "circle", round(20 * sx), round(20 * sy),
                       kf((0.25, 170, 262), (0.75, 150, -25)), z=1),
+        ),
+    )
+
+
+def instances_scene(frame_count: int = 64, width: int = 256, height: int = 192, fps: str = "25") -> Scene:
+    """Two balls and two boxes (two concepts, two instances each) that enter in an order
+    unlike their palette order (the cyan box first, the green ball last), and overlap."""
+    n = frame_count - 1
+    sx, sy = width / 256, height / 192
+
+    def kf(*points: tuple[float, float, float]) -> tuple[tuple[int, float, float], ...]:
+        return tuple((int(round(f * n)), x * sx, y * sy) for f, x, y in points)
+
+    return Scene(
+        width=width, height=height, frame_count=frame_count, fps=fps,
+        shapes=(
+            ShapeSpec("cyan box", "cyan", "rect", round(22 * sx), round(16 * sy), kf((0, 200, 40), (1, 150, 60))),
+            ShapeSpec("blue box", "blue", "rect", round(18 * sx), round(26 * sy), kf((0.1, 40, 140), (1, 90, 120))),
+            ShapeSpec("red ball", "red", "circle", round(16 * sx), round(16 * sy), kf((0.2, 120, 100), (0.9, 60, 40))),
+            ShapeSpec("green ball", "green", "circle", round(13 * sx), round(13 * sy), kf((0.5, 210, 160), (1, 180, 120)), z=1),
         ),
     )
 

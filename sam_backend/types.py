@@ -1,10 +1,11 @@
 """Request, prompt and result types.
 
-The request models mirror the input schema of fal's ``fal-ai/sam-3-1/video`` endpoint
-field for field (names, defaults, enum wire values), so ``SegmentRequest.to_wire`` is
-exactly what goes over HTTP. Coordinates here are fal's: integer pixels, 0-based
-``frame_index``. Conversion to FiftyOne's relative boxes and 1-based frame numbers
-happens only in :mod:`sam_backend.coords`.
+:class:`SegmentRequest` is what the user asks of one video, whatever the backend: text
+concepts, clicks and boxes with object ids, a threshold and a cap on objects. Field names
+and coordinates are fal's (integer pixels, 0-based ``frame_index``); which fal requests a
+request becomes, and their exact bodies, is the fal backend's business
+(``backends/fal/planner.py`` and ``endpoints.py``). Conversion to FiftyOne's relative boxes
+and 1-based frame numbers happens only in :mod:`sam_backend.coords`.
 
 Results (:class:`TrackedObject`, :class:`FrameResult`) are plain dataclasses: they are
 internal, created per object per frame, and carry numpy masks.
@@ -13,7 +14,6 @@ internal, created per object per frame, and carry numpy masks.
 from __future__ import annotations
 
 import dataclasses
-import enum
 from typing import Annotated, Any, Literal
 
 import numpy as np
@@ -27,13 +27,6 @@ DetectionThreshold = Annotated[float, Field(ge=0.0, le=1.0)]
 MaxNumObjects = Annotated[int, Field(ge=1, le=128)]
 DEFAULT_DETECTION_THRESHOLD = 0.5
 DEFAULT_MAX_NUM_OBJECTS = 16
-
-
-class VideoOutputType(str, enum.Enum):
-    """Container/codec of the rendered overlay video (fal wire values)."""
-
-    X264_MP4 = "X264 (.mp4)"
-    VP9_WEBM = "VP9 (.webm)"
 
 
 class _Wire(BaseModel):
@@ -118,19 +111,12 @@ class FrameRange(BaseModel):
 
 
 class SegmentRequest(_Wire):
-    """One video + prompts, as fal's ``fal-ai/sam-3-1/video`` takes it.
+    """The prompts for one video. Shape errors raise when the model is built;
+    video-dependent errors (frame size, frame count) raise in :meth:`check_against`."""
 
-    ``video_url`` may stay ``None`` while the video is a local file: the backend fills it
-    (upload or data URI) in :meth:`to_wire`. Shape errors raise when the model is built;
-    video-dependent errors (frame size, frame count) raise in :meth:`check_against`.
-    """
-
-    video_url: str | None = None
     prompt: str = ""
     point_prompts: list[PointPrompt] = Field(default_factory=list)
     box_prompts: list[BoxPrompt] = Field(default_factory=list)
-    apply_mask: bool = True
-    video_output_type: VideoOutputType = VideoOutputType.X264_MP4
     detection_threshold: DetectionThreshold = DEFAULT_DETECTION_THRESHOLD
     max_num_objects: MaxNumObjects = DEFAULT_MAX_NUM_OBJECTS
 
@@ -218,16 +204,6 @@ class SegmentRequest(_Wire):
             problems.append(f"max_num_objects={self.max_num_objects} but the point/box prompts define {n_visual} objects")
         return problems
 
-    def to_wire(self, video_url: str | None = None) -> dict[str, Any]:
-        """The JSON body for fal, with ``video_url`` filled in."""
-        url = video_url or self.video_url
-        if not url:
-            raise ValueError("to_wire needs a video_url (upload the video first)")
-        body = self.model_dump(mode="json", exclude={"video_url"})
-        for key in ("point_prompts", "box_prompts"):
-            body[key] = [{k: v for k, v in d.items() if v is not None} for d in body[key]]
-        return {"video_url": url, **body}
-
 
 def _past_end(where: str, index: int, frame_count: int) -> str:
     return (
@@ -267,7 +243,7 @@ class TrackedObject:
 
     track_id: int
     label: str
-    score: float
+    score: float | None  # None: the backend reports no confidence (fal's union RLE may not)
     mask: np.ndarray
     box: tuple[int, int, int, int]
 

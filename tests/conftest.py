@@ -27,6 +27,7 @@ _plugins = Path(tempfile.mkdtemp(prefix="sam31_plugins_"))
 (_plugins / "sam31-video").symlink_to(Path(__file__).resolve().parents[1], target_is_directory=True)
 os.environ["FIFTYONE_PLUGINS_DIR"] = str(_plugins)
 os.environ["XDG_STATE_HOME"] = tempfile.mkdtemp(prefix="sam31_state_")  # fal journals stay out of $HOME
+os.environ["XDG_CONFIG_HOME"] = tempfile.mkdtemp(prefix="sam31_config_")  # and so do measured RLE layouts
 os.environ.pop("FAL_KEY", None)  # tests never use a real key
 os.environ.pop("FAL_KEY_ID", None)
 os.environ.pop("FAL_KEY_SECRET", None)

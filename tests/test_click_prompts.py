@@ -18,7 +18,7 @@ from sam_backend.errors import InvalidRequest, VideoError
 from sam_backend.fiftyone_io import segment_videos
 from sam_backend.fiftyone_io.click_prompts import _encoded_frame, add_box, add_click, frame_image, prompts_on_frame, remove_label
 
-from test_prompt_sources import DEFAULTS, labels_by_track, submitted
+from test_prompt_sources import DEFAULTS, VISUAL, labels_by_track, submitted_all
 from test_video import _vfr_video
 
 
@@ -78,13 +78,14 @@ def test_clicks_and_boxes_become_the_prompts_and_track_with_their_ids(make_datas
 
     n = len(emulator.stats.submits)
     segment_videos(ds, prompt_fields=["sam_points", "sam_boxes"], label_field="sam", backend=fal_backend)
-    assert submitted(emulator, n) == {
-        "prompt": "",
-        "point_prompts": [{"x": bx, "y": by, "label": 1, "object_id": 7, "frame_index": 4},
-                          {"x": 2, "y": 2, "label": 0, "object_id": 7, "frame_index": 4}],
-        "box_prompts": [{"x_min": x0, "y_min": y0, "x_max": x1, "y_max": y1, "object_id": 3, "frame_index": 20}],
-        **DEFAULTS,
-    }
+    # one request per object: the box of object 3, the two clicks of object 7
+    assert submitted_all(emulator, n) == [
+        (VISUAL, {"box_prompts": [{"x_min": x0, "y_min": y0, "x_max": x1, "y_max": y1, "object_id": 3, "frame_index": 20}],
+                  **DEFAULTS}),
+        (VISUAL, {"point_prompts": [{"x": bx, "y": by, "label": 1, "object_id": 7, "frame_index": 4},
+                                    {"x": 2, "y": 2, "label": 0, "object_id": 7, "frame_index": 4}],
+                  **DEFAULTS}),
+    ]
     sample.reload()
     assert labels_by_track(sample, "sam") == {7: {"ball"}, 3: {"crate"}}
     for name, track in (("red ball", 7), ("blue box", 3)):

@@ -26,7 +26,7 @@ import pytest
 
 from sam_backend import synthetic
 from sam_backend.emulator import EmulatorConfig, EmulatorServer, FaultAction, FaultPlan, FaultRule
-from sam_backend.masks import decode_rle, iou, tight_box
+from sam_backend.masks import iou, tight_box
 from sam_backend.video import probe
 
 # pycocotools' decode trips a numpy 2 DeprecationWarning on every mask: not ours to fix.
@@ -125,18 +125,44 @@ def run(http: httpx.Client, emu: EmulatorServer, payload: dict[str, Any], app: s
     return http.get(sub["response_url"], headers=auth(emu))
 
 
+def runs_mask(text: str | None, height: int, width: int) -> np.ndarray:
+    """A fal RLE string (row-major, 1-based starts: the emulator's default) -> bool mask.
+    Written here on its own so the emulator is not checked by the client's decoder."""
+    flat = np.zeros(height * width, bool)
+    values = [int(v) for v in (text or "").split()]
+    for start, length in zip(values[0::2], values[1::2]):
+        flat[start - 1:start - 1 + length] = True
+    return flat.reshape(height, width)
+
+
+def union_masks(output: dict[str, Any], height: int, width: int) -> dict[int, np.ndarray]:
+    """frame index -> union mask, for frames where the union answer has one."""
+    return {f: runs_mask(t, height, width) for f, t in enumerate(output["rle"]) if t}
+
+
 def tracks_of(output: dict[str, Any]) -> dict[int, dict[str, Any]]:
-    """track id -> {"label", "score", "masks": {frame_index: mask}, "boxes": {frame_index: box}}."""
+    """An objects answer: track id -> {"masks": {frame_index: mask}}."""
     tracks: dict[int, dict[str, Any]] = {}
     for frame in output["frames"]:
-        for m in frame["masks"]:
-            meta = m["metadata"]
-            t = tracks.setdefault(meta["index"], {"label": meta["label"], "score": meta["score"], "masks": {}, "boxes": {}})
-            assert t["label"] == meta["label"]
+        for obj in frame["objects"]:
+            t = tracks.setdefault(obj["track_id"], {"masks": {}})
             assert frame["frame_index"] not in t["masks"], "one mask per track per frame"
-            t["masks"][frame["frame_index"]] = decode_rle(m["rle"])
-            t["boxes"][frame["frame_index"]] = meta["box"]
+            t["masks"][frame["frame_index"]] = runs_mask(obj["rle"], output["height"], output["width"])
     return tracks
+
+
+def truth_union(gt: synthetic.GroundTruth, names: list[str], f: int) -> np.ndarray | None:
+    masks = [m for n in names if (m := gt.mask(n, f)) is not None]
+    return np.logical_or.reduce(masks) if masks else None
+
+
+def assert_union_matches(output: dict[str, Any], gt: synthetic.GroundTruth, names: list[str]) -> None:
+    scene = gt.scene
+    got = union_masks(output, scene.height, scene.width)
+    want = {f: m for f in range(scene.frame_count) if (m := truth_union(gt, names, f)) is not None}
+    assert sorted(got) == sorted(want), names
+    for f, m in want.items():
+        assert iou(got[f], m) >= 0.98, (names, f)
 
 
 def assert_matches_truth(track: dict[str, Any], gt: synthetic.GroundTruth, name: str) -> None:
@@ -166,22 +192,32 @@ def test_submit_requires_the_key(emu: EmulatorServer, http: httpx.Client) -> Non
     assert stats.submits == [] and stats.auth_failures == 4
 
 
-def test_invalid_input_gets_fal_422_shape(emu: EmulatorServer, http: httpx.Client) -> None:
-    r = http.post(
-        f"{emu.queue_url}/{RLE_APP}",
-        json={"video_url": "data:,x", "point_prompts": [{"x": 1, "y": 2, "label": 2}], "unknown_key": 1},
-        headers=auth(emu),
-    )
-    assert r.status_code == 422
-    [item] = r.json()["detail"]
-    assert item["loc"] == ["body", "point_prompts", 0, "label"]
-    assert isinstance(item["msg"], str) and isinstance(item["type"], str)
+def test_invalid_input_gets_fal_422_shape(http: httpx.Client) -> None:
+    with EmulatorServer(EmulatorConfig(validate_on_submit=True)) as emu:
+        r = http.post(
+            f"{emu.queue_url}/{RLE_APP}",
+            json={"video_url": "data:,x", "point_prompts": [{"x": 1, "y": 2, "label": 2}], "unknown_key": 1},
+            headers=auth(emu),
+        )
+        assert r.status_code == 422
+        [item] = r.json()["detail"]
+        assert item["loc"] == ["body", "point_prompts", 0, "label"]
+        assert isinstance(item["msg"], str) and isinstance(item["type"], str)
 
-    r = http.post(f"{emu.queue_url}/{RLE_APP}", json={"prompt": "red", "max_num_objects": 0}, headers=auth(emu))
-    assert r.status_code == 422
-    locs = sorted(tuple(i["loc"]) for i in r.json()["detail"])
-    assert locs == [("body", "max_num_objects"), ("body", "video_url")]
-    assert emu.stats.submits == []
+        r = http.post(f"{emu.queue_url}/{RLE_APP}", json={"prompt": "red", "max_num_objects": 0}, headers=auth(emu))
+        assert r.status_code == 422
+        locs = sorted(tuple(i["loc"]) for i in r.json()["detail"])
+        assert locs == [("body", "max_num_objects"), ("body", "video_url")]
+        # the RLE endpoints' threshold starts at 0.01 (S2), the objects endpoint takes no points
+        r = http.post(f"{emu.queue_url}/{RLE_APP}", json={"video_url": "x", "prompt": "red", "detection_threshold": 0.005},
+                      headers=auth(emu))
+        assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "detection_threshold"]
+        assert emu.stats.submits == []
+    with EmulatorServer() as emu:  # default: a queue accepts it, the 422 comes with the result
+        sub = submit(http, emu, {"video_url": "x", "prompt": "red", "max_num_objects": 0})
+        assert wait_completed(http, emu, sub)["error"]
+        r = http.get(sub["response_url"], headers=auth(emu))
+        assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "max_num_objects"]
 
 
 def test_unknown_app_and_request_are_404(emu: EmulatorServer, http: httpx.Client) -> None:
@@ -328,27 +364,45 @@ def test_documented_app_from_data_uri(clip_video: tuple[Path, Any], emu: Emulato
 # the toy segmenter through the whole pipeline
 
 
-def test_text_prompt_matches_ground_truth(default_scene_video: tuple[Path, synthetic.GroundTruth], emu: EmulatorServer, http: httpx.Client) -> None:
+OBJECTS_APP = "fal-ai/sam-3/video-rle-objects"
+
+
+def test_objects_app_tracks_each_instance_of_one_concept(default_scene_video: tuple[Path, synthetic.GroundTruth],
+                                                          emu: EmulatorServer, http: httpx.Client) -> None:
     path, gt = default_scene_video
     url = upload(http, emu, path)
-    res = run(http, emu, {"video_url": url, "prompt": "red ball, blue box, green ball, dog"})
+    res = run(http, emu, {"video_url": url, "prompt": "balls", "point_prompts": [{"x": 1, "y": 1, "label": 1}]}, OBJECTS_APP)
     assert res.status_code == 200, res.text
     out = res.json()
-    assert set(out) == {"video", "boundingbox_frames_zip", "frames"}
+    assert set(out) == {"frames", "width", "height", "num_frames"}  # no points taken, no files rendered
+    assert (out["width"], out["height"], out["num_frames"]) == (320, 240, 96)
     assert [f["frame_index"] for f in out["frames"]] == list(range(96))
     assert res.headers["x-fal-billable-units"] == "96"
-
     tracks = tracks_of(out)
-    # ids by first appearance; red and blue both start on frame 0, so concept order decides.
-    assert {tid: t["label"] for tid, t in tracks.items()} == {1: "red ball", 2: "blue box", 3: "green ball"}
-    for t in tracks.values():
-        assert_matches_truth(t, gt, t["label"])
-        assert t["score"] >= 0.9
-        for f, (cx, cy, w, h) in t["boxes"].items():
-            x0, y0, x1, y1 = tight_box(t["masks"][f])
-            assert np.allclose([cx * 320, cy * 240, w * 320, h * 240], [(x0 + x1) / 2, (y0 + y1) / 2, x1 - x0, y1 - y0])
-    # green enters late and leaves early: frames without it carry no mask for it
-    assert 0 not in tracks[3]["masks"] and 95 not in tracks[3]["masks"]
+    # two instances, ids by first appearance: the red ball is there from frame 0, the green one enters later
+    assert sorted(tracks) == [1, 2]
+    assert_matches_truth(tracks[1], gt, "red ball")
+    assert_matches_truth(tracks[2], gt, "green ball")
+
+
+def test_rle_app_answers_the_union_of_every_object(default_scene_video: tuple[Path, synthetic.GroundTruth],
+                                                   emu: EmulatorServer, http: httpx.Client) -> None:
+    path, gt = default_scene_video
+    url = upload(http, emu, path)
+    res = run(http, emu, {"video_url": url, "prompt": "red ball, blue box, dog"})
+    assert res.status_code == 200, res.text
+    out = res.json()
+    assert set(out) == {"rle", "metadata", "boxes", "scores"}  # apply_mask is off by default: no video
+    assert len(out["rle"]) == len(out["metadata"]) == 96 and out["scores"] is None
+    assert_union_matches(out, gt, ["red ball", "blue box"])
+    # sam-3/video-rle answers RLE only with return_rle; without it, its video
+    plain = run(http, emu, {"video_url": url, "prompt": "red ball"}, "fal-ai/sam-3/video-rle").json()
+    assert set(plain) == {"video"}
+    rle = run(http, emu, {"video_url": url, "prompt": "red ball", "return_rle": True}, "fal-ai/sam-3/video-rle").json()
+    assert_union_matches(rle, gt, ["red ball"])
+    as_file = run(http, emu, {"video_url": url, "prompt": "red ball", "return_rle": True, "rle_return_mode": "url"},
+                  "fal-ai/sam-3/video-rle").json()
+    assert http.get(as_file["rle"]["url"]).json() == rle["rle"]
 
 
 def test_point_and_box_prompts(clip_video: tuple[Path, synthetic.GroundTruth], emu: EmulatorServer, http: httpx.Client) -> None:
@@ -358,21 +412,13 @@ def test_point_and_box_prompts(clip_video: tuple[Path, synthetic.GroundTruth], e
     ys, xs = np.nonzero(red)
     blue_box = tight_box(gt.mask("blue box", 12))
     assert red is not None and blue_box is not None
-    payload = {
-        "video_url": url,
-        "prompt": "green ball",
-        "point_prompts": [
-            {"x": int(xs.mean()), "y": int(ys.mean()), "label": 1, "object_id": 7, "frame_index": 12},
-            {"x": 1, "y": 1, "label": 1, "object_id": 4, "frame_index": 0},  # background: nothing
-        ],
-        "box_prompts": [dict(zip(("x_min", "y_min", "x_max", "y_max"), blue_box), frame_index=12)],
-    }
-    tracks = tracks_of(run(http, emu, payload).json())
-    # box without id -> smallest free id (1); text skips the visual ids 1, 4, 7 -> 2
-    assert {tid: t["label"] for tid, t in tracks.items()} == {1: None, 2: "green ball", 7: None}
-    assert_matches_truth(tracks[7], gt, "red ball")  # tracked backwards from frame 12 too
-    assert_matches_truth(tracks[1], gt, "blue box")
-    assert_matches_truth(tracks[2], gt, "green ball")
+    point = {"video_url": url, "point_prompts": [
+        {"x": int(xs.mean()), "y": int(ys.mean()), "label": 1, "object_id": 7, "frame_index": 12}]}
+    box = {"video_url": url, "box_prompts": [dict(zip(("x_min", "y_min", "x_max", "y_max"), blue_box), frame_index=12)]}
+    background = {"video_url": url, "point_prompts": [{"x": 1, "y": 1, "label": 1, "object_id": 4, "frame_index": 0}]}
+    assert_union_matches(run(http, emu, point).json(), gt, ["red ball"])  # tracked backwards from frame 12 too
+    assert_union_matches(run(http, emu, box).json(), gt, ["blue box"])
+    assert run(http, emu, background).json()["rle"] == [None] * 32
 
 
 def test_negative_point_threshold_and_max_objects(clip_video: tuple[Path, synthetic.GroundTruth], emu: EmulatorServer, http: httpx.Client) -> None:
@@ -400,11 +446,9 @@ def test_negative_point_threshold_and_max_objects(clip_video: tuple[Path, synthe
     negative, dropped, capped = (
         (wait_completed(http, emu, s), http.get(s["response_url"], headers=auth(emu)).json())[1] for s in subs
     )
-    tracks = tracks_of(negative)
-    assert list(tracks) == [5]
-    assert_matches_truth(tracks[5], gt, "green ball")
-    assert all(f["masks"] == [] for f in dropped["frames"]) and len(dropped["frames"]) == 32
-    assert {tid: t["label"] for tid, t in tracks_of(capped).items()} == {1: "blue", 2: "red"}
+    assert_union_matches(negative, gt, ["green ball"])
+    assert dropped["rle"] == [None] * 32
+    assert_union_matches(capped, gt, ["blue box", "red ball"])  # green came third
 
 
 def test_cancel(clip_video: tuple[Path, Any], http: httpx.Client) -> None:

@@ -24,7 +24,7 @@ from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 
 from sam_backend import masks as mask_ops
-from sam_backend import synthetic, video
+from sam_backend import video
 from sam_backend.errors import InvalidRequest
 from sam_backend.fiftyone_io.export import export_tracks, import_tracks
 from sam_backend.fiftyone_io.writer import FrameLabelWriter

@@ -199,12 +199,32 @@ def test_unreachable_host_fails_fast_with_clear_message() -> None:
     assert sum(sleeps) < 20  # fails within seconds, not minutes
 
 
-def test_cancel_answers() -> None:
+@pytest.mark.parametrize(("status", "body", "outcome"), [
+    (202, {"status": "CANCELLATION_REQUESTED"}, "stopping"),
+    (200, {"status": "OK"}, "stopping"),
+    (200, {"success": True}, "stopping"),  # fal's generated client types
+    (400, {"status": "ALREADY_COMPLETED"}, "already_completed"),
+    (200, {"status": "ALREADY_COMPLETED"}, "already_completed"),
+    (404, {"status": "NOT_FOUND"}, "not_found"),
+])
+def test_cancel_answers(status: int, body: dict, outcome: str) -> None:
+    from sam_backend.backends.fal.client import CancelOutcome
+
     handle = RequestHandle.from_request_id("https://queue.test", "a/b", "r1")
-    client, _ = make_client(lambda r: httpx.Response(202, json={"status": "CANCELLATION_REQUESTED"}))
-    assert client.cancel(handle) is True
-    client, _ = make_client(lambda r: httpx.Response(400, json={"status": "ALREADY_COMPLETED"}))
-    assert client.cancel(handle) is False
+    client, _ = make_client(lambda r: httpx.Response(status, json=body))
+    assert client.cancel(handle) is CancelOutcome(outcome)
+
+
+def test_app_not_found_after_submit_is_not_an_expired_result() -> None:
+    handle = RequestHandle.from_request_id("https://queue.test", "fal-ai/sam-3-1/video-rle-objects", "r1")
+    client, _ = make_client(lambda r: httpx.Response(404, json={"detail": "Application 'fal-ai/sam-3-1/video-rle-objects' not found"}))
+    with pytest.raises(EndpointNotFound, match="result of request r1"):
+        client.result(handle)
+    with pytest.raises(EndpointNotFound, match="status of request r1"):
+        client.status(handle)
+    client, _ = make_client(lambda r: httpx.Response(404, json={"detail": "Request not found"}))
+    with pytest.raises(ResultExpired):
+        client.result(handle)
 
 
 def test_gone_and_cancelled_requests_are_typed() -> None:

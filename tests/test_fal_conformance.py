@@ -16,7 +16,8 @@ import pytest
 
 from sam_backend import synthetic
 from sam_backend.emulator import EmulatorConfig, EmulatorServer
-from sam_backend.masks import decode_rle, iou
+from sam_backend.backends.fal import rle
+from sam_backend.masks import iou
 
 fal_client = pytest.importorskip("fal_client")
 import fal_client.client as fal_module  # noqa: E402
@@ -57,13 +58,13 @@ def test_upload_submit_status_logs_result(emu: EmulatorServer, client, small_vid
     status = client.status(RLE_APP, handle.request_id, with_logs=True)
     assert isinstance(status, fal_client.Completed)
     output = client.result(RLE_APP, handle.request_id)
-    masks = {f["frame_index"]: [m for m in f["masks"]] for f in output["frames"]}
+    # the union shape of fal-ai/sam-3-1/video-rle: one RLE string per frame, None where empty
+    assert len(output["rle"]) == truth.scene.frame_count
     visible = truth.frames_visible("red ball")
-    assert sorted(i for i, ms in masks.items() if ms) == visible
+    assert [i for i, text in enumerate(output["rle"]) if text] == visible
     for i in visible:
-        [item] = masks[i]
-        assert item["metadata"]["label"] == "red ball"
-        assert iou(decode_rle(item["rle"]), truth.mask("red ball", i)) >= 0.98
+        mask = rle.decode(output["rle"][i], truth.scene.height, truth.scene.width)
+        assert iou(mask, truth.mask("red ball", i)) >= 0.98
 
 
 def test_subscribe_with_queue_updates(emu: EmulatorServer, client, small_video) -> None:
@@ -90,8 +91,10 @@ def test_cancel_and_errors(emu: EmulatorServer, client, small_video) -> None:
     assert isinstance(handle.status(), fal_client.Completed)
     with pytest.raises(fal_client.client.FalClientHTTPError):
         handle.get()  # a cancelled request has no result
+    # a queue delivers input errors with the result: accepted, then 422 on the result route
+    bad = client.submit(RLE_APP, arguments={"video_url": url, "point_prompts": [{"x": 1, "y": 1, "label": 7}]})
     with pytest.raises(fal_client.client.FalClientHTTPError) as info:
-        client.submit(RLE_APP, arguments={"video_url": url, "point_prompts": [{"x": 1, "y": 1, "label": 7}]})
+        bad.get()
     assert info.value.status_code == 422
     with pytest.raises(fal_client.client.FalClientHTTPError) as info:
         client.status(RLE_APP, "no-such-request")

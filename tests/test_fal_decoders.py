@@ -1,148 +1,205 @@
-"""One decoder per response shape, chosen by inspecting the payload; and each RLE layout
-the emulator can produce, decoded end to end against the synthetic ground truth."""
+"""fal's RLE strings, the endpoint table, the request planner and the decoders for exactly
+the shapes in ../shared/reference/fal-sam3-endpoints.md. Pure logic: no network."""
 
 from __future__ import annotations
-
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-from sam_backend import synthetic
-from sam_backend.backends.base import VideoSource
-from sam_backend.backends.fal import FalBackend, FalConfig
-from sam_backend.backends.fal.decoders import NoLabelsInResponse, decode_output
-from sam_backend.emulator import EmulatorConfig, EmulatorServer
-from sam_backend.errors import UnexpectedResponse
-from sam_backend.masks import encode_rle, iou
-from sam_backend.types import SegmentRequest, VideoInfo
-from sam_backend.video import probe
+from sam_backend.backends.fal import endpoints as table
+from sam_backend.backends.fal import rle
+from sam_backend.backends.fal.decoders import NoLabelsInResponse, decode_result
+from sam_backend.backends.fal.planner import instance_ids, plan
+from sam_backend.errors import InvalidRequest, UnexpectedResponse
+from sam_backend.types import SegmentRequest
 
-INFO = VideoInfo(width=6, height=4, frame_count=3, fps=10, duration=0.3)
-REQUEST = SegmentRequest.build(prompt="red ball")
+ROW1 = rle.RleLayout()
 
 
-def mask(x0: int, y0: int, x1: int, y1: int, shape: tuple[int, int] = (4, 6)) -> np.ndarray:
-    m = np.zeros(shape, bool)
+def box(h: int, w: int, x0: int, y0: int, x1: int, y1: int) -> np.ndarray:
+    m = np.zeros((h, w), bool)
     m[y0:y1, x0:x1] = True
     return m
 
 
-def plain_rle(m: np.ndarray) -> dict:
-    """COCO RLE with uncompressed list counts (column-major runs, starting with zeros)."""
-    flat = m.T.reshape(-1).astype(int)
-    counts, value, run = [], 0, 0
-    for v in flat:
-        if v == value:
-            run += 1
-        else:
-            counts.append(run)
-            value, run = v, 1
-    counts.append(run)
-    return {"size": list(m.shape), "counts": counts}
+# --------------------------------------------------------------------------- RLE strings
 
 
-def objects_by_frame(decoded) -> list[list[tuple[int, str, tuple]]]:
-    return [[(o.track_id, o.label, o.box) for o in f.objects] for f in decoded.frames()]
+def test_public_sample_decodes_to_horizontal_spans() -> None:
+    """S6: a real 1080x1920 (portrait) answer began like this; its starts sit one frame
+    width apart, so row-major reads them as spans on consecutive rows of one blob."""
+    sample = "393654 12 394733 14 395800 34 396878 42"
+    row = rle.decode(sample, 1920, 1080, ROW1)
+    ys, xs = np.nonzero(row)
+    assert sorted(set(ys.tolist())) == [364, 365, 366, 367]  # four runs, four consecutive rows
+    assert [int(row[y].sum()) for y in (364, 365, 366, 367)] == [12, 14, 34, 42]
+    assert xs.min() >= 500 and xs.max() < 580  # one compact blob
+    column = rle.decode(sample, 1920, 1080, rle.RleLayout(order="column"))
+    cys, cxs = np.nonzero(column)
+    assert cys.max() - cys.min() > 1000  # column-major scatters the same runs over the frame
 
 
-EXPECTED = [[(1, "red ball", (0, 0, 2, 2))], [], [(1, "red ball", (1, 1, 3, 3)), (2, "blue", (3, 0, 6, 4))]]
+@pytest.mark.parametrize("layout", rle.ALL_LAYOUTS, ids=lambda l: l.key)
+def test_every_layout_round_trips_and_differs(layout: rle.RleLayout) -> None:
+    m = box(5, 7, 1, 2, 4, 5) | box(5, 7, 6, 0, 7, 1)
+    text = rle.encode(m, layout)
+    assert (rle.decode(text, 5, 7, layout) == m).all()
+    others = [l for l in rle.ALL_LAYOUTS if l != layout]
+    assert all(rle.encode(m, o) != text for o in others)
 
 
-def test_per_frame_rle() -> None:
-    payload = {"frames": [
-        {"frame_index": 0, "masks": [{"rle": encode_rle(mask(0, 0, 2, 2)), "metadata": {"index": 1, "score": 0.8, "box": [0, 0, 0, 0]}}]},
-        {"frame_index": 2, "masks": [
-            {"rle": encode_rle(mask(1, 1, 3, 3)), "metadata": {"index": 1, "score": 0.8}},
-            {"rle": plain_rle(mask(3, 0, 6, 4)), "metadata": {"index": 2, "score": 0.7, "label": "blue"}},
-        ]},
-    ], "video": {"url": "https://cdn/v.mp4"}}
-    decoded = decode_output(payload, INFO, REQUEST)
-    assert decoded.shape == "per_frame_rle" and decoded.files == {"video": "https://cdn/v.mp4"}
-    assert objects_by_frame(decoded) == EXPECTED
-    assert [f.frame_index for f in decoded.frames()] == [0, 1, 2]
+@pytest.mark.parametrize(("text", "message"), [
+    ("1 2 3", "odd number"),
+    ("5 3 2 2", "backwards or overlaps"),
+    ("1 4 3 2", "backwards or overlaps"),
+    ("30 2", "ends at pixel 31"),
+    ("0 3", "before the first pixel"),  # 1-based: 0 is not a pixel
+    ("2 0", "length 0"),
+    ("1 x", "not an integer"),
+])
+def test_strict_decoding(text: str, message: str) -> None:
+    with pytest.raises(rle.RleFormatError, match=message):
+        rle.decode(text, 5, 6, ROW1)
 
 
-def test_per_object_rle_in_both_layouts() -> None:
-    by_list = {"objects": [
-        {"object_id": 1, "score": 0.8, "rles": [encode_rle(mask(0, 0, 2, 2)), None, plain_rle(mask(1, 1, 3, 3))]},
-        {"object_id": 2, "label": "blue", "rles": [None, None, encode_rle(mask(3, 0, 6, 4))]},
-    ]}
-    by_frames = {"masks": [
-        {"id": 2, "label": "blue", "frames": [{"frame_index": 2, "rle": encode_rle(mask(3, 0, 6, 4))}]},
-        {"id": 1, "frames": [{"frame_index": 0, "rle": encode_rle(mask(0, 0, 2, 2))}, {"frame_index": 2, "rle": encode_rle(mask(1, 1, 3, 3))}]},
-    ]}
-    for payload in (by_list, by_frames):
-        decoded = decode_output(payload, INFO, REQUEST)
-        assert decoded.shape == "per_object_rle"
-        assert objects_by_frame(decoded) == EXPECTED
+def test_empty_string_is_an_empty_mask_and_layouts_parse() -> None:
+    assert not rle.decode("", 3, 4).any()
+    assert rle.RleLayout.parse("col0") == rle.RleLayout(order="column", base=0)
+    with pytest.raises(ValueError, match="row1, row0"):
+        rle.RleLayout.parse("diagonal1")
 
 
-def test_mask_file_decoded_from_its_attachment() -> None:
-    inner = {"frames": [{"frame_index": 0, "masks": [{"rle": encode_rle(mask(0, 0, 2, 2)), "metadata": {"index": 1}}]}]}
-    payload = {"mask_url": {"url": "https://cdn/masks.json"}, "video": {"url": "https://cdn/v.mp4"}}
-    decoded = decode_output(payload, INFO, REQUEST, {"mask_url": inner})
-    assert decoded.shape == "mask_file/per_frame_rle" and decoded.files["mask_url"] == "https://cdn/masks.json"
-    assert objects_by_frame(decoded)[0] == [(1, "red ball", (0, 0, 2, 2))]
-    with pytest.raises(UnexpectedResponse, match="not a JSON object"):
-        decode_output(payload, INFO, REQUEST, {"mask_url": "not JSON (12 bytes)"})
+# --------------------------------------------------------------------------- endpoint table
 
 
-def test_video_only_and_unknown_shapes() -> None:
-    decoded = decode_output({"video": {"url": "https://cdn/v.mp4"}, "boundingbox_frames_zip": {"url": "https://cdn/b.zip"}}, INFO, REQUEST)
-    assert decoded.shape == "video_only" and decoded.frames is None and set(decoded.files) == {"video", "boundingbox_frames_zip"}
-    with pytest.raises(UnexpectedResponse, match=r"keys: \['masks_v2', 'seed'\]\); known shapes: per_frame_rle, per_object_rle"):
-        decode_output({"masks_v2": [], "seed": 1}, INFO, REQUEST)
-    with pytest.raises(UnexpectedResponse, match="frame_index 5 but the video has 3 frames"):
-        decode_output({"frames": [{"frame_index": 5, "masks": []}]}, INFO, REQUEST)
-    with pytest.raises(UnexpectedResponse, match="unreadable object entry"):
-        decode_output({"objects": [{"object_id": 1}]}, INFO, REQUEST)
+def test_bodies_carry_only_what_each_endpoint_takes() -> None:
+    fields = {"prompt": "dog", "detection_threshold": 0.3, "max_num_objects": 5, "apply_mask": False,
+              "point_prompts": [], "box_prompts": []}
+    objects = table.build_body(table.endpoint(table.SAM3_VIDEO_RLE_OBJECTS), "u", **fields)
+    assert objects == {"video_url": "u", "prompt": "dog", "detection_threshold": 0.3}
+    sam3 = table.build_body(table.endpoint(table.SAM3_VIDEO_RLE), "u", **fields)
+    assert sam3["return_rle"] is True and "video_output_type" not in sam3  # RLE only when asked (S3)
+    sam31 = table.build_body(table.endpoint(table.SAM31_VIDEO_RLE), "u", **fields)
+    assert sam31 == {"video_url": "u", "prompt": "dog", "detection_threshold": 0.3, "max_num_objects": 5,
+                     "apply_mask": False}
 
 
-def test_masks_at_another_resolution_are_resampled() -> None:
-    big = np.zeros((8, 12), bool)
-    big[0:4, 0:4] = True  # top-left 2x2 at the video's size
-    decoded = decode_output({"frames": [{"frame_index": 0, "masks": [{"rle": encode_rle(big), "metadata": {"index": 4}}]}]}, INFO, REQUEST)
-    [obj] = next(decoded.frames()).objects
-    assert obj.mask.shape == (4, 6) and obj.box == (0, 0, 2, 2)
+def test_prompts_an_endpoint_cannot_take_are_refused_naming_it() -> None:
+    seed = table.endpoint(table.SAM31_VIDEO)
+    with pytest.raises(InvalidRequest, match=r"point_prompts\[0\]\.frame_index=7: fal-ai/sam-3-1/video takes prompts on frame 0"):
+        table.build_body(seed, "u", point_prompts=[{"x": 1, "y": 2, "label": 1, "frame_index": 7}])
+    body = table.build_body(seed, "u", point_prompts=[{"x": 1, "y": 2, "label": 1, "frame_index": 0}])
+    assert body["point_prompts"] == [{"x": 1, "y": 2, "label": 1}]  # PointPromptBase has no frame_index (S1)
+    objects = table.endpoint(table.SAM3_VIDEO_RLE_OBJECTS)
+    with pytest.raises(InvalidRequest, match="takes one concept per request"):
+        table.build_body(objects, "u", prompt="a, b")
+    with pytest.raises(InvalidRequest, match="takes no point or box prompts"):
+        table.build_body(objects, "u", prompt="a", box_prompts=[{"x_min": 0, "y_min": 0, "x_max": 2, "y_max": 3}])
+    with pytest.raises(InvalidRequest, match="below fal-ai/sam-3-1/video-rle's minimum 0.01"):
+        table.build_body(table.endpoint(table.SAM31_VIDEO_RLE), "u", prompt="a", detection_threshold=0.0)
 
 
-# --------------------------------------------------------------------------- end to end
+# --------------------------------------------------------------------------- planner
+
+CHAIN = {"fal-ai/sam-3-1/video-rle": "fal-ai/sam-3/video-rle"}
 
 
-@pytest.fixture(scope="module")
-def clip(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, synthetic.GroundTruth]:
-    path = tmp_path_factory.mktemp("decoders") / "clip.mp4"
-    return path, synthetic.write_video(synthetic.default_scene(frame_count=48, width=160, height=120), path)
+def test_plan_one_request_per_object_and_per_concept() -> None:
+    request = SegmentRequest.build(
+        prompt="person, dog", detection_threshold=0.35, max_num_objects=9,
+        point_prompts=[{"x": 5, "y": 6, "object_id": 4, "frame_index": 3}, {"x": 9, "y": 2},
+                       {"x": 1, "y": 1, "label": 0, "object_id": 4, "frame_index": 3}],
+        box_prompts=[{"x_min": 1, "y_min": 2, "x_max": 8, "y_max": 5, "frame_index": 2}],
+    )
+    planned = plan(request, visual_endpoint=table.SAM31_VIDEO_RLE, objects_endpoints=[table.SAM3_VIDEO_RLE_OBJECTS],
+                   text_mode="instances", fallbacks=CHAIN)
+    assert [(p.key, p.track_id, p.label) for p in planned] == [
+        ("object:1", 1, "object_1"), ("object:2", 2, "object_2"), ("object:4", 4, "object_4"),
+        ("concept:0", None, "person"), ("concept:1", None, "dog")]
+    four = planned[2].fields
+    assert [p["label"] for p in four["point_prompts"]] == [1, 0]  # its negative click travels with it
+    assert four["box_prompts"] == [] and four["max_num_objects"] == 9 and four["detection_threshold"] == 0.35
+    assert planned[1].fields["box_prompts"][0]["object_id"] == 2  # the id-less box got the next free id
+    assert planned[0].endpoints == (table.SAM31_VIDEO_RLE, table.SAM3_VIDEO_RLE)
+    assert planned[3].endpoints == (table.SAM3_VIDEO_RLE_OBJECTS,) and planned[3].max_tracks == 9
+    assert planned[3].fields == {"detection_threshold": 0.35, "prompt": "person"}
+
+    union = plan(request, visual_endpoint=table.SAM31_VIDEO_RLE, objects_endpoints=[table.SAM3_VIDEO_RLE_OBJECTS],
+                 text_mode="union", fallbacks=CHAIN)
+    assert [(p.key, p.kind, p.track_id) for p in union[3:]] == [("concept:0", "concept_union", 3),
+                                                                  ("concept:1", "concept_union", 5)]
 
 
-@pytest.mark.parametrize("shape", ["per_frame", "per_object", "mask_file"])
-def test_each_emulated_layout_decodes_to_the_ground_truth(shape: str, clip) -> None:
-    path, truth = clip
-    with EmulatorServer(EmulatorConfig(rle_shape=shape, queue_steps=0)) as emu, FalBackend(FalConfig(
-            key=emu.key, queue_url=emu.queue_url, rest_url=emu.rest_url, cdn_url=emu.cdn_url, poll_initial_s=0.02)) as backend:
-        video = VideoSource(info=probe(path), path=path)
-        request = SegmentRequest.build(prompt="red ball, green ball")
-        frames = list(backend.segment(video, request, work_key="ds/s/sam"))
-        downloads = emu.stats.downloads
-        assert downloads == (1 if shape == "mask_file" else 0)  # the mask file, fetched with the result
-        again = list(backend.segment(video, request, work_key="ds/s/sam"))  # from the journal
-        assert emu.stats.downloads == downloads and len(emu.stats.submits) == 1
-    assert len(frames) == truth.scene.frame_count
-    for name in ("red ball", "green ball"):
-        seen = {f.frame_index: o for f in frames for o in f.objects if o.label == name}
-        assert sorted(seen) == truth.frames_visible(name)
-        assert len({o.track_id for o in seen.values()}) == 1
-        assert all(iou(o.mask, truth.mask(name, i)) >= 0.98 for i, o in seen.items())
-    assert [[(o.track_id, o.box) for o in f.objects] for f in again] == [[(o.track_id, o.box) for o in f.objects] for f in frames]
+def test_instance_ids_are_unique_across_concepts_and_skip_visual_ids() -> None:
+    assert instance_ids([2, 3], [[7, 0, 3], [0, 1]]) == [{0: 1, 3: 4, 7: 5}, {0: 6, 1: 7}]
 
 
-def test_video_only_endpoint_explains_and_keeps_the_urls(clip) -> None:
-    path, _ = clip
-    with EmulatorServer(EmulatorConfig(queue_steps=0)) as emu, FalBackend(FalConfig(
-            key=emu.key, queue_url=emu.queue_url, rest_url=emu.rest_url, cdn_url=emu.cdn_url,
-            endpoint="fal-ai/sam-3-1/video", poll_initial_s=0.02)) as backend:
-        run = backend.segment(VideoSource(info=probe(path), path=path), SegmentRequest.build(prompt="red ball"))
-        with pytest.raises(NoLabelsInResponse, match="labels need an RLE endpoint") as info:
-            list(run)
-    assert set(info.value.files) == {"video", "boundingbox_frames_zip"} and run.record.outputs == info.value.files
+# --------------------------------------------------------------------------- decoders
+
+UNION = table.endpoint(table.SAM31_VIDEO_RLE)
+OBJECTS = table.endpoint(table.SAM3_VIDEO_RLE_OBJECTS)
+
+
+def decode(payload: dict, spec: table.Endpoint = UNION, frames: int = 3, attachments: dict | None = None):
+    return decode_result({"payload": payload, "attachments": attachments or {}}, spec, layout=ROW1, frame_count=frames,
+                         height=4, width=6, request_id="req-9")
+
+
+def test_union_rle_list_with_empty_frames_and_scores() -> None:
+    a, b = box(4, 6, 1, 0, 3, 2), box(4, 6, 0, 3, 6, 4)
+    d = decode({"rle": [rle.encode(a), None, rle.encode(b)],
+                "metadata": [{"index": 0, "score": 0.7, "box": [0, 0, 0, 0]}, None, {"index": 0, "score": 0.4}],
+                "boxes": [], "scores": None})
+    assert [len(d.frame(i)) for i in range(3)] == [1, 0, 1]
+    assert (d.frame(0)[0].mask == a).all() and (d.frame(2)[0].mask == b).all()
+    assert d.frame(0)[0].score == 0.7 and d.frame(0)[0].fal_track_id is None
+    assert len(decode({"rle": ["", "", ""]}).frame(1)) == 0
+
+
+def test_union_rle_shape_errors_name_request_and_frame() -> None:
+    with pytest.raises(UnexpectedResponse, match="req-9: 'rle' has 2 entries but the video sent has 3 frames"):
+        decode({"rle": ["1 2", "1 2"]})
+    with pytest.raises(UnexpectedResponse, match="one string but the video sent has 3 frames"):
+        decode({"rle": "1 2"})
+    assert len(decode({"rle": "1 2"}, frames=1).frame(0)) == 1
+    with pytest.raises(UnexpectedResponse, match="req-9, frame 1, the mask: unreadable RLE: .*ends at pixel 30"):
+        decode({"rle": ["1 2", "20 11", None]}).frame(1)
+
+
+def test_rle_file_is_read_from_its_download() -> None:
+    a = box(4, 6, 2, 1, 4, 3)
+    d = decode({"rle": {"url": "https://cdn/rle.json"}}, attachments={"rle": [None, rle.encode(a), None]})
+    assert (d.frame(1)[0].mask == a).all()
+    with pytest.raises(UnexpectedResponse, match="was not downloaded"):
+        decode({"rle": {"url": "https://cdn/rle.json"}})
+
+
+def test_objects_payload_keeps_track_ids_and_checks_the_video() -> None:
+    a, b = box(4, 6, 0, 0, 2, 2), box(4, 6, 3, 1, 6, 4)
+    payload = {"frames": [{"frame_index": 0, "objects": [{"track_id": 5, "rle": rle.encode(a)}]},
+                          {"frame_index": 2, "objects": [{"track_id": 0, "rle": rle.encode(b)},
+                                                          {"track_id": 5, "rle": rle.encode(a)}]}],
+               "width": 6, "height": 4, "num_frames": 3}
+    d = decode(payload, OBJECTS)
+    assert d.track_ids() == [0, 5]
+    assert [fm.fal_track_id for fm in d.frame(2)] == [0, 5] and d.frame(1) == []
+    for key, value, msg in (("width", 8, "width=8 but the video sent has width=6"),
+                            ("num_frames", 4, "num_frames=4 but the video sent has num_frames=3")):
+        with pytest.raises(UnexpectedResponse, match=msg):
+            decode({**payload, key: value}, OBJECTS)
+    dup = {**payload, "frames": [{"frame_index": 1, "objects": [{"track_id": 2, "rle": "1 1"}, {"track_id": 2, "rle": "3 1"}]}]}
+    with pytest.raises(UnexpectedResponse, match="frame 1: track 2 appears twice"):
+        decode(dup, OBJECTS)
+    with pytest.raises(UnexpectedResponse, match="track_id -1 is not an id"):
+        decode({**payload, "frames": [{"frame_index": 0, "objects": [{"track_id": -1, "rle": "1 1"}]}]}, OBJECTS)
+    with pytest.raises(UnexpectedResponse, match="frame_index 3 is outside"):
+        decode({**payload, "frames": [{"frame_index": 3, "objects": []}]}, OBJECTS)
+
+
+def test_video_only_answers_keep_the_files_and_explain() -> None:
+    payload = {"video": {"url": "https://cdn/v.mp4"}, "boundingbox_frames_zip": {"url": "https://cdn/b.zip"}}
+    with pytest.raises(NoLabelsInResponse, match="labels need an RLE endpoint") as info:
+        decode(payload, table.endpoint(table.SAM31_VIDEO))
+    assert info.value.files == {"video": "https://cdn/v.mp4", "boundingbox_frames_zip": "https://cdn/b.zip"}
+    with pytest.raises(NoLabelsInResponse, match="only with return_rle=true"):
+        decode({"video": {"url": "https://cdn/v.mp4"}}, table.endpoint(table.SAM3_VIDEO_RLE))

@@ -3,7 +3,8 @@ emulator (faults injected per route and call) -> real MongoDB, checked against t
 synthetic videos' ground truth.
 
 Every fault test asserts the two things a user pays for: the labels are exactly right,
-and fal saw exactly one submit per sample (``submit_count_by_payload`` all 1).
+and fal saw exactly one submit per planned request (one per text concept: ``R`` per
+sample, ``submit_count_by_payload`` all 1).
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from sam_backend.types import FrameRange, PointPrompt
 
 PROMPT = "red ball, blue box, green ball"
 NAMES = ("red ball", "blue box", "green ball")
+R = len(NAMES)  # fal requests per sample: one per concept (SAM 3's per-object endpoint)
 Clip = tuple[Path, synthetic.GroundTruth]
 
 
@@ -109,9 +111,10 @@ def assert_labels_exact(sample: fo.Sample, field: str, truth: synthetic.GroundTr
 
 
 def assert_one_submit_per_sample(emu: EmulatorServer, samples: int) -> None:
+    """One submit per planned request: R per sample, never one more."""
     stats = emu.stats
-    assert len(stats.submits) == samples
-    assert sorted(stats.submit_count_by_payload.values()) == [1] * samples
+    assert len(stats.submits) == samples * R
+    assert sorted(stats.submit_count_by_payload.values()) == [1] * samples * R
 
 
 def run_all(ds: fo.Dataset, backend: FalBackend, **kwargs: Any):
@@ -171,7 +174,7 @@ def test_faults_cost_one_submit_per_sample_and_labels_stay_exact(fault: str, emu
     assert report.failed == {} and len(report.done) == 3
     assert_one_submit_per_sample(emu, 3)
     assert retries >= 3  # the faults really fired and were retried
-    assert report.billed_units == sum(t.scene.frame_count for _, t in clips)
+    assert report.billed_units == R * sum(t.scene.frame_count for _, t in clips)
     check_all(dataset, clips)
 
 
@@ -214,14 +217,15 @@ def test_cancel_mid_run_cancels_every_request_and_writes_nothing(dataset: fo.Dat
         def on_progress(p) -> None:
             if p.backend.stage == "running":
                 running.add(p.backend.request_id)
-            if len(running) == 3:
+            if len(running) == 3:  # 9 requests submitted, 4 at most running (emulator workers)
                 cancel.cancel()
 
         started = time.monotonic()
         with pytest.raises(Cancelled):
             run_all(dataset, backend, progress=on_progress, cancel=cancel)
         assert time.monotonic() - started < 4.5  # did not wait for the 5 s jobs
-        assert sorted(emu.stats.cancelled_requests) == sorted(running)
+        submitted = {e.request_id for e in backend.journal.entries() if e.request_id}
+        assert running <= submitted and sorted(emu.stats.cancelled_requests) == sorted(submitted)
         states = {e.state for e in backend.journal.entries()}
         [run] = backend.journal.runs()
     assert states == {RequestState.CANCELLED} and run.state is RunState.CANCELLED
@@ -236,8 +240,8 @@ def test_cancel_after_fetch_keeps_the_paid_result_and_a_rerun_writes_it_for_free
         with pytest.raises(Cancelled):
             run_all(ds, backend, cancel=cancel, progress=lambda p: p.backend.stage == "decode" and cancel.cancel())
         assert not ds.has_frame_field("sam")
-        [entry] = backend.journal.entries()
-        assert entry.state is RequestState.COMPLETED and entry.has_result
+        entries = backend.journal.entries()
+        assert len(entries) == R and all(e.state is RequestState.COMPLETED and e.has_result for e in entries)
         report = run_all(ds, backend)
     assert_one_submit_per_sample(emu, 1)
     assert report.failed == {} and "no new charge" in " ".join(report.records[ds.first().id].warnings)
@@ -250,14 +254,15 @@ def test_lost_submit_answer_is_never_resent_without_consent(emu: EmulatorServer,
     with FalBackend(fal_config(emu)) as backend:
         first = run_all(ds, backend)
         [message] = first.failed.values()
-        assert "journal entry #1" in message and "not resent" in message
-        second = run_all(ds, backend)  # a plain rerun must not resend it either
-        assert "journal entry #1" in next(iter(second.failed.values()))
-        assert len(emu.stats.submits) == 1
+        [uncertain] = backend.journal.entries(states=[RequestState.UNCERTAIN])
+        assert f"journal entry #{uncertain.id}" in message and "not resent" in message
+        second = run_all(ds, backend)  # a plain rerun must not resend it, nor the 2 other requests
+        assert f"journal entry #{uncertain.id}" in next(iter(second.failed.values()))
+        assert len(emu.stats.submits) == R
         pending = status(backend=backend)
         assert [e.state for e in pending.open_requests] == [RequestState.UNCERTAIN]
         report = resume(ds, backend=backend, resubmit_uncertain=True)  # the user accepts the risk
-    assert report.failed == {} and len(emu.stats.submits) == 2
+    assert report.failed == {} and len(emu.stats.submits) == R + 1  # only the uncertain one again
     assert_labels_exact(ds.first(), "sam", clips[0][1])
 
 
@@ -300,7 +305,7 @@ def test_sigkill_mid_run_then_resume_pays_once_and_labels_everything(make_datase
                     # 2 written, the 2 workers each waiting on a submitted request (the
                     # 5th sample waits for a free worker): no submit is in flight, which
                     # would leave an entry that may or may not exist at fal.
-                    if states.count(RequestState.WRITTEN) == 2 and states.count(RequestState.SUBMITTED) == 2 \
+                    if states.count(RequestState.WRITTEN) == 2 * R and states.count(RequestState.SUBMITTED) == 2 * R \
                             and RequestState.SUBMITTING not in states:
                         break
                 time.sleep(0.02)
@@ -309,7 +314,7 @@ def test_sigkill_mid_run_then_resume_pays_once_and_labels_everything(make_datase
         finally:
             if child.poll() is None:
                 child.kill()
-        assert len(emu.stats.submits) == 4  # 2 written, 2 in flight, 1 never submitted
+        assert len(emu.stats.submits) == 4 * R  # 2 written, 2 in flight, 1 never submitted
         with Journal(journal_path) as journal:
             [run] = journal.runs()
             assert run.state is RunState.RUNNING and run.counts()["done"] >= 2
@@ -320,12 +325,12 @@ def test_sigkill_mid_run_then_resume_pays_once_and_labels_everything(make_datase
             report = resume(ds.name, backend=backend)
         assert report.run_id == run.run_id and report.failed == {}
         assert len(report.done) == 5 - run.counts()["done"]
-        # Zero duplicate submits: 5 in all, and per video as many as samples showing it
+        # Zero duplicate submits: R per sample, and per video R x the samples showing it
         # (samples 0/3 and 1/4 share a video, so their payloads are identical).
         submits = emu.stats.submits
-        assert len(submits) == 5
+        assert len(submits) == 5 * R
         per_video = Counter(emu.stored_file(p["video_url"]).sha256() for _, p in submits)
-        assert per_video == Counter(hashlib.sha256(p.read_bytes()).hexdigest() for p in paths)
+        assert per_video == Counter({k: R * n for k, n in Counter(hashlib.sha256(p.read_bytes()).hexdigest() for p in paths).items()})
         with Journal(journal_path) as journal:
             assert journal.run(run.run_id).state is RunState.DONE
             assert {e.state for e in journal.entries()} == {RequestState.WRITTEN}
@@ -347,10 +352,10 @@ def test_frame_range_sends_only_those_frames_and_maps_indices_back(emu: Emulator
     with FalBackend(fal_config(emu)) as backend:
         report = segment_videos(ds, prompt="red ball", point_prompts=[point], label_field="sam", backend=backend, frames=frames)
     assert report.failed == {}
-    assert report.estimated_usd == pytest.approx(0.02)
-    [(_, payload)] = emu.stats.submits
+    assert report.estimated_usd == pytest.approx(2 * 0.01 + 2 * 0.005)  # the point on SAM 3.1, the text on SAM 3
+    [payload] = [p for app, p in emu.stats.submits if app == "fal-ai/sam-3-1/video-rle"]
     assert payload["point_prompts"][0]["frame_index"] == 2  # frame 10 is the 3rd frame sent
-    assert report.billed_units == 17
+    assert len(emu.stats.submits) == 2 and report.billed_units == 2 * 17
     sample = ds.first()
     assert_labels_exact(sample, "sam", truth, {"red ball": "red ball", "blue box": "object_7"},
                         frames=frames.indices(truth.scene.frame_count))
@@ -361,16 +366,42 @@ def test_frame_range_sends_only_those_frames_and_maps_indices_back(emu: Emulator
 def test_endpoint_fallback_is_recorded_with_model_and_warning(make_dataset, clips: list[Clip]) -> None:
     ds = make_dataset(clips[0][0], clips[1][0])
     with EmulatorServer(EmulatorConfig(unavailable_apps=frozenset({"fal-ai/sam-3-1/video-rle"}))) as emu, \
-            FalBackend(fal_config(emu)) as backend:
+            FalBackend(fal_config(emu, text_mode="union")) as backend:
         report = run_all(ds, backend)
         assert report.failed == {}
         assert {app for app, _ in emu.stats.submits} == {"fal-ai/sam-3/video-rle"}
-        assert emu.stats.calls_by_route["submit"] == 3  # the missing app was asked once, not per sample
+        assert all(body["return_rle"] is True for _, body in emu.stats.submits)  # built for the fallback
+        assert emu.stats.calls_by_route["submit"] == 1 + 2 * R  # the missing app was asked once, not per request
     info = ds.get_field("frames.sam").info["sam31_video"]
     assert info["endpoint"] == "fal-ai/sam-3/video-rle" and info["model"] == "sam3"
     assert any("fal has no endpoint fal-ai/sam-3-1/video-rle" in w for w in info["warnings"])
-    assert report.estimated_usd == pytest.approx(0.03 + 0.04)  # estimated before the run, at SAM 3.1's price
+    assert report.estimated_usd == pytest.approx(R * (0.03 + 0.04))  # estimated before the run, at SAM 3.1's price
     check_all(ds, clips)
+
+
+@pytest.mark.parametrize("where", ["submit", "result"])
+def test_missing_objects_endpoint_falls_back_without_paying_twice(where: str, make_dataset, clips: list[Clip]) -> None:
+    """A preferred SAM 3.1 objects endpoint (unconfirmed at fal) that does not exist: fal
+    may say so at submit or only at the result; either way each request falls back to SAM
+    3's, once, and the missing one is never read as an expired result."""
+    ds = make_dataset(clips[0][0])
+    with EmulatorServer(EmulatorConfig(missing_app_at=where)) as emu, \
+            FalBackend(fal_config(emu, preferred_objects_endpoint="fal-ai/sam-3-1/video-rle-objects")) as backend:
+        report = run_all(ds, backend)
+        apps = Counter(app for app, _ in emu.stats.submits)
+        states = Counter((e.endpoint, e.state) for e in backend.journal.entries())
+    assert report.failed == {}
+    missing = "fal-ai/sam-3-1/video-rle-objects"
+    if where == "submit":  # refused at once: asked once, then every request goes to the fallback
+        assert emu.stats.calls_by_route["submit"] == 1 + R and apps == {"fal-ai/sam-3/video-rle-objects": R}
+    else:  # accepted (not billed), then "not found" at the result: each request moves on once
+        assert apps[missing] >= 1 and apps["fal-ai/sam-3/video-rle-objects"] == R
+        assert states[(missing, RequestState.REJECTED)] == apps[missing]
+        assert not any(s is RequestState.EXPIRED for _, s in states)
+    assert states[("fal-ai/sam-3/video-rle-objects", RequestState.WRITTEN)] == R
+    info = ds.get_field("frames.sam").info["sam31_video"]
+    assert any(f"fal has no endpoint {missing}" in w for w in info["warnings"])
+    check_all(ds, clips[:1])
 
 
 def test_video_only_endpoint_stores_the_rendered_media_and_explains(emu: EmulatorServer, make_dataset, clips: list[Clip]) -> None:
@@ -388,8 +419,9 @@ def test_video_only_endpoint_stores_the_rendered_media_and_explains(emu: Emulato
 def test_render_video_keeps_the_overlay_next_to_the_labels_only_when_asked(emu: EmulatorServer, make_dataset,
                                                                              clips: list[Clip]) -> None:
     ds = make_dataset(clips[0][0])
-    with FalBackend(fal_config(emu)) as backend:
+    with FalBackend(fal_config(emu, text_mode="union")) as backend:  # SAM 3.1's RLE endpoint can draw the overlay
         run_all(ds, backend, label_field="plain")
+    with FalBackend(fal_config(emu, text_mode="union", render_overlay=True)) as backend:
         run_all(ds, backend, label_field="rendered", render_video=True)
     sample = ds.first()
     assert not ds.has_sample_field("plain_outputs")
@@ -407,10 +439,9 @@ def test_uploads_are_reused_across_runs_and_public_urls_never_uploaded(emu: Emul
         run_all(ds, backend, label_field="a")
     with FalBackend(fal_config(emu, journal_path=journal)) as backend:  # a later process, same journal
         run_all(ds, backend, label_field="b")
-    assert emu.stats.uploads == 1 and len(emu.stats.submits) == 2
-    [(_, first), (_, second)] = emu.stats.submits
-    url = first["video_url"]
-    assert second["video_url"] == url
+    assert emu.stats.uploads == 1 and len(emu.stats.submits) == 2 * R
+    urls = {body["video_url"] for _, body in emu.stats.submits}
+    [url] = urls  # every request of both runs read the one upload
     assert emu.stored_file(url).lifecycle == {"expiration_duration_seconds": 3600}  # short life on a public CDN
 
     emu.expire_file(url)  # fal deleted it: the next run uploads again
@@ -437,11 +468,12 @@ def test_concurrency_overlaps_requests_and_reports_progress_counts(make_dataset,
             seen.append((p.done, p.failed))
 
     with EmulatorServer(EmulatorConfig(queue_steps=0, service_time_s=0.5, workers=8)) as emu, \
-            FalBackend(fal_config(emu)) as backend:
+            FalBackend(fal_config(emu, max_concurrent_requests=5)) as backend:
         report = run_all(ds, backend, concurrency=3, progress=on_progress)
         stats = emu.stats
     assert report.failed == {} and report.done == list(ds.values("id"))  # reported in sample order
-    assert stats.max_running == 3  # three in flight at once, never more
+    # 3 videos x 3 requests want to run at once; the backend-wide bound lets 5 through, never more
+    assert stats.max_running == 5
     assert max(d for d, _ in seen) >= 4 and all(f == 0 for _, f in seen)
 
 

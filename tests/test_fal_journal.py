@@ -151,8 +151,6 @@ REQUEST = SegmentRequest.build(prompt="red")
 
 def test_a_submitted_request_is_polled_not_resubmitted_and_a_stored_result_costs_no_http() -> None:
     calls: list[str] = []
-    rle = {"size": [2, 4], "counts": [1, 2, 5]}
-
     def handler(request: httpx.Request) -> httpx.Response:
         calls.append(f"{request.method} {request.url.path}")
         if request.method == "POST":
@@ -161,14 +159,18 @@ def test_a_submitted_request_is_polled_not_resubmitted_and_a_stored_result_costs
                                               "cancel_url": "https://queue.test/fal-ai/sam-3-1/requests/r1/cancel"})
         if request.url.path.endswith("/status"):
             return httpx.Response(200, json={"status": "COMPLETED", "logs": None})
+        # fal-ai/sam-3/video-rle-objects' shape (S6): fal's track 3 becomes our track 1
         return httpx.Response(200, headers={"x-fal-billable-units": "2"},
-                              json={"frames": [{"frame_index": 1, "masks": [{"rle": rle, "metadata": {"index": 3, "score": 0.9}}]}]})
+                              json={"frames": [{"frame_index": 0, "objects": []},
+                                               {"frame_index": 1, "objects": [{"track_id": 3, "rle": "2 2 6 1"}]}],
+                                    "width": INFO.width, "height": INFO.height, "num_frames": INFO.frame_count})
 
     journal = Journal(None)
     with _backend(handler, journal) as backend:
         first = backend.segment(VIDEO, REQUEST, work_key="ds/s/sam")
         frames = list(first)
-        assert calls[0].startswith("POST") and len(frames) == 2 and frames[1].objects[0].track_id == 3
+        assert calls[0].startswith("POST") and len(frames) == 2 and frames[1].objects[0].track_id == 1
+        assert frames[1].objects[0].mask.sum() == 3 and frames[0].objects == []
         assert first.record.billable_units == 2
         first.commit()
         assert journal.entries()[0].state is RequestState.WRITTEN

@@ -48,12 +48,18 @@ def test_cost_line_and_backend_options_in_the_form(make_dataset, small_video, ap
         body = {"operator_uri": URI, "dataset_name": ds.name, "view": [], "target": "inputs", "params": params}
         return httpx.post(f"{app_server}/operators/resolve-type", json=body, timeout=30).json()["type"]["properties"]
 
-    fal = form({"backend": "fal", "prompt": "ball"})
-    # 2 videos x 48 frames = 2 x 3 blocks of 16 at $0.01
-    assert fal["cost"]["view"]["label"] == "Cost: 2 video(s), 96 frames on fal (fal-ai/sam-3-1/video-rle): about $0.06"
-    assert "endpoint" in fal and "engine" not in fal
+    fal = form({"backend": "fal", "prompt": "ball, box"})
+    # 2 videos x 48 frames x 2 concepts = 2 x 2 x 3 blocks of 16 at $0.005 (SAM 3's objects endpoint)
+    assert fal["cost"]["view"]["label"] == ("Cost: 2 video(s), 96 frames on fal: about $0.06 (2 request(s) x 48 frames: "
+                                            "2 on fal-ai/sam-3/video-rle-objects (no published price for "
+                                            "fal-ai/sam-3/video-rle-objects: assumed) per video)")
+    assert "endpoint" in fal and "text_mode" in fal and "engine" not in fal
+    union = form({"backend": "fal", "prompt": "ball, box", "text_mode": "union",
+                  "point_prompts": [{"x": 3, "y": 4, "object_id": 2}]})
+    # 3 requests on SAM 3.1 (the click's object + 2 concepts) x 2 videos x 3 blocks x $0.01
+    assert "about $0.18" in union["cost"]["view"]["label"] and "3 on fal-ai/sam-3-1/video-rle" in union["cost"]["view"]["label"]
     trimmed = form({"backend": "fal", "prompt": "ball", "frame_start": 0, "frame_stop": 16})
-    assert "32 frames" in trimmed["cost"]["view"]["label"] and "$0.02" in trimmed["cost"]["view"]["label"]
+    assert "32 frames" in trimmed["cost"]["view"]["label"] and "$0.01" in trimmed["cost"]["view"]["label"]
     local = form({"backend": "local", "prompt": "ball"})
     assert {"engine", "checkpoint", "device", "chunk_size", "offload"} <= set(local) and "endpoint" not in local
     assert "no fee" in local["cost"]["view"]["label"] and "no_key" not in local

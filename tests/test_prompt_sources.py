@@ -12,16 +12,27 @@ from sam_backend.emulator import EmulatorServer
 from sam_backend.errors import InvalidRequest
 from sam_backend.fiftyone_io import segment_videos
 
-DEFAULTS = {"apply_mask": True, "video_output_type": "X264 (.mp4)", "detection_threshold": 0.5, "max_num_objects": 16}
+VISUAL = "fal-ai/sam-3-1/video-rle"
+OBJECTS = "fal-ai/sam-3/video-rle-objects"
+# What the visual endpoint gets besides the prompts (empty prompts and lists are not sent).
+DEFAULTS = {"apply_mask": False, "detection_threshold": 0.5, "max_num_objects": 16}
+
+
+def submitted_all(emulator: EmulatorServer, before: int) -> list[tuple[str, dict]]:
+    """(app, body minus video_url) of every submit since ``before``, in a stable order."""
+    out = []
+    for app, body in emulator.stats.submits[before:]:
+        body = dict(body)
+        assert body.pop("video_url")
+        out.append((app, body))
+    return sorted(out, key=lambda item: (item[0], str(item[1])))
 
 
 def submitted(emulator: EmulatorServer, before: int) -> dict:
     """The one request body the emulator received since ``before`` submits, minus video_url."""
-    subs = emulator.stats.submits[before:]
+    subs = submitted_all(emulator, before)
     assert len(subs) == 1, f"expected one submit, got {len(subs)}"
-    payload = dict(subs[0][1])
-    assert payload.pop("video_url")
-    return payload
+    return subs[0][1]
 
 
 def labels_by_track(sample: fo.Sample, field: str) -> dict[int, set[str]]:
@@ -45,12 +56,13 @@ def test_form_text_points_and_boxes(scene, fal_backend, emulator) -> None:
     segment_videos(ds, prompt="red ball", point_prompts=[{"x": 300, "y": 20, "label": 0, "object_id": 3}],
                    box_prompts=[{"x_min": 190, "y_min": 90, "x_max": 260, "y_max": 150, "object_id": 3, "frame_index": 2}],
                    label_field="form", backend=fal_backend)
-    assert submitted(emulator, n) == {
-        "prompt": "red ball",
-        "point_prompts": [{"x": 300, "y": 20, "label": 0, "object_id": 3, "frame_index": 0}],
-        "box_prompts": [{"x_min": 190, "y_min": 90, "x_max": 260, "y_max": 150, "object_id": 3, "frame_index": 2}],
-        **DEFAULTS,
-    }
+    # one request for object 3 (its box and its negative click together), one for the concept
+    assert submitted_all(emulator, n) == [
+        (VISUAL, {"point_prompts": [{"x": 300, "y": 20, "label": 0, "object_id": 3, "frame_index": 0}],
+                  "box_prompts": [{"x_min": 190, "y_min": 90, "x_max": 260, "y_max": 150, "object_id": 3, "frame_index": 2}],
+                  **DEFAULTS}),
+        (OBJECTS, {"prompt": "red ball", "detection_threshold": 0.5}),
+    ]
     assert labels_by_track(ds.first(), "form") == {1: {"red ball"}, 3: {"object_3"}}
 
 
@@ -68,7 +80,6 @@ def test_existing_detections_field(scene, fal_backend, emulator) -> None:
     segment_videos(ds, prompt_fields=["hints"], label_field="sam", backend=fal_backend)
     x0, y0, x1, y1 = box
     assert submitted(emulator, n) == {
-        "prompt": "", "point_prompts": [],
         "box_prompts": [{"x_min": x0, "y_min": y0, "x_max": x1, "y_max": y1, "object_id": 1, "frame_index": 10}],
         **DEFAULTS,
     }
@@ -88,7 +99,6 @@ def test_existing_keypoints_field(scene, fal_backend, emulator) -> None:
     n = len(emulator.stats.submits)
     segment_videos(ds, prompt_fields=["frames.clicks"], label_field="sam", backend=fal_backend)
     assert submitted(emulator, n) == {
-        "prompt": "", "box_prompts": [],
         "point_prompts": [{"x": 160, "y": 120, "label": 1, "object_id": 4, "frame_index": 30},
                           {"x": 10, "y": 10, "label": 0, "object_id": 4, "frame_index": 30}],
         **DEFAULTS,
@@ -126,7 +136,7 @@ def test_refine_one_track_forward_keeps_everything_else(scene, fal_backend, emul
     payload = submitted(emulator, n)
     # only frames 50.. were sent (trimmed locally), so the prompt sits on the clip's first frame
     x0, y0, x1, y1 = _gt_box(truth, "red ball", 49)
-    assert payload["prompt"] == "" and payload["point_prompts"] == []
+    assert "prompt" not in payload and "point_prompts" not in payload
     assert payload["box_prompts"] == [{"x_min": x0, "y_min": y0, "x_max": x1, "y_max": y1, "object_id": red_id, "frame_index": 0}]
     after = {n: {d.index: (d.id, d.label) for d in f["sam"].detections} for n, f in ds.first().frames.items()}
     for number in after:

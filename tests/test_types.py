@@ -5,31 +5,17 @@ from __future__ import annotations
 import pytest
 
 from sam_backend.errors import InvalidRequest
-from sam_backend.types import SegmentRequest, VideoInfo, VideoOutputType
+from sam_backend.types import SegmentRequest, VideoInfo
 
 VIDEO = VideoInfo(width=320, height=240, frame_count=90, fps=29.97, duration=3.0)
 
 
-def test_defaults_and_wire_format_match_fal_schema() -> None:
+def test_defaults_and_concepts() -> None:
     req = SegmentRequest.build(prompt="red ball, blue box", point_prompts=[{"x": 3, "y": 4, "object_id": 2}])
-    wire = req.to_wire("https://cdn/v.mp4")
-    assert wire == {
-        "video_url": "https://cdn/v.mp4",
-        "prompt": "red ball, blue box",
-        "point_prompts": [{"x": 3, "y": 4, "label": 1, "object_id": 2, "frame_index": 0}],
-        "box_prompts": [],
-        "apply_mask": True,
-        "video_output_type": "X264 (.mp4)",
-        "detection_threshold": 0.5,
-        "max_num_objects": 16,
-    }
     assert req.concepts == ["red ball", "blue box"]
-    assert VideoOutputType("VP9 (.webm)") is VideoOutputType.VP9_WEBM
-
-
-def test_point_without_object_id_omits_it_on_the_wire() -> None:
-    wire = SegmentRequest.build(point_prompts=[{"x": 1, "y": 1}]).to_wire("u")
-    assert wire["point_prompts"] == [{"x": 1, "y": 1, "label": 1, "frame_index": 0}]
+    assert (req.detection_threshold, req.max_num_objects) == (0.5, 16)
+    assert req.point_prompts[0].model_dump() == {"x": 3, "y": 4, "label": 1, "object_id": 2, "frame_index": 0}
+    assert req.visual_object_ids() == [2]
 
 
 @pytest.mark.parametrize(
@@ -45,7 +31,7 @@ def test_point_without_object_id_omits_it_on_the_wire() -> None:
         ({"prompt": "x", "detection_threshold": 1.5}, "detection_threshold: Input should be less than or equal to 1 (got 1.5)"),
         ({"prompt": "x", "detection_threshold": -0.1}, "detection_threshold: Input should be greater than or equal to 0 (got -0.1)"),
         ({"prompt": "x", "max_num_objects": 0}, "max_num_objects: Input should be greater than or equal to 1 (got 0)"),
-        ({"prompt": "x", "video_output_type": "H265"}, "video_output_type: Input should be 'X264 (.mp4)' or 'VP9 (.webm)' (got 'H265')"),
+        ({"prompt": "x", "video_output_type": "H265"}, "video_output_type: Extra inputs are not permitted"),
         ({"box_prompts": [{"x_min": 5, "y_min": 1, "x_max": 5, "y_max": 9}]}, "box_prompts[0]: box has no area: x_min=5, x_max=5"),
         ({"prompt": "x", "box_prompts": [{"x_min": 1, "y_min": 1, "x_max": 5}]}, "box_prompts[0].y_max: Field required"),
         ({"prompt": "x", "colour": "red"}, "colour: Extra inputs are not permitted"),

@@ -92,6 +92,8 @@ class RunRecord:
     billable_units: float | None = None
     warnings: list[str] = dataclasses.field(default_factory=list)
     outputs: dict[str, str] = dataclasses.field(default_factory=dict)  # e.g. rendered video URL
+    # One entry per remote request the video took (key, endpoint, request_id, billable_units).
+    requests: list[dict[str, Any]] = dataclasses.field(default_factory=list)
 
 
 class SegmentRun(Iterator[FrameResult]):

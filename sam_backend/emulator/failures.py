@@ -63,6 +63,12 @@ def invalid_input(items: list[dict[str, Any]]) -> JobFailure:
     return JobFailure(422, items, msg, VALIDATION_ERROR)
 
 
+def app_not_found(app_id: str) -> JobFailure:
+    """The body fal gives a missing app on submit, here on the result route instead."""
+    msg = f"Application '{app_id}' not found"
+    return JobFailure(404, msg, msg, "app_not_found")
+
+
 def cancelled() -> JobFailure:
     msg = "Request was cancelled by the client"
     return JobFailure(CANCELLED_STATUS, msg, msg, CANCELLED, request_error=True)

@@ -12,6 +12,7 @@ callable, which returns ``(output, billable_units)`` or raises ``JobFailure``.
 from __future__ import annotations
 
 import collections
+import json
 import dataclasses
 import enum
 import threading
@@ -22,7 +23,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from . import failures
-from .config import AppSpec
+from .config import LARGE_RESULT_BYTES, AppSpec
 from .failures import JobFailure
 
 
@@ -51,6 +52,7 @@ class Job:
     output: dict[str, Any] | None = None
     billable_units: int = 0
     failure: JobFailure | None = None
+    output_bytes: int = 0  # size of the result JSON: large results expire sooner
     cancel: threading.Event = dataclasses.field(default_factory=threading.Event)
     done: threading.Event = dataclasses.field(default_factory=threading.Event)
 
@@ -82,6 +84,7 @@ class JobManager:
         workers: int,
         result_ttl_s: float | None,
         log_window: int,
+        large_result_ttl_s: float | None = None,
         on_finish: Callable[[Job], None] | None = None,
         on_start: Callable[[int], None] | None = None,
     ) -> None:
@@ -90,6 +93,7 @@ class JobManager:
         self._service_time_s = service_time_s
         self._n_workers = workers
         self._result_ttl_s = result_ttl_s
+        self._large_result_ttl_s = large_result_ttl_s
         self._log_window = log_window
         self._on_finish = on_finish
         self._on_start = on_start  # called with the number of jobs now IN_PROGRESS
@@ -208,11 +212,10 @@ class JobManager:
     # -- internals ---------------------------------------------------------------------
 
     def _expired(self, job: Job) -> bool:
-        return (
-            self._result_ttl_s is not None
-            and job.completed_at is not None
-            and time.time() - job.completed_at > self._result_ttl_s
-        )
+        ttl = self._result_ttl_s
+        if job.output_bytes >= LARGE_RESULT_BYTES and self._large_result_ttl_s is not None:
+            ttl = self._large_result_ttl_s if ttl is None else min(ttl, self._large_result_ttl_s)
+        return ttl is not None and job.completed_at is not None and time.time() - job.completed_at > ttl
 
     def _position_locked(self, job: Job) -> int:
         if not job.released:
@@ -272,6 +275,7 @@ class JobManager:
         job.state = JobState.COMPLETED
         job.completed_at = time.time()
         job.output, job.billable_units, job.failure = output, units, failure
+        job.output_bytes = len(json.dumps(output)) if output is not None else 0
         job.done.set()
         if self._on_finish is not None:
             self._on_finish(job)

@@ -1,9 +1,11 @@
-"""The emulated fal app: one validated request in, fal's output JSON out.
+"""The emulated fal apps: one validated request in, the output JSON of its endpoint out.
 
 This is what runs on a worker thread for each job: fetch the video (only from the
 emulator's own CDN or a data URI: it never touches the network), check the prompts
-against it, run the toy segmenter in two passes, and store the rendered files on the
-emulator's CDN. Failures raise :class:`~.failures.JobFailure` in fal's shapes.
+against it, run the toy segmenter in two passes, and answer in the app's output shape
+(:class:`~.config.AppSpec`): RLE strings in fal's ``start length`` format, and rendered
+files on the emulator's CDN only when the request asks for them. Failures raise
+:class:`~.failures.JobFailure` in fal's shapes.
 """
 
 from __future__ import annotations
@@ -23,13 +25,13 @@ from urllib.parse import unquote, unquote_to_bytes, urlsplit
 import numpy as np
 
 from ..errors import VideoError
-from ..masks import encode_rle, tight_box
+from ..masks import tight_box
 from ..types import VideoInfo
 from ..video import iter_frames, probe
 from . import failures
-from .config import AppSpec, RleShape
+from .config import AppSpec, RleLayout
 from .render import VIDEO_FORMATS, blend_masks, draw_boxes, jpeg_sequence_sink, video_sink, zip_directory
-from .schema import SamVideoInput, error_item
+from .schema import Parsed, SegmenterInput, error_item, segmenter_input
 from .segmenter import Cancelled, Track, analyse, classify, frame_objects, plan_tracks
 from .storage import Storage
 
@@ -49,7 +51,7 @@ class RunContext:
     score: float
     cancel: threading.Event
     log: Callable[[str], None]
-    rle_shape: RleShape = "per_frame"
+    rle_layout: RleLayout = "row1"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,7 +88,7 @@ def resolve_video(url: str, storage: Storage, cdn_url: str) -> bytes:
     )
 
 
-def check_prompts(request: SamVideoInput, info: VideoInfo) -> None:
+def check_prompts(request: SegmenterInput, info: VideoInfo) -> None:
     """Raise a 422 naming every prompt that does not fit the video."""
     items: list[dict[str, Any]] = []
     w, h, n = info.width, info.height, info.frame_count
@@ -113,8 +115,9 @@ def _file(storage: Storage, cdn_url: str, data: bytes, content_type: str, file_n
     return {"url": f"{cdn_url}/files/{key}", "content_type": content_type, "file_name": file_name, "file_size": len(data)}
 
 
-def run_sam_video(app: AppSpec, request: SamVideoInput, ctx: RunContext) -> RunOutput:
+def run_sam_video(app: AppSpec, parsed: Parsed, ctx: RunContext) -> RunOutput:
     """Run one request end to end. Raises JobFailure, or segmenter.Cancelled."""
+    request = segmenter_input(parsed)
     ctx.log(f"Fetching video ({request.video_url[:60]})")
     data = resolve_video(request.video_url, ctx.storage, ctx.cdn_url)
     with tempfile.TemporaryDirectory(prefix="sam-emu-") as tmp_name:
@@ -135,16 +138,27 @@ def run_sam_video(app: AppSpec, request: SamVideoInput, ctx: RunContext) -> RunO
                 analysis = analyse(grays, request, ctx.cancel, keep_labels=keep)
             tracks = plan_tracks(analysis, request, ctx.score)
             ctx.log(f"Tracking {len(tracks)} object(s)")
-            output, frames = _render(app, request, ctx, src, info, tracks, analysis.labels, tmp)
+            output, frames = _render(app, parsed, ctx, src, info, tracks, analysis.labels, tmp)
         except VideoError as exc:
             raise failures.unsupported_video(str(exc)) from None
     ctx.log(f"Done: {frames} frames")
     return RunOutput(output, frames)
 
 
+def _wants(app: AppSpec, parsed: Parsed) -> tuple[bool, bool, bool]:
+    """(RLE, overlay video, box-overlay zip) for this app and request."""
+    if app.output == "video":
+        return False, True, True
+    if app.output == "objects_rle":
+        return True, False, False
+    rle = not app.return_rle_flag or bool(getattr(parsed, "return_rle", False))
+    # Without RLE the app has nothing to return but its rendered video (S3).
+    return rle, bool(getattr(parsed, "apply_mask", False)) or not rle, bool(getattr(parsed, "boundingbox_zip", False))
+
+
 def _render(
     app: AppSpec,
-    request: SamVideoInput,
+    parsed: Parsed,
     ctx: RunContext,
     src: Path,
     info: VideoInfo,
@@ -152,74 +166,87 @@ def _render(
     cached_labels: list[np.ndarray] | None,
     tmp: Path,
 ) -> tuple[dict[str, Any], int]:
-    """Second pass: masks, RLE, overlay video and box images, frame by frame. Label maps
-    come from the first pass when it kept them, else from decoding luma again."""
-    ext, content_type = VIDEO_FORMATS[request.video_output_type]
+    """Second pass: masks, RLE, and the overlay files asked for, frame by frame. Label
+    maps come from the first pass when it kept them, else from decoding luma again."""
+    want_rle, want_video, want_zip = _wants(app, parsed)
+    output_type = getattr(parsed, "video_output_type", "X264 (.mp4)")
+    ext, content_type = VIDEO_FORMATS[output_type]
     video_path, boxes_dir = tmp / f"output.{ext}", tmp / "boundingbox_frames"
     size = {"width": info.width, "height": info.height, "fps": info.fps}
-    frames_out: list[dict[str, Any]] = []
+    union: list[str | None] = []
+    metadata: list[dict[str, Any] | None] = []
+    objects: list[dict[str, Any]] = []
     count = 0
     with contextlib.ExitStack() as stack:
         if cached_labels is not None:
             label_maps: Iterator[np.ndarray] = iter(cached_labels)
         else:
             label_maps = map(classify, stack.enter_context(contextlib.closing(iter_frames(src, info, gray=True))))
-        rgbs = stack.enter_context(contextlib.closing(iter_frames(src, info)))
-        video = stack.enter_context(video_sink(video_path, request.video_output_type, **size))
-        boxes = stack.enter_context(jpeg_sequence_sink(boxes_dir, **size))
-        for f, (labels, rgb) in enumerate(zip(label_maps, rgbs)):
+        rgbs = stack.enter_context(contextlib.closing(iter_frames(src, info))) if want_video or want_zip else None
+        video = stack.enter_context(video_sink(video_path, output_type, **size)) if want_video else None
+        boxes = stack.enter_context(jpeg_sequence_sink(boxes_dir, **size)) if want_zip else None
+        for f, labels in enumerate(label_maps):
             if ctx.cancel.is_set():
                 raise Cancelled()
             placed = [(t, m, box) for t, m in frame_objects(labels, tracks) if (box := tight_box(m))]
-            if request.apply_mask:
-                video.write(blend_masks(rgb, [(t.track_id, m, box) for t, m, box in placed]))
-            else:
-                video.write(rgb)
-            boxes.write(draw_boxes(rgb, [(t.track_id, box) for t, _, box in placed]))
-            if app.rle:
-                frames_out.append({"frame_index": f, "masks": [_rle_mask(t, m, box, info) for t, m, box in placed]})
+            if rgbs is not None:
+                rgb = next(rgbs)
+                if video is not None:
+                    apply = getattr(parsed, "apply_mask", True)
+                    video.write(blend_masks(rgb, [(t.track_id, m, b) for t, m, b in placed]) if apply else rgb)
+                if boxes is not None:
+                    boxes.write(draw_boxes(rgb, [(t.track_id, b) for t, _, b in placed]))
+            if app.output == "objects_rle":
+                objects.append({"frame_index": f, "objects": [
+                    {"track_id": t.track_id, "rle": encode_runs(m, ctx.rle_layout)} for t, m, _ in placed]})
+            elif want_rle:
+                _union_frame(placed, info, ctx, union, metadata)
             count = f + 1
             if count % 32 == 0:
                 ctx.log(f"Processed {count}/{info.frame_count} frames")
     if count == 0:
         raise failures.unsupported_video("no decodable frames")
-    output: dict[str, Any] = {
-        "video": _file(ctx.storage, ctx.cdn_url, video_path.read_bytes(), content_type, video_path.name),
-        "boundingbox_frames_zip": _file(
-            ctx.storage, ctx.cdn_url, zip_directory(boxes_dir), "application/zip", "boundingbox_frames.zip"
-        ),
-    }
-    if app.rle:
-        output.update(_rle_layout(frames_out, count, ctx))
+    output: dict[str, Any] = {}
+    if video is not None:
+        output["video"] = _file(ctx.storage, ctx.cdn_url, video_path.read_bytes(), content_type, video_path.name)
+    if boxes is not None:
+        output["boundingbox_frames_zip"] = _file(ctx.storage, ctx.cdn_url, zip_directory(boxes_dir), "application/zip",
+                                                 "boundingbox_frames.zip")
+    if app.output == "objects_rle":
+        output.update({"frames": objects, "width": info.width, "height": info.height, "num_frames": count})
+    elif want_rle:
+        rle: Any = union
+        if getattr(parsed, "rle_return_mode", "list") == "url":
+            rle = _file(ctx.storage, ctx.cdn_url, json.dumps(union).encode(), "application/json", "rle.json")
+        output.update({"rle": rle, "metadata": metadata, "boxes": [m["box"] if m else None for m in metadata],
+                       "scores": None})
     return output, count
 
 
-def _rle_layout(frames_out: list[dict[str, Any]], frame_count: int, ctx: RunContext) -> dict[str, Any]:
-    """The masks in the layout ``ctx.rle_shape`` asks for (see config.RleShape)."""
-    if ctx.rle_shape == "per_frame":
-        return {"frames": frames_out}
-    if ctx.rle_shape == "mask_file":
-        data = json.dumps({"frames": frames_out}).encode()
-        return {"mask_url": f"{ctx.cdn_url}/files/{ctx.storage.put(data, 'application/json', 'masks.json')}"}
-    objects: dict[int, dict[str, Any]] = {}
-    for frame in frames_out:
-        for item in frame["masks"]:
-            meta = item["metadata"]
-            obj = objects.setdefault(meta["index"], {"object_id": meta["index"], "label": meta["label"],
-                                                     "score": meta["score"], "rles": [None] * frame_count})
-            obj["rles"][frame["frame_index"]] = item["rle"]
-    return {"objects": [objects[k] for k in sorted(objects)]}
-
-
-def _rle_mask(track: Track, mask: np.ndarray, box: tuple[int, int, int, int], info: VideoInfo) -> dict[str, Any]:
-    x0, y0, x1, y1 = box
+def _union_frame(placed: list[tuple[Track, np.ndarray, tuple[int, int, int, int]]], info: VideoInfo, ctx: RunContext,
+                 union: list[str | None], metadata: list[dict[str, Any] | None]) -> None:
+    """One frame of a union answer: every tracked object in one mask, no ids."""
+    if not placed:
+        union.append(None)
+        metadata.append(None)
+        return
+    mask = np.logical_or.reduce([m for _, m, _ in placed])
+    x0, y0, x1, y1 = tight_box(mask) or (0, 0, 0, 0)
     w, h = info.width, info.height
-    return {
-        "rle": encode_rle(mask),
-        "metadata": {
-            "index": track.track_id,
-            "score": track.score,
-            "box": [(x0 + x1) / 2 / w, (y0 + y1) / 2 / h, (x1 - x0) / w, (y1 - y0) / h],
-            "label": track.label,
-        },
-    }
+    union.append(encode_runs(mask, ctx.rle_layout))
+    # MaskMetadata as documented (S1, S4): index in the model output, score, normalised cx, cy, w, h.
+    metadata.append({"index": 0, "score": max(t.score for t, _, _ in placed),
+                     "box": [(x0 + x1) / 2 / w, (y0 + y1) / 2 / h, (x1 - x0) / w, (y1 - y0) / h]})
+
+
+def encode_runs(mask: np.ndarray, layout: RleLayout) -> str:
+    """fal's RLE string: ``start length`` pairs over the mask flattened row- or
+    column-major, starts counted from 1 or 0 (written here independently of the
+    client's decoder, so a shared mistake cannot hide)."""
+    order = "C" if layout.startswith("row") else "F"
+    base = int(layout[-1])
+    flat = np.asarray(mask, dtype=bool).flatten(order=order)
+    padded = np.concatenate(([False], flat, [False])).astype(np.int8)
+    change = np.flatnonzero(np.diff(padded))
+    starts, ends = change[0::2], change[1::2]
+    return " ".join(f"{start + base} {end - start}" for start, end in zip(starts.tolist(), ends.tolist()))

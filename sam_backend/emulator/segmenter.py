@@ -14,7 +14,8 @@ masks during the render pass.
 Semantics (documented for the client's tests):
 
 - Text prompt: comma-separated concepts; a concept matches palette colour ``c`` when
-  ``c``'s name is one of its words (case-insensitive). Each matched colour seen anywhere
+  ``c``'s name is one of its words (case-insensitive), or, when it names no colour, when
+  it names ``c``'s kind ("ball", "balls", "box", "boxes": see ``synthetic.KINDS``). Each matched colour seen anywhere
   in the video is one track labelled with the concept. A colour already taken by an
   earlier concept or by a visual prompt is not tracked twice.
 - Point (label 1): the colour under (x, y) on ``frame_index`` joins object
@@ -44,8 +45,8 @@ from typing import Literal
 
 import numpy as np
 
-from ..synthetic import PALETTE
-from .schema import SamVideoInput
+from ..synthetic import KINDS, PALETTE
+from .schema import SegmenterInput
 
 COLOUR_NAMES: tuple[str, ...] = tuple(PALETTE)  # label k (1-based) is COLOUR_NAMES[k - 1]
 BACKGROUND_LABEL = 0
@@ -113,7 +114,7 @@ def _check_cancel(cancel: threading.Event | None) -> None:
 
 
 def analyse(
-    gray_frames: Iterable[np.ndarray], request: SamVideoInput, cancel: threading.Event | None = None, *, keep_labels: bool = False
+    gray_frames: Iterable[np.ndarray], request: SegmenterInput, cancel: threading.Event | None = None, *, keep_labels: bool = False
 ) -> Analysis:
     """First pass: colour counts per frame, and the prompts resolved on their frames.
     ``keep_labels`` keeps the label maps (H*W bytes a frame) so the second pass need
@@ -145,12 +146,18 @@ def analyse(
 
 
 def concept_colours(concept: str) -> list[int]:
-    """Palette labels whose colour name is a word of ``concept``, in palette order."""
+    """Palette labels whose colour name is a word of ``concept``, in palette order; a
+    concept naming no colour but a kind ("ball", "boxes") finds every colour of that kind
+    (:data:`sam_backend.synthetic.KINDS`): several instances of one concept."""
     words = set(re.findall(r"[a-z]+", concept.lower()))
-    return [k for k, name in enumerate(COLOUR_NAMES, start=1) if name in words]
+    named = [k for k, name in enumerate(COLOUR_NAMES, start=1) if name in words]
+    if named:
+        return named
+    kinds = {kind for kind in KINDS if kind in words or kind + "s" in words or kind + "es" in words}
+    return [k for k, name in enumerate(COLOUR_NAMES, start=1) if any(name in KINDS[kind] for kind in kinds)]
 
 
-def plan_tracks(analysis: Analysis, request: SamVideoInput, score: float) -> list[Track]:
+def plan_tracks(analysis: Analysis, request: SegmenterInput, score: float) -> list[Track]:
     """Turn the first pass into the tracks to emit, sorted by id (see module docs)."""
     visual = _visual_objects(analysis, request)
     used_ids = set(visual)
@@ -183,7 +190,7 @@ def plan_tracks(analysis: Analysis, request: SamVideoInput, score: float) -> lis
     return sorted(kept, key=lambda t: t.track_id)
 
 
-def _visual_objects(analysis: Analysis, request: SamVideoInput) -> dict[int, set[int]]:
+def _visual_objects(analysis: Analysis, request: SegmenterInput) -> dict[int, set[int]]:
     """object id -> colours, for every id the point/box prompts define (maybe empty)."""
     explicit = {p.object_id for p in request.point_prompts if p.label == 1 and p.object_id is not None}
     explicit |= {b.object_id for b in request.box_prompts if b.object_id is not None}

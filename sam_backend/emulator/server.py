@@ -34,11 +34,11 @@ from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from . import failures
-from .config import KNOWN_APPS, EmulatorConfig
+from .config import KNOWN_APPS, AppSpec, EmulatorConfig
 from .faults import FaultAction, FaultHook, Route, RouteCall
 from .jobs import Job, JobManager, JobState
 from .model import RunContext, resolve_video, run_sam_video
-from .schema import parse_input
+from .schema import Sam31VideoInput, parse_input
 from .stats import EmulatorStats, StatsRecorder
 from .storage import MultipartError, Storage, StoredFile, parse_lifecycle
 
@@ -308,6 +308,7 @@ class EmulatorServer:
             service_time_s=self.config.service_time_s,
             workers=self.config.workers,
             result_ttl_s=self.config.result_ttl_s,
+            large_result_ttl_s=self.config.large_result_ttl_s,
             log_window=self.config.log_window,
             on_finish=self._job_finished,
             on_start=lambda running: self._stats.peak("max_running", running),
@@ -492,7 +493,9 @@ class EmulatorServer:
                     return
 
     def _run_job(self, job: Job) -> tuple[dict[str, Any], int]:
-        parsed = parse_input(job.payload)
+        if job.app.app_id not in KNOWN_APPS or job.app.app_id in self.config.unavailable_apps:
+            raise failures.app_not_found(job.app.app_id)  # missing_app_at="result"
+        parsed = parse_input(job.app.input_model, job.payload)
         if isinstance(parsed, list):  # only when validate_on_submit is off
             raise failures.invalid_input(parsed)
         key = self._memo_key(job, parsed) if self.config.memoize else None
@@ -519,7 +522,7 @@ class EmulatorServer:
         return slot.value
 
     def _compute(self, job: Job, parsed: Any) -> tuple[dict[str, Any], int]:
-        ctx = RunContext(self._storage, self.cdn_url, self.config.score, job.cancel, job.log, self.config.rle_shape)
+        ctx = RunContext(self._storage, self.cdn_url, self.config.score, job.cancel, job.log, self.config.rle_layout)
         out = run_sam_video(job.app, parsed, ctx)
         return out.output, out.frames
 
@@ -563,14 +566,17 @@ class EmulatorServer:
         if (denied := self._key_auth(req)) is not None:
             return denied
         app = KNOWN_APPS.get(app_path) if app_path not in self.config.unavailable_apps else None
-        if app is None:
+        missing = app is None
+        if missing and self.config.missing_app_at == "submit":
             return _detail(404, f"Application '{app_path}' not found")
+        if app is None:  # accepted now, "not found" on the result route (see EmulatorConfig)
+            app = AppSpec(app_path, "video", Sam31VideoInput)
         try:
             payload = json.loads(req.body or b"null")
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             return _detail(422, [{"loc": ["body", getattr(exc, "pos", 0)], "msg": "JSON decode error", "type": "json_invalid"}])
-        if self.config.validate_on_submit or not isinstance(payload, dict):
-            parsed = parse_input(payload)
+        if (self.config.validate_on_submit and not missing) or not isinstance(payload, dict):
+            parsed = parse_input(app.input_model, payload)
             if isinstance(parsed, list):
                 return _detail(422, parsed)
         webhook = (req.query.get("fal_webhook") or [None])[0]
@@ -623,6 +629,8 @@ class EmulatorServer:
             return json_response(status, body, headers)
         if route == "cancel":
             status, body = self._jobs.cancel(job)
+            if status == 202 and self.config.cancel_ok_status == 200:
+                status, body = 200, {"status": "OK"}
             return json_response(status, body, headers)
         return self._result_response(job)
 

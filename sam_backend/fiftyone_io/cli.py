@@ -5,7 +5,11 @@
   flight and writes nothing partial; a second Ctrl-C quits at once, leaving the requests
   running and journaled for ``resume``);
 - ``resume [DATASET]``: finish the newest unfinished run without paying twice;
-- ``status [DATASET]``: runs in the journal and requests still open at fal.
+- ``status [DATASET]``: runs in the journal and requests still open at fal;
+- ``fal-check [--yes]``: check fal's RLE layout and object semantics with your key (a
+  few cents, shown first; without FAL_KEY it runs on the emulator);
+- ``redecode RUN``: decode a run's journaled fal results into its field again, with no
+  new request (after fal-check stored another layout, or a decoder fix).
 """
 
 from __future__ import annotations
@@ -88,6 +92,8 @@ def _segment(args: argparse.Namespace) -> int:
         backend_options["webhook_url"] = args.webhook_url
     if args.journal:
         backend_options["journal_path"] = args.journal
+    if args.text_mode:
+        backend_options["text_mode"] = args.text_mode
     with _Interrupts() as interrupts:
         report = segment_videos(dataset, prompt=args.prompt, label_field=args.field, backend=args.backend,
                                 detection_threshold=args.threshold, max_num_objects=args.max_objects,
@@ -103,6 +109,47 @@ def _resume(args: argparse.Namespace) -> int:
         report = resume(args.dataset, run_id=args.run, label_field=args.field, journal_path=args.journal,
                         resubmit_uncertain=args.resubmit_uncertain, progress=_show, cancel=interrupts.token)
     return _print_report(report, report.label_field)
+
+
+def _redecode(args: argparse.Namespace) -> int:
+    from .segment import redecode
+
+    report = redecode(run_id=args.run, journal_path=args.journal)
+    return _print_report(report, report.label_field)
+
+
+def _fal_check(args: argparse.Namespace) -> int:
+    import os
+    import tempfile
+    from pathlib import Path
+
+    from ..backends.fal import FalBackend
+    from ..backends.fal.rle import layouts_path, save_layouts
+    from ..backends.fal.selfcheck import estimate, run_check
+
+    real = bool(os.environ.get("FAL_KEY") or (os.environ.get("FAL_KEY_ID") and os.environ.get("FAL_KEY_SECRET")))
+    workdir = Path(args.out or tempfile.mkdtemp(prefix="sam31-fal-check-"))
+    if real:
+        backend: Any = FalBackend.from_env(os.environ, **({"journal_path": args.journal} if args.journal else {}))
+        usd, detail = estimate(backend)
+        print(f"fal-check on fal (FAL_KEY is set): {detail}, about ${usd or 0:.2f}")
+        if not args.yes:
+            print("nothing was sent: run again with --yes to spend it")
+            backend.close()
+            return 0
+    else:
+        from ..backends.emulator import BACKEND as emulator
+
+        print("FAL_KEY is not set: checking against the offline emulator (no charge); nothing is stored")
+        backend = emulator()
+    with backend:
+        report = run_check(backend, workdir)
+    print(report)
+    if real and report.winners:
+        path = layouts_path(os.environ)
+        save_layouts(path, report.winners)
+        print(f"stored the measured layouts in {path}; segment/resume/redecode use them from now on")
+    return 1 if any(r.error for r in report.rows) else 0
 
 
 def _status(args: argparse.Namespace) -> int:
@@ -131,6 +178,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     seg.add_argument("--endpoint", default=None, help="fal endpoint id (default fal-ai/sam-3-1/video-rle)")
     seg.add_argument("--webhook-url", default=None, help="passed to fal as fal_webhook on every submit")
     seg.add_argument("--journal", default=None, help="request journal file (default in ~/.local/state/sam31-video)")
+    seg.add_argument("--text-mode", choices=["instances", "union"], default=None,
+                     help="instances (default): a track per instance via SAM 3's objects endpoint; "
+                          "union: one track per concept on SAM 3.1")
     res = sub.add_parser("resume", help="finish an unfinished run without paying twice")
     res.add_argument("dataset", nargs="?")
     res.add_argument("--run", default=None, help="run id (default: the newest unfinished run)")
@@ -138,6 +188,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     res.add_argument("--journal", default=None)
     res.add_argument("--resubmit-uncertain", action="store_true",
                      help="also resubmit samples whose earlier submit may have reached fal (may bill twice)")
+    chk = sub.add_parser("fal-check", help="measure fal's RLE layout and object semantics (a few cents, with --yes)")
+    chk.add_argument("--yes", action="store_true", help="spend the estimated cost on fal")
+    chk.add_argument("--out", default=None, help="folder for the raw payloads (default: a new temp folder)")
+    chk.add_argument("--journal", default=None)
+    red = sub.add_parser("redecode", help="decode a run's stored fal results into its field again (no new request)")
+    red.add_argument("run", help="run id (see sam31-video status)")
+    red.add_argument("--journal", default=None)
     st = sub.add_parser("status", help="runs in the journal and requests still open at fal")
     st.add_argument("dataset", nargs="?")
     st.add_argument("--journal", default=None)
@@ -161,6 +218,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _segment(args)
         if args.command == "resume":
             return _resume(args)
+        if args.command == "redecode":
+            return _redecode(args)
+        if args.command == "fal-check":
+            return _fal_check(args)
         return _status(args)
     except Cancelled as exc:
         print(f"cancelled: {exc}", file=sys.stderr)

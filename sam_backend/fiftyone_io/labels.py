@@ -18,7 +18,7 @@ def to_detection(obj: TrackedObject, width: int, height: int) -> fo.Detection:
         label=obj.label,
         bounding_box=relative_box(obj.box, width, height),
         mask=mask_ops.crop(obj.mask, obj.box),
-        confidence=float(obj.score),
+        confidence=None if obj.score is None else float(obj.score),
         index=int(obj.track_id),
     )
 

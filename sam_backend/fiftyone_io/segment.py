@@ -231,7 +231,10 @@ def _segment(samples: fo.core.collections.SampleCollection, opts: SegmentOptions
     skipped = _already_written(opts.run_key, jobs)
     jobs = [dataclasses.replace(j, index=i) for i, j in enumerate(j for j in jobs if j.sample_id not in skipped)]
     report = SegmentReport(label_field=opts.label_field, samples=len(jobs), skipped=sorted(skipped))
-    owned = get_backend(opts.backend, environ=_environ(secrets), **opts.backend_options) if backend is None else None
+    backend_options = dict(opts.backend_options)
+    if opts.render_video and opts.backend in ("fal", "emulator"):
+        backend_options.setdefault("render_overlay", True)  # the RLE endpoints draw nothing unless asked
+    owned = get_backend(opts.backend, environ=_environ(secrets), **backend_options) if backend is None else None
     active = backend or owned
     assert active is not None
     try:
@@ -570,7 +573,7 @@ def _describe_field(dataset: fo.Dataset, opts: SegmentOptions, report: SegmentRe
             "endpoint": last.endpoint,
             "endpoints": sorted({r.endpoint for r in records if r.endpoint}),
             "models": sorted({r.model for r in records if r.model}),
-            "request": SegmentRequest.model_construct(**opts.request_fields()).model_dump(mode="json", exclude={"video_url"}),
+            "request": SegmentRequest.model_construct(**opts.request_fields()).model_dump(mode="json"),
             "prompt_fields": opts.prompt_fields,
             "refine": {"track": opts.refine_track, "frame": opts.refine_frame, "direction": opts.refine_direction}
             if opts.refine_track is not None else None,
@@ -711,4 +714,52 @@ def resume(
         backend.config = config  # type: ignore[attr-defined]
 
 
-__all__ = ["RunStatus", "SegmentOptions", "SegmentReport", "SampleProgress", "resume", "segment_videos", "status"]
+def redecode(
+    *,
+    run_id: str,
+    backend: Backend | None = None,
+    journal_path: str | os.PathLike[str] | None = None,
+    progress: Callable[[SampleProgress], None] | None = None,
+) -> SegmentReport:
+    """Decode the fal results journaled for run ``run_id`` into its field again, every
+    sample of it, with no upload and no submit: the repair after a decoding failure (e.g.
+    once ``fal-check`` stored the RLE layout fal really uses). A sample without stored
+    results fails with a message; nothing is ever sent to fal."""
+    journal = getattr(backend, "journal", None) if backend is not None else _open_journal(journal_path, None)
+    if journal is None:
+        raise InvalidRequest(f"backend {getattr(backend, 'name', backend)!r} keeps no journal: nothing to redecode")
+    try:
+        run = journal.run(run_id)
+        location = str(journal.path) if journal.path is not None else None
+    finally:
+        if backend is None:
+            journal.close()
+    opts = SegmentOptions.build(**run.spec["options"])
+    samples = fo.load_dataset(run.dataset).select(list(run.samples), ordered=True)
+    if backend is None:
+        from ..backends.fal import FalBackend, FalConfig
+
+        # No key is needed: a stored-only backend sends nothing. A placeholder satisfies FalConfig.
+        environ = {**os.environ}
+        environ.setdefault("FAL_KEY", "redecode:offline")
+        options = {k: v for k, v in opts.backend_options.items() if k in FalConfig.model_fields}
+        if location is not None:
+            options["journal_path"] = location
+        owned = FalBackend.from_env(environ, **options)
+        owned.stored_only = True
+        try:
+            return _segment(samples, opts, backend=owned, secrets=None, progress=progress, cancel=None, run_id=run.run_id)
+        finally:
+            owned.close()
+    previous = getattr(backend, "stored_only", None)
+    if previous is None:
+        raise InvalidRequest(f"backend {backend.name!r} has no stored results to redecode")
+    backend.stored_only = True  # type: ignore[attr-defined]
+    try:
+        return _segment(samples, opts, backend=backend, secrets=None, progress=progress, cancel=None, run_id=run.run_id)
+    finally:
+        backend.stored_only = previous  # type: ignore[attr-defined]
+
+
+__all__ = ["RunStatus", "SegmentOptions", "SegmentReport", "SampleProgress", "redecode", "resume", "segment_videos",
+           "status"]

@@ -91,7 +91,7 @@ def detection_doc(obj: TrackedObject, width: int, height: int, *, mask_path: Pat
         # What fo.Detection.export_mask writes: the cropped mask as a uint8 0/1 PNG.
         foui.write(crop.astype(np.uint8), str(mask_path))
         doc["mask_path"] = str(mask_path)
-    doc["confidence"] = float(obj.score)
+    doc["confidence"] = None if obj.score is None else float(obj.score)
     doc["index"] = int(obj.track_id)
     return doc
 

@@ -1,24 +1,33 @@
-"""The fal backend: journal first, upload once, submit once, poll with backoff, fetch at once.
+"""The fal backend: plan, journal first, upload once, submit each request once, fetch at once.
 
-One unit of work (a sample's video + request + frame range, named by ``work_key``) goes:
+One video (a sample's video + request + frame range, named by ``work_key``) becomes
+several fal requests (``planner.py``: one per visual object, one per text concept), all
+run at once under the backend-wide bound ``max_concurrent_requests``. Each request goes:
 
 1. look it up in the journal: a stored result is decoded again (no HTTP at all); a
    submitted request is polled (a crash or Ctrl-C never costs a second submit); a submit
-   that may or may not have reached fal stops with an error naming the entry;
-2. otherwise trim the video to the asked frames (so fal bills only those), upload it (or
-   reuse an earlier upload of the same bytes), record the intent, submit, record fal's id;
+   that may or may not have reached fal stops the video with an error naming the entry
+   before anything else is sent;
+2. otherwise trim the video to the asked frames (so fal bills only those) and upload it,
+   once per video (or reuse an earlier upload of the same bytes), record the intent, submit,
+   record fal's id;
 3. poll (fast first, then every ``poll_max_s``) until COMPLETED, fetch the result and any
-   mask file it points to at once (fal keeps results >= 10 KB only ~6 minutes) and store
-   them in the journal before anything else;
-4. decode the payload by its shape and stream the frames with the video's own indices.
+   RLE file it points to at once (fal keeps results >= 10 KB only ~6 minutes) and store
+   them in the journal before anything else. fal answering that the endpoint does not
+   exist (at submit, or only at result) moves the request to the next endpoint of its
+   fallback chain: nothing was billed for the missing one.
 
-The run's :class:`FalSegmentRun` has a ``commit()`` that the writer's caller calls once
-the labels are written, which marks the journal entry ``written``.
+Only when every request of the video has its result are they decoded (``decoders.py``)
+and merged into frames with the video's own indices: a video is written whole or not at
+all. The run's :class:`FalSegmentRun` has a ``commit()`` that the writer's caller calls
+once the labels are written, which marks the video's journal entries ``written``.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
+import dataclasses
 import hashlib
 import json
 import logging
@@ -32,12 +41,15 @@ from typing import Any
 
 import httpx
 
+from ... import masks as mask_ops
 from ... import video as video_ops
-from ...cost import fal_cost_usd
 from ...errors import BackendUnavailable, Cancelled, InvalidRequest, RemoteFailure, ResultExpired, SamError
-from ...types import FrameResult, FrameRange, Progress, SegmentRequest, VideoInfo
+from ...types import FrameRange, FrameResult, Progress, SegmentRequest, TrackedObject, VideoInfo
 from ..base import CancelToken, CostEstimate, ProgressCallback, RunRecord, SegmentRun, VideoSource, report
+from . import endpoints as endpoint_table
+from .endpoints import plan_cost
 from .client import (
+    CancelOutcome,
     Completed,
     EndpointNotFound,
     FalClient,
@@ -49,8 +61,10 @@ from .client import (
     SubmitUncertain,
 )
 from .config import FalConfig
-from .decoders import MASK_FILE_KEYS, NoLabelsInResponse, decode_output, file_url
+from .decoders import DecodedResult, decode_result, files_to_download, read_attachment
 from .journal import HAS_RESULT, Entry, Journal, RequestState
+from .planner import PlannedRequest, instance_ids, plan
+from .rle import DEFAULT_LAYOUT, RleLayout
 from .uploads import FalStorage
 
 log = logging.getLogger(__name__)
@@ -63,7 +77,7 @@ POLL_GROWTH = 1.5
 class FalSegmentRun(SegmentRun):
     """A :class:`SegmentRun` whose ``commit()`` records in the journal that the frames
     were written (callers that do not commit lose nothing: a rerun re-writes from the
-    stored result without a new charge)."""
+    stored results without a new charge)."""
 
     def __init__(self, frames: Iterator[FrameResult], record: RunRecord, commit: Callable[[], None]) -> None:
         super().__init__(frames, record)
@@ -73,12 +87,14 @@ class FalSegmentRun(SegmentRun):
         self._commit()
 
 
-def request_hash(endpoint: str, request: SegmentRequest, video_identity: str, frames: range | None) -> str:
-    """What determines the output: endpoint, request (minus the URL, which changes with
-    every upload), the video's content (or its public URL) and the frames sent."""
+def request_hash(planned: PlannedRequest, video_identity: str, frames: range | None) -> str:
+    """What determines one request's output: its place in the plan, its fields, the
+    endpoints it may use, the video's content (or its public URL) and the frames sent.
+    Not the URL of an upload, which changes with every upload."""
     doc = {
-        "endpoint": endpoint,
-        "request": request.model_dump(mode="json", exclude={"video_url"}),
+        "key": planned.key,
+        "fields": planned.fields,
+        "endpoints": list(planned.endpoints),
         "video": video_identity,
         "frames": [frames.start, frames.stop, frames.step] if frames is not None else None,
     }
@@ -96,26 +112,39 @@ def remap_prompts(request: SegmentRequest, frames: range | None) -> SegmentReque
     })
 
 
+@dataclasses.dataclass
+class _Request:
+    """One planned request of the video being run, and where it stands."""
+
+    planned: PlannedRequest
+    rhash: str
+    entry: Entry | None = None
+    stored: dict[str, Any] | None = None
+
+
 class FalBackend:
-    """SAM 3.1 on fal's hosted queue. One instance = one httpx client and one journal,
+    """SAM 3 / 3.1 on fal's hosted queue. One instance = one httpx client and one journal,
     shared by every thread that calls :meth:`segment`; use it as a context manager (or
     call close) so connections and the journal are released."""
 
     name = "fal"
 
     def __init__(self, config: FalConfig, *, transport: httpx.BaseTransport | None = None,
-                 journal: Journal | None = None, **client_options: Any) -> None:
+                 journal: Journal | None = None, stored_only: bool = False, **client_options: Any) -> None:
         self.config = config
         self.client = FalClient(config, transport=transport, **client_options)
         self._owns_journal = journal is None
         self.journal = journal if journal is not None else Journal(config.journal_path)
         self.storage = FalStorage(self.client, self.journal)
+        # stored_only: decode journaled results, never upload or submit (sam31-video redecode).
+        self.stored_only = stored_only
         self._lock = threading.Lock()
         self._missing_endpoints: set[str] = set()
         self._known_endpoints: set[str] = set()
         # Until one submit to an endpoint succeeded, submits to it go one at a time, so a
-        # missing endpoint costs one 404, not one per sample in flight.
+        # missing endpoint costs one 404, not one per request in flight.
         self._first_submit = threading.Lock()
+        self._slots = threading.BoundedSemaphore(config.max_concurrent_requests)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **config_overrides: Any) -> FalBackend:
@@ -134,14 +163,20 @@ class FalBackend:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    # -- cost ---------------------------------------------------------------------------
+    # -- plan + cost ----------------------------------------------------------------------
+
+    def plan(self, request: SegmentRequest) -> list[PlannedRequest]:
+        """The fal requests one video with ``request`` becomes (see planner.py)."""
+        c = self.config
+        objects = [c.preferred_objects_endpoint, c.objects_endpoint] if c.preferred_objects_endpoint else [c.objects_endpoint]
+        return plan(request, visual_endpoint=c.endpoint, objects_endpoints=objects, text_mode=c.text_mode,
+                    fallbacks=c.fallback_endpoints, render=c.render_overlay)
 
     def estimate_cost(self, video: VideoInfo, request: SegmentRequest) -> CostEstimate:
-        """Frames x the endpoint's price (``video.frame_count`` is what will be sent: pass
-        the trimmed count when segmenting a frame range)."""
-        endpoint = self._endpoint()
-        usd = fal_cost_usd(endpoint, video.frame_count)
-        detail = f"{video.frame_count} frames on {endpoint}"
+        """Every planned request x frames x its endpoint's price (``video.frame_count`` is
+        what will be sent: pass the trimmed count when segmenting a frame range)."""
+        usd, detail = plan_cost(self.plan(request), video.frame_count,
+                                lambda p: self._endpoint_for(p.endpoints, raise_missing=False))
         return CostEstimate(backend=self.name, frames=video.frame_count, usd=usd, detail=detail)
 
     # -- segment ------------------------------------------------------------------------
@@ -162,58 +197,170 @@ class FalBackend:
             indices = frames.indices(video.info.frame_count)
             if video.path is None:
                 raise InvalidRequest("a frame range is cut from the local video file before upload; this sample has only a URL")
-        endpoint = self._endpoint()
-        record = RunRecord(backend=self.name, endpoint=endpoint, model=self.config.model_for(endpoint))
-        done: dict[str, int] = {}
-        run = self._run(video, request, indices, work_key, record, on_progress, cancel or CancelToken(), done)
+        planned = self.plan(remap_prompts(request, indices))
+        problems = [f"{p.key}: {msg}" for p in planned for e in p.endpoints
+                    for msg in endpoint_table.problems(endpoint_table.endpoint(e), prompt=p.fields.get("prompt", ""),
+                                                       point_prompts=p.fields.get("point_prompts", []),
+                                                       box_prompts=p.fields.get("box_prompts", []),
+                                                       detection_threshold=p.fields["detection_threshold"])]
+        if problems:
+            raise InvalidRequest(problems)
+        first = endpoint_table.endpoint(planned[0].endpoints[0])
+        record = RunRecord(backend=self.name, endpoint=first.id, model=first.model)
+        done: list[int] = []
+        run = self._run(video, planned, indices, work_key, record, on_progress, cancel or CancelToken(), done)
         return FalSegmentRun(run, record, lambda: self._commit(done))
 
-    def _commit(self, done: dict[str, int]) -> None:
-        if "entry" in done:
-            self.journal.written(done["entry"])
+    def _commit(self, done: list[int]) -> None:
+        for entry_id in done:
+            self.journal.written(entry_id)
 
-    def _run(self, video: VideoSource, request: SegmentRequest, indices: range | None, work_key: str | None,
+    def _run(self, video: VideoSource, planned: list[PlannedRequest], indices: range | None, work_key: str | None,
              record: RunRecord, on_progress: ProgressCallback | None, cancel: CancelToken,
-             done: dict[str, int]) -> Iterator[FrameResult]:
+             done: list[int]) -> Iterator[FrameResult]:
         cancel.raise_if_cancelled()
         identity = self._video_identity(video, indices)
-        rhash = request_hash(self.config.endpoint, request, identity, indices)
-        sent_request = remap_prompts(request, indices)
-        entry = self._reusable_entry(work_key, rhash)
-        if entry is not None and entry.state in HAS_RESULT:
-            stored = self.journal.result(entry.id)
-            record.warnings.append(f"reused the stored result of fal request {entry.request_id} (no new charge)")
-            report(on_progress, Progress("fetch", f"using the stored result of request {entry.request_id}",
-                                         request_id=entry.request_id))
-        else:
-            if entry is None:
-                entry, handle = self._upload_and_submit(video, sent_request, indices, work_key, rhash, record, on_progress, cancel)
-            else:
-                handle = entry.handle()
-                report(on_progress, Progress("submit", f"resuming request {handle.request_id} from the journal",
-                                             request_id=handle.request_id))
-            self._note_endpoint(record, entry)
-            stored = self._wait_and_fetch(entry, handle, on_progress, cancel)
-        entry = self.journal.get(entry.id)
-        self._note_endpoint(record, entry)
-        record.billable_units = entry.billable_units
-        done["entry"] = entry.id
-
+        requests = [_Request(p, request_hash(p, identity, indices)) for p in planned]
+        for r in requests:  # every uncertain submit stops the video before anything is sent
+            r.entry = self._reusable_entry(work_key, r.rhash)
+            if self.stored_only and (r.entry is None or r.entry.state not in HAS_RESULT):
+                raise InvalidRequest(f"{r.planned.key}: no stored fal result for this video in {self.journal.location} "
+                                     "(redecode only reads results a run already paid for)")
+        with contextlib.ExitStack() as stack:
+            get_url = self._lazy_input_url(video, indices, cancel, on_progress, stack)
+            self._run_requests(requests, get_url, work_key, record, on_progress, cancel)
         info = video.info if indices is None else video.info.model_copy(update={"frame_count": len(indices)})
-        decoded = decode_output(stored["payload"], info, sent_request, stored.get("attachments") or {})
-        record.outputs.update(decoded.files)
-        if decoded.frames is None:
-            files = ", ".join(f"{k}: {v}" for k, v in decoded.files.items()) or "nothing"
-            raise NoLabelsInResponse(
-                f"{entry.endpoint} returned only rendered media ({files}), no per-frame masks: labels need an RLE "
-                f"endpoint such as fal-ai/sam-3-1/video-rle (request {entry.request_id})", decoded.files)
-        report(on_progress, Progress("decode", "decoding masks", frames_total=info.frame_count, request_id=entry.request_id))
-        for frame in decoded.frames():
+        decoded = []
+        for r in requests:
+            assert r.entry is not None and r.stored is not None
+            r.entry = self.journal.get(r.entry.id)
+            done.append(r.entry.id)
+            decoded.append(self._decode(r, info))
+        self._record(record, requests)
+        for d in decoded:
+            record.outputs.update(d.files)
+        rid = ", ".join(r.entry.request_id or "-" for r in requests if r.entry is not None)
+        report(on_progress, Progress("decode", "decoding masks", frames_total=info.frame_count, request_id=rid))
+        for frame in merge(requests, decoded, info.frame_count):
             cancel.raise_if_cancelled()
             yield frame if indices is None else FrameResult(indices[frame.frame_index], frame.objects)
-        report(on_progress, Progress("done", request_id=entry.request_id, frames_total=info.frame_count))
+        report(on_progress, Progress("done", request_id=rid, frames_total=info.frame_count))
 
-    # -- journal ------------------------------------------------------------------------
+    def _decode(self, r: _Request, info: VideoInfo) -> DecodedResult:
+        assert r.entry is not None and r.stored is not None
+        spec = endpoint_table.endpoint(r.entry.endpoint)
+        return decode_result(r.stored, spec, layout=self.layout_for(spec.id), frame_count=info.frame_count,
+                             height=info.height, width=info.width, request_id=r.entry.request_id or f"entry #{r.entry.id}")
+
+    def layout_for(self, endpoint: str) -> RleLayout:
+        return self.config.rle_layouts.get(endpoint, DEFAULT_LAYOUT)
+
+    def _record(self, record: RunRecord, requests: list[_Request]) -> None:
+        entries = [r.entry for r in requests if r.entry is not None]
+        used = list(dict.fromkeys(e.endpoint for e in entries))
+        record.endpoint = used[0] if used else record.endpoint
+        record.model = ",".join(dict.fromkeys(endpoint_table.endpoint(e).model for e in used)) or record.model
+        record.request_id = ",".join(e.request_id for e in entries if e.request_id) or None
+        units = [e.billable_units for e in entries if e.billable_units is not None]
+        record.billable_units = sum(units) if units else None
+        record.requests = [{"key": r.planned.key, "endpoint": r.entry.endpoint, "request_id": r.entry.request_id,
+                            "billable_units": r.entry.billable_units} for r in requests if r.entry is not None]
+        for r in requests:
+            assert r.entry is not None
+            if r.entry.endpoint != r.planned.endpoints[0]:
+                warning = (f"{r.planned.key}: fal has no endpoint {r.planned.endpoints[0]}; labels come from "
+                           f"{r.entry.endpoint} ({endpoint_table.endpoint(r.entry.endpoint).model}) instead")
+                if warning not in record.warnings:
+                    record.warnings.append(warning)
+            if r.planned.kind == "concept_instances" and endpoint_table.endpoint(r.entry.endpoint).model == "sam3":
+                note = "text concepts were tracked as instances by SAM 3 (fal's per-object endpoint)"
+                if note not in record.warnings:
+                    record.warnings.append(note)
+
+    # -- running the requests of one video -----------------------------------------------
+
+    def _run_requests(self, requests: list[_Request], get_url: Callable[[], str], work_key: str | None,
+                      record: RunRecord, on_progress: ProgressCallback | None, cancel: CancelToken) -> None:
+        """Every request to its result, all at once; raise the first failure after all stopped
+        (results that did arrive stay journaled, so a rerun pays only for what failed)."""
+        pending = [r for r in requests if r.entry is None or r.entry.state not in HAS_RESULT]
+        for r in requests:
+            if r not in pending:
+                assert r.entry is not None
+                r.stored = self.journal.result(r.entry.id)
+                record.warnings.append(f"{r.planned.key}: reused the stored result of fal request "
+                                       f"{r.entry.request_id} (no new charge)")
+                report(on_progress, Progress("fetch", f"{r.planned.key}: using the stored result of request "
+                                                      f"{r.entry.request_id}", request_id=r.entry.request_id))
+        if not pending:
+            return
+        if len(pending) == 1:
+            self._one_request(pending[0], get_url, work_key, on_progress, cancel)
+            return
+        errors: list[BaseException] = []
+        with concurrent.futures.ThreadPoolExecutor(max_workers=len(pending), thread_name_prefix="sam31-fal-request") as pool:
+            futures = [pool.submit(self._one_request, r, get_url, work_key, on_progress, cancel) for r in pending]
+            for future in futures:
+                try:
+                    future.result()
+                except BaseException as exc:  # noqa: BLE001 - re-raised below once every request stopped
+                    errors.append(exc)
+        if errors:
+            raise next((e for e in errors if not isinstance(e, Cancelled)), errors[0])
+
+    def _one_request(self, r: _Request, get_url: Callable[[], str], work_key: str | None,
+                     on_progress: ProgressCallback | None, cancel: CancelToken) -> None:
+        with self._slots:
+            cancel.raise_if_cancelled()
+            handle = None
+            if r.entry is not None and r.entry.state is RequestState.SUBMITTED:
+                handle = r.entry.handle()
+                report(on_progress, Progress("submit", f"{r.planned.key}: resuming request {handle.request_id} "
+                                                       "from the journal", request_id=handle.request_id))
+            else:
+                r.entry = None
+            while True:
+                if r.entry is None:
+                    r.entry, handle = self._submit_new(r, get_url(), work_key, cancel)
+                    report(on_progress, Progress("submit", f"{r.planned.key}: submitted to {handle.endpoint}",
+                                                 request_id=handle.request_id))
+                assert handle is not None
+                try:
+                    r.stored = self._wait_and_fetch(r.entry, handle, r.planned.key, on_progress, cancel)
+                    return
+                except EndpointNotFound as exc:  # accepted, then "no such app" at status/result
+                    self._endpoint_missing(r.entry, exc)
+                    r.entry, handle = None, None
+
+    def _endpoint_missing(self, entry: Entry, exc: EndpointNotFound) -> None:
+        """fal has no such app: nothing was billed; later requests skip it."""
+        self.journal.mark(entry.id, RequestState.REJECTED, str(exc))
+        with self._lock:
+            self._missing_endpoints.add(entry.endpoint)
+        log.warning("fal has no endpoint %s (%s)", entry.endpoint, exc)
+
+    def _endpoint_for(self, chain: Iterable[str], *, raise_missing: bool = True) -> str:
+        """The first endpoint of ``chain`` that fal has not said is missing."""
+        chain = list(chain)
+        with self._lock:
+            for e in chain:
+                if e not in self._missing_endpoints:
+                    return e
+        if raise_missing:
+            raise EndpointNotFound(chain[-1], detail=f"nor any fallback ({', '.join(chain)})")
+        return chain[-1]
+
+    def _submit_new(self, r: _Request, url: str, work_key: str | None, cancel: CancelToken) -> tuple[Entry, RequestHandle]:
+        while True:
+            cancel.raise_if_cancelled()
+            current = self._endpoint_for(r.planned.endpoints)
+            body = endpoint_table.build_body(endpoint_table.endpoint(current), url, **r.planned.fields)
+            entry = self.journal.begin(work_key=work_key, request_hash=r.rhash, endpoint=current, payload=body,
+                                       webhook_url=self.config.webhook_url)
+            try:
+                return entry, self._submit(entry, body)
+            except EndpointNotFound as exc:
+                self._endpoint_missing(entry, exc)
 
     def _reusable_entry(self, work_key: str | None, rhash: str) -> Entry | None:
         """The journal entry to continue from, or None to submit anew."""
@@ -238,15 +385,6 @@ class FalBackend:
             )
         return None  # failed, rejected, cancelled, expired or abandoned: a new attempt
 
-    def _note_endpoint(self, record: RunRecord, entry: Entry) -> None:
-        record.endpoint, record.model = entry.endpoint, self.config.model_for(entry.endpoint)
-        record.request_id = entry.request_id
-        if entry.endpoint != self.config.endpoint:
-            warning = (f"fal has no endpoint {self.config.endpoint}; labels come from {entry.endpoint} "
-                       f"({self.config.model_for(entry.endpoint)}) instead")
-            if warning not in record.warnings:
-                record.warnings.append(warning)
-
     # -- upload + submit ----------------------------------------------------------------
 
     def _video_identity(self, video: VideoSource, indices: range | None) -> str:
@@ -255,73 +393,55 @@ class FalBackend:
         assert video.path is not None
         return f"sha256:{self.storage.sha256(video.path)}"
 
-    @contextlib.contextmanager
+    def _lazy_input_url(self, video: VideoSource, indices: range | None, cancel: CancelToken,
+                        on_progress: ProgressCallback | None, stack: contextlib.ExitStack) -> Callable[[], str]:
+        """A function giving a URL fal can read the (trimmed) video from, made on first
+        call and reused by every request of the video: the sample's own public URL when
+        there is one and no trimming, else one upload (reused when the bytes were sent before)."""
+        lock, cache = threading.Lock(), []
+
+        def get() -> str:
+            with lock:
+                if not cache:
+                    cache.append(self._input_url(video, indices, cancel, on_progress, stack))
+                return cache[0]
+
+        return get
+
     def _input_url(self, video: VideoSource, indices: range | None, cancel: CancelToken,
-                   on_progress: ProgressCallback | None) -> Iterator[str]:
-        """A URL fal can read the (trimmed) video from: the sample's own public URL when
-        there is one and no trimming, else an upload (reused when the bytes were sent before)."""
+                   on_progress: ProgressCallback | None, stack: contextlib.ExitStack) -> str:
         if indices is None and video.url is not None:
-            yield video.url
-            return
+            return video.url
         assert video.path is not None
         if indices is None:
             report(on_progress, Progress("upload", f"uploading {video.path.name}"))
-            yield self.storage.url_for(video.path, cancel=cancel)
-            return
-        with tempfile.TemporaryDirectory(prefix="sam31-trim-") as tmp:
-            report(on_progress, Progress("upload", f"cutting frames {indices.start}..{indices[-1]} of {video.path.name}"))
-            trimmed = Path(tmp) / f"{video.path.stem}_{indices.start}_{indices.stop}_{indices.step}.mp4"
-            video_ops.trim_video(video.path, trimmed, indices, video.info, crf=self.config.trim_crf)
-            cancel.raise_if_cancelled()
-            report(on_progress, Progress("upload", f"uploading {len(indices)} frames of {video.path.name}"))
-            yield self.storage.url_for(trimmed, cancel=cancel)
+            return self.storage.url_for(video.path, cancel=cancel)
+        tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="sam31-trim-")))
+        report(on_progress, Progress("upload", f"cutting frames {indices.start}..{indices[-1]} of {video.path.name}"))
+        trimmed = tmp / f"{video.path.stem}_{indices.start}_{indices.stop}_{indices.step}.mp4"
+        video_ops.trim_video(video.path, trimmed, indices, video.info, crf=self.config.trim_crf)
+        cancel.raise_if_cancelled()
+        report(on_progress, Progress("upload", f"uploading {len(indices)} frames of {video.path.name}"))
+        return self.storage.url_for(trimmed, cancel=cancel)
 
-    def _upload_and_submit(self, video: VideoSource, request: SegmentRequest, indices: range | None,
-                           work_key: str | None, rhash: str, record: RunRecord,
-                           on_progress: ProgressCallback | None, cancel: CancelToken) -> tuple[Entry, RequestHandle]:
-        with self._input_url(video, indices, cancel, on_progress) as url:
-            cancel.raise_if_cancelled()
-            payload = request.to_wire(url)
-            entry = self.journal.begin(work_key=work_key, request_hash=rhash, endpoint=self._endpoint(), payload=payload,
-                                       webhook_url=self.config.webhook_url,
-                                       frame_indices=list(indices) if indices is not None else None)
-            handle = self._submit(entry, payload, record)
-        report(on_progress, Progress("submit", f"submitted to {handle.endpoint}", request_id=handle.request_id))
-        return self.journal.get(entry.id), handle
-
-    def _endpoint(self) -> str:
-        """The configured endpoint, or its fallback once fal said it does not exist."""
-        endpoint = self.config.endpoint
-        with self._lock:
-            while endpoint in self._missing_endpoints and endpoint in self.config.fallback_endpoints:
-                endpoint = self.config.fallback_endpoints[endpoint]
-        return endpoint
-
-    def _submit(self, entry: Entry, payload: dict[str, Any], record: RunRecord) -> RequestHandle:
+    def _submit(self, entry: Entry, payload: dict[str, Any]) -> RequestHandle:
         with self._lock:
             known = entry.endpoint in self._known_endpoints
         if not known:
             with self._first_submit:
-                current = self._endpoint()
-                if current != entry.endpoint and entry.endpoint in self._missing_endpoints:
-                    self.journal.set_endpoint(entry.id, current)  # another thread found it missing meanwhile
-                    entry = self.journal.get(entry.id)
-                return self._send_submit(entry, payload, record)
-        return self._send_submit(entry, payload, record)
+                with self._lock:
+                    if entry.endpoint in self._missing_endpoints:  # another thread found it missing meanwhile
+                        raise EndpointNotFound(entry.endpoint, detail="found missing by another request")
+                return self._send_submit(entry, payload)
+        return self._send_submit(entry, payload)
 
-    def _send_submit(self, entry: Entry, payload: dict[str, Any], record: RunRecord) -> RequestHandle:
+    def _send_submit(self, entry: Entry, payload: dict[str, Any]) -> RequestHandle:
         try:
             handle = self.client.submit(entry.endpoint, payload, webhook_url=self.config.webhook_url)
-        except EndpointNotFound as exc:
-            fallback = self.config.fallback_endpoints.get(entry.endpoint)
-            if not fallback:
-                self.journal.mark(entry.id, RequestState.REJECTED, str(exc))
-                raise
-            log.warning("fal has no endpoint %s; falling back to %s", entry.endpoint, fallback)
-            with self._lock:
+        except EndpointNotFound:
+            with self._lock:  # before _first_submit is released: the next request must not ask again
                 self._missing_endpoints.add(entry.endpoint)
-            self.journal.set_endpoint(entry.id, fallback)
-            return self._send_submit(self.journal.get(entry.id), payload, record)
+            raise
         except SubmitUncertain as exc:
             self.journal.mark(entry.id, RequestState.UNCERTAIN, str(exc))
             raise SubmitUncertain(
@@ -335,12 +455,11 @@ class FalBackend:
         self.journal.submitted(entry.id, handle)  # before waiting on it
         with self._lock:
             self._known_endpoints.add(handle.endpoint)
-        record.request_id = handle.request_id
         return handle
 
     # -- wait + fetch -------------------------------------------------------------------
 
-    def _wait_and_fetch(self, entry: Entry, handle: RequestHandle, on_progress: ProgressCallback | None,
+    def _wait_and_fetch(self, entry: Entry, handle: RequestHandle, key: str, on_progress: ProgressCallback | None,
                         cancel: CancelToken) -> dict[str, Any]:
         """Poll until COMPLETED, then fetch and journal the result at once."""
         delay = self.config.poll_initial_s
@@ -366,20 +485,24 @@ class FalBackend:
                 status = None
             match status:
                 case Queued(position):
-                    report(on_progress, Progress("queued", f"in queue at position {position}", queue_position=position, request_id=rid))
+                    report(on_progress, Progress("queued", f"{key}: in queue at position {position}",
+                                                 queue_position=position, request_id=rid))
                 case InProgress(logs):
-                    report(on_progress, Progress("running", logs[-1] if logs else "running", logs=logs, request_id=rid))
+                    report(on_progress, Progress("running", f"{key}: {logs[-1] if logs else 'running'}", logs=logs,
+                                                 request_id=rid))
                 case Completed():
-                    report(on_progress, Progress("fetch", "fetching result", request_id=rid))
+                    report(on_progress, Progress("fetch", f"{key}: fetching result", request_id=rid))
                     return self._fetch(entry, handle)
             if cancel.wait(delay):
                 continue
             delay = min(self.config.poll_max_s, delay * POLL_GROWTH)
 
     def _fetch(self, entry: Entry, handle: RequestHandle) -> dict[str, Any]:
-        """Fetch the result and any mask file it points to, and store both in the journal."""
+        """Fetch the result and any RLE file it points to, and store both in the journal."""
         try:
             result = self.client.result(handle)
+        except EndpointNotFound:
+            raise
         except ResultExpired as exc:
             self.journal.mark(entry.id, RequestState.EXPIRED, str(exc))
             raise
@@ -391,17 +514,8 @@ class FalBackend:
             if isinstance(exc, InvalidRequest):
                 raise RemoteFailure(f"fal rejected the input while running it: {exc}", request_id=handle.request_id) from exc
             raise
-        attachments: dict[str, Any] = {}
-        if isinstance(result.payload, dict):
-            for key in MASK_FILE_KEYS:
-                url = file_url(result.payload.get(key))
-                if url is None:
-                    continue
-                data = self.client.download(url)  # failure leaves the entry 'submitted': a rerun refetches
-                try:
-                    attachments[key] = json.loads(data)
-                except ValueError:
-                    attachments[key] = f"not JSON ({len(data)} bytes)"
+        attachments = {key: read_attachment(self.client.download(url))  # failure leaves 'submitted': a rerun refetches
+                       for key, url in files_to_download(result.payload).items()}
         stored = {"payload": result.payload, "attachments": attachments}
         self.journal.completed(entry.id, stored, result.billable_units)
         return stored
@@ -409,15 +523,17 @@ class FalBackend:
     def _cancel_request(self, entry: Entry, handle: RequestHandle) -> None:
         """Ask fal to stop; a request that already completed is paid for, so keep its result."""
         try:
-            stopping = self.client.cancel(handle)
+            outcome = self.client.cancel(handle)
         except SamError as exc:
             log.warning("could not cancel fal request %s: %s", handle.request_id, exc)
             return
-        if stopping:
+        if outcome is CancelOutcome.STOPPING:
             self.journal.mark(entry.id, RequestState.CANCELLED, "cancelled by the user")
-            return
-        with contextlib.suppress(SamError):
-            self._fetch(entry, handle)
+        elif outcome is CancelOutcome.NOT_FOUND:
+            self.journal.mark(entry.id, RequestState.EXPIRED, "fal no longer knows this request (cancel answered 404)")
+        else:
+            with contextlib.suppress(SamError):
+                self._fetch(entry, handle)
 
     # -- optional hooks segment_videos uses when present ---------------------------------
 
@@ -445,3 +561,29 @@ class FalBackend:
             self._cancel_request(entry, entry.handle())
             count += 1
         return count
+
+
+def merge(requests: list[_Request], decoded: list[DecodedResult], frame_count: int) -> Iterator[FrameResult]:
+    """The frames of one video from all its requests' answers: a visual object's or a
+    union concept's mask takes that request's track id; instance tracks get ids unique
+    across concepts (planner.instance_ids), at most ``max_tracks`` per concept."""
+    fixed = [r.planned.track_id for r in requests if r.planned.track_id is not None]
+    instance = [i for i, r in enumerate(requests) if r.planned.kind == "concept_instances"]
+    kept = [decoded[i].track_ids()[: requests[i].planned.max_tracks] for i in instance]
+    maps = dict(zip(instance, instance_ids(fixed, kept)))
+    for index in range(frame_count):
+        objects = []
+        for i, (r, d) in enumerate(zip(requests, decoded)):
+            for fm in d.frame(index):
+                if r.planned.track_id is not None:
+                    track_id = r.planned.track_id
+                elif fm.fal_track_id is not None and fm.fal_track_id in maps.get(i, {}):
+                    track_id = maps[i][fm.fal_track_id]
+                else:
+                    continue
+                box = mask_ops.tight_box(fm.mask)
+                if box is None:
+                    continue
+                objects.append(TrackedObject(track_id, r.planned.label, fm.score, fm.mask, box))
+        objects.sort(key=lambda o: o.track_id)
+        yield FrameResult(index, objects)

@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import dataclasses
 import email.utils
+import enum
 import random
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -37,11 +39,31 @@ RETRYABLE_STATUS = frozenset({408, 409, 429, 500, 502, 503, 504})
 
 
 class EndpointNotFound(InvalidRequest):
-    """fal has no app with this id (404 on submit)."""
+    """fal has no app with this id: 404 on submit, or (unconfirmed whether fal does this)
+    an accepted request whose status or result says the application was not found.
+    Nothing is billed for it."""
 
-    def __init__(self, endpoint: str):
+    def __init__(self, endpoint: str, *, detail: str = "404 on submit"):
         self.endpoint = endpoint
-        super().__init__(f"fal has no endpoint '{endpoint}' (404 on submit); check the endpoint id")
+        super().__init__(f"fal has no endpoint '{endpoint}' ({detail}); check the endpoint id")
+
+
+class CancelOutcome(enum.Enum):
+    """What fal said to a cancel (its docs list OK, CANCELLATION_REQUESTED,
+    ALREADY_COMPLETED and NOT_FOUND)."""
+
+    STOPPING = "stopping"  # 200 OK / 202 CANCELLATION_REQUESTED: fal will stop it, nothing to fetch
+    ALREADY_COMPLETED = "already_completed"  # 400: it finished first; its result is paid for
+    NOT_FOUND = "not_found"  # 404: fal does not know the request (any more)
+
+
+# How fal words "no such app" (unconfirmed beyond the 404 on submit): matched on 404 bodies
+# of status and result so a missing endpoint is never mistaken for an expired result.
+_APP_NOT_FOUND = re.compile(r"\b(application|app)\b.*\bnot found\b|no such app", re.IGNORECASE)
+
+
+def says_app_not_found(response: httpx.Response) -> bool:
+    return response.status_code == 404 and bool(_APP_NOT_FOUND.search(_detail(response)))
 
 
 class SubmitUncertain(BackendUnavailable):
@@ -285,6 +307,8 @@ class FalClient:
     def status(self, handle: RequestHandle, *, logs: bool = True) -> Status:
         self._count("status")
         response = self.send("GET", handle.status_url, params={"logs": "true" if logs else "false"})
+        if says_app_not_found(response):
+            raise EndpointNotFound(handle.endpoint, detail=f"status of request {handle.request_id}: {_detail(response)}")
         if response.status_code in (404, 410):
             raise RequestGone(
                 f"fal no longer knows request {handle.request_id} on {handle.endpoint} (results are kept about 6 "
@@ -299,6 +323,8 @@ class FalClient:
         self._count("result")
         response = self.send("GET", handle.response_url)
         error_type = response.headers.get("x-fal-error-type") or _error_type(response)
+        if says_app_not_found(response):
+            raise EndpointNotFound(handle.endpoint, detail=f"result of request {handle.request_id}: {_detail(response)}")
         if response.status_code >= 400 and error_type in CANCELLED_ERROR_TYPES:
             raise RemoteCancelled(f"fal cancelled the request ({_detail(response)})", request_id=handle.request_id)
         if response.status_code in (404, 410):
@@ -311,16 +337,19 @@ class FalClient:
         units = response.headers.get("x-fal-billable-units")
         return FalResult(_json(response, "result"), handle.request_id, float(units) if units else None)
 
-    def cancel(self, handle: RequestHandle) -> bool:
-        """Ask fal to stop; True if it will, False if the request had already completed."""
+    def cancel(self, handle: RequestHandle) -> CancelOutcome:
+        """Ask fal to stop the request; say what fal answered."""
         self._count("cancel")
         response = self.send("PUT", handle.cancel_url)
-        if response.status_code == 202:
-            return True
-        if response.status_code == 400:
-            return False
+        status = _json_status(response)
+        if response.status_code in (200, 202) and status != "ALREADY_COMPLETED":
+            return CancelOutcome.STOPPING
+        if response.status_code == 400 or status == "ALREADY_COMPLETED":
+            return CancelOutcome.ALREADY_COMPLETED
+        if response.status_code == 404:
+            return CancelOutcome.NOT_FOUND
         self.raise_for_response(response, what="cancel", request_id=handle.request_id)
-        return False
+        raise AssertionError("unreachable")  # raise_for_response raised
 
     def alive(self, url: str) -> bool:
         """Whether a public file URL still answers (HEAD 200): fal deletes uploads after
@@ -365,6 +394,14 @@ def _json(response: httpx.Response, what: str) -> Any:
         return response.json()
     except ValueError:
         raise UnexpectedResponse(f"fal {what} answer is not JSON: {response.text[:200]!r}") from None
+
+
+def _json_status(response: httpx.Response) -> str | None:
+    try:
+        body = response.json()
+    except ValueError:
+        return None
+    return body.get("status") if isinstance(body, dict) and isinstance(body.get("status"), str) else None
 
 
 def _error_type(response: httpx.Response) -> str | None:

@@ -6,9 +6,12 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
 from ...errors import AuthError
+from . import endpoints
+from .planner import TextMode
+from .rle import RleLayout, layouts_path, load_layouts
 
 MiB = 1024 * 1024
 
@@ -19,15 +22,12 @@ def default_journal_path(environ: Mapping[str, str]) -> Path:
     base = environ.get("XDG_STATE_HOME") or os.path.join(environ.get("HOME") or os.path.expanduser("~"), ".local", "state")
     return Path(base) / "sam31-video" / "fal-journal.sqlite3"
 
-DEFAULT_ENDPOINT = "fal-ai/sam-3-1/video-rle"
+DEFAULT_ENDPOINT = endpoints.SAM31_VIDEO_RLE
+DEFAULT_OBJECTS_ENDPOINT = endpoints.SAM3_VIDEO_RLE_OBJECTS
 # If fal answers that an endpoint does not exist, try this one instead (with a warning).
-DEFAULT_FALLBACKS = {"fal-ai/sam-3-1/video-rle": "fal-ai/sam-3/video-rle"}
-# Model that each endpoint runs, recorded with the labels.
-ENDPOINT_MODELS = {
-    "fal-ai/sam-3-1/video": "sam3.1",
-    "fal-ai/sam-3-1/video-rle": "sam3.1",
-    "fal-ai/sam-3/video": "sam3",
-    "fal-ai/sam-3/video-rle": "sam3",
+DEFAULT_FALLBACKS = {
+    endpoints.SAM31_VIDEO_RLE: endpoints.SAM3_VIDEO_RLE,
+    endpoints.SAM31_VIDEO_RLE_OBJECTS: endpoints.SAM3_VIDEO_RLE_OBJECTS,
 }
 
 
@@ -43,8 +43,25 @@ class FalConfig(BaseModel):
     queue_url: str = "https://queue.fal.run"
     rest_url: str = "https://rest.fal.ai"
     cdn_url: str = "https://v3.fal.media"
+    # Points, boxes (one request per object) and text in union mode go here.
     endpoint: str = DEFAULT_ENDPOINT
+    # Text concepts in instance mode: one request per concept, a track per instance.
+    objects_endpoint: str = DEFAULT_OBJECTS_ENDPOINT
+    # Tried before objects_endpoint when set (e.g. a SAM 3.1 objects endpoint, if fal has
+    # one: unconfirmed); fal's "not found" falls back visibly.
+    preferred_objects_endpoint: str | None = None
+    # "instances": each instance of a concept is its own track (SAM 3's objects endpoint);
+    # "union": one track per concept holding all its instances (SAM 3.1's RLE endpoint).
+    text_mode: TextMode = "instances"
     fallback_endpoints: dict[str, str] = Field(default_factory=lambda: dict(DEFAULT_FALLBACKS))
+    # Requests in flight at once across all videos of a run (each video may need several).
+    max_concurrent_requests: int = Field(default=16, ge=1, le=256)
+    # Ask the RLE endpoints to also render an overlay video (apply_mask); whether they
+    # then return one is unconfirmed.
+    render_overlay: bool = False
+    # RLE layout per endpoint (default row-major, 1-based; see rle.py), as measured by
+    # sam31-video fal-check; from_env() loads what it stored.
+    rle_layouts: dict[str, RleLayout] = Field(default_factory=dict)
     connect_timeout_s: float = 10.0
     # Status/result calls answer fast; a long read means a broken connection, not a busy model.
     read_timeout_s: float = 60.0
@@ -95,7 +112,16 @@ class FalConfig(BaseModel):
                 "or use backend='emulator' to try the plugin offline"
             )
         overrides.setdefault("journal_path", default_journal_path(environ))
+        overrides.setdefault("rle_layouts", load_layouts(layouts_path(environ)))
         return cls(key=SecretStr(key), **overrides)  # type: ignore[arg-type]
 
-    def model_for(self, endpoint: str) -> str:
-        return ENDPOINT_MODELS.get(endpoint, endpoint)
+    @model_validator(mode="after")
+    def _known_endpoints(self) -> FalConfig:
+        for name in ("endpoint", "objects_endpoint", "preferred_objects_endpoint"):
+            value = getattr(self, name)
+            if value is not None and value not in endpoints.ENDPOINTS:
+                raise ValueError(f"{name}={value!r} is not an endpoint this client can read: "
+                                 f"{', '.join(sorted(endpoints.ENDPOINTS))}")
+        if endpoints.ENDPOINTS[self.objects_endpoint].output != "objects_rle":
+            raise ValueError(f"objects_endpoint={self.objects_endpoint!r} does not return per-object tracks")
+        return self

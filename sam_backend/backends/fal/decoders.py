@@ -1,42 +1,43 @@
-"""Reading fal's answers into FrameResults, one decoder per response shape.
+"""Reading fal's answers: exactly the shapes in ``endpoints.py``, nothing else.
 
-fal's SAM endpoints answer in different shapes (see the reference notes; the RLE layout is
-not documented), so each decoder says whether a payload is its shape and how to read it,
-and :func:`decode_output` picks the first that matches. Adding a shape is adding one
-decoder to ``DECODERS``. Masks may be COCO RLE with compressed (string) or plain (list)
-counts; they are resampled to the video's size if fal used another.
+A stored result (``{"payload": <fal's JSON>, "attachments": {...}}``, as the journal keeps
+it) is read by the decoder of its endpoint's output shape:
 
-Shapes handled:
-- ``per_frame_rle``: ``{"frames": [{"frame_index", "masks": [{"rle": {"size", "counts"},
-  "metadata": {"index", "score", "box": [cx, cy, w, h] normalised, "label"?}}]}], ...}``
-- ``per_object_rle``: ``{"objects" | "masks": [{"object_id" | "index" | "id" | "track_id",
-  "label"?, "score"?, and per-frame RLEs as "rles": [rle | null per frame] or "frames":
-  [{"frame_index", "rle"}]}]}``
-- ``mask_file``: ``{"mask_url": url | File}``: the masks live in a JSON file (one of the
-  shapes above) that the backend downloads right after the result, since fal deletes
-  result files soon; the file's JSON arrives here as ``attachments["mask_url"]``.
-- ``video_only`` (the documented ``fal-ai/sam-3-1/video``): ``{"video": File,
-  "boundingbox_frames_zip": File?}``: a rendered video and overlay images, no labels.
+- ``union_rle``: ``rle`` is a list with one string per frame (empty string or None:
+  nothing on that frame), or one string for a one-frame video. With
+  ``rle_return_mode="url"`` (SAM 3) the RLE comes back as a file instead; which field
+  carries it is **unconfirmed**, so a File object or URL in ``rle`` is accepted, downloaded
+  with the result (fal keeps results for minutes) and read as JSON (list or string) or
+  as text, one line per frame. A per-frame ``metadata[i].score`` is kept as the
+  confidence when ``metadata`` has one entry per frame; boxes are computed from the masks
+  (fal's ``box`` convention is disputed, see the reference).
+- ``objects_rle``: ``frames[{frame_index, objects[{track_id, rle}]}]`` with ``width``,
+  ``height``, ``num_frames``.
+- ``video``: no labels; the rendered files are kept and :class:`NoLabelsInResponse` says
+  that labels need an RLE endpoint.
+
+Structure is checked when a result is opened; masks are decoded one frame at a time
+while the frames stream. Every problem raises :class:`UnexpectedResponse` naming the
+request id and the frame; the raw payload stays in the journal, so ``sam31-video
+redecode`` can read it again after a fix, without paying.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Iterator, Mapping
+import json
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 
-from ... import masks as mask_ops
 from ...errors import UnexpectedResponse
-from ...types import FrameResult, SegmentRequest, TrackedObject, VideoInfo
+from . import rle as rle_format
+from .endpoints import Endpoint
+from .rle import RleLayout
 
-FILE_KEYS = ("video", "boundingbox_frames_zip", "boundingbox_zip", "mask_url")
-# Keys whose URL points at masks the decoder needs (downloaded with the result).
-MASK_FILE_KEYS = ("mask_url",)
-_ID_KEYS = ("object_id", "index", "id", "track_id")
-
-Attachments = Mapping[str, Any]
+FILE_KEYS = ("video", "boundingbox_frames_zip")
+MAX_TRACK_ID = 2**31 - 1
 
 
 class NoLabelsInResponse(UnexpectedResponse):
@@ -48,42 +49,8 @@ class NoLabelsInResponse(UnexpectedResponse):
         super().__init__(message)
 
 
-@dataclasses.dataclass(frozen=True)
-class DecodedOutput:
-    shape: str
-    files: dict[str, str]  # output name -> URL (rendered video, overlay zip)
-    frames: Callable[[], Iterator[FrameResult]] | None  # None: the payload has no labels
-
-
-@dataclasses.dataclass(frozen=True)
-class Decoder:
-    name: str
-    matches: Callable[[dict[str, Any], Attachments], bool]
-    decode: Callable[[dict[str, Any], VideoInfo, SegmentRequest, Attachments], DecodedOutput]
-
-
-@dataclasses.dataclass(frozen=True)
-class _Item:
-    track_id: int
-    label: str | None
-    score: float
-    rle: dict[str, Any]
-
-
-def label_for(track_id: int, reported: str | None, request: SegmentRequest) -> str:
-    """The concept for a track: what fal reported, else what the request implies."""
-    if reported:
-        return reported
-    if track_id in request.visual_object_ids():
-        return f"object_{track_id}"
-    concepts = request.concepts
-    if len(concepts) == 1 and not request.point_prompts and not request.box_prompts:
-        return concepts[0]
-    return "object"
-
-
 def file_url(value: Any) -> str | None:
-    """A URL from a fal File object (``{"url": ...}``) or a bare string."""
+    """A URL from a fal File object (``{"url": ...}``) or a bare http(s) string."""
     if isinstance(value, dict) and isinstance(value.get("url"), str):
         return value["url"]
     if isinstance(value, str) and value.startswith(("http://", "https://")):
@@ -91,163 +58,153 @@ def file_url(value: Any) -> str | None:
     return None
 
 
-def output_files(payload: dict[str, Any]) -> dict[str, str]:
+def output_files(payload: Mapping[str, Any]) -> dict[str, str]:
     return {key: url for key in FILE_KEYS if (url := file_url(payload.get(key)))}
 
 
-def _fit(mask: np.ndarray, info: VideoInfo) -> np.ndarray:
-    """Masks must be at the video's size; resample nearest-neighbour if fal used another."""
-    if mask.shape == (info.height, info.width):
-        return mask
-    rows = (np.arange(info.height) * mask.shape[0] // info.height).clip(0, mask.shape[0] - 1)
-    cols = (np.arange(info.width) * mask.shape[1] // info.width).clip(0, mask.shape[1] - 1)
-    return mask[rows[:, None], cols[None, :]]
+def files_to_download(payload: Any) -> dict[str, str]:
+    """Files whose content the decoder needs, fetched right after the result."""
+    if isinstance(payload, dict) and (url := file_url(payload.get("rle"))):
+        return {"rle": url}
+    return {}
 
 
-def _frames(by_index: dict[int, list[_Item]], info: VideoInfo, request: SegmentRequest) -> Callable[[], Iterator[FrameResult]]:
-    """Every frame 0..N-1 in order (empty where nothing was found), masks decoded lazily
-    so memory holds one frame's masks at a time."""
-    if by_index and max(by_index) >= info.frame_count:
-        raise UnexpectedResponse(
-            f"fal returned masks for frame_index {max(by_index)} but the video has {info.frame_count} frames "
-            "(decoders disagree on the frame count; re-encode the video to constant frame rate)"
-        )
-    if by_index and min(by_index) < 0:
-        raise UnexpectedResponse(f"fal returned masks for frame_index {min(by_index)}")
-
-    def frames() -> Iterator[FrameResult]:
-        for index in range(info.frame_count):
-            objects = []
-            seen: set[int] = set()
-            for item in by_index.get(index, ()):
-                try:
-                    mask = _fit(mask_ops.decode_rle(item.rle), info)
-                except (KeyError, TypeError, ValueError) as exc:
-                    raise UnexpectedResponse(f"unreadable mask on frame {index}: {exc!r} in {str(item.rle)[:200]}") from None
-                if item.track_id in seen:
-                    raise UnexpectedResponse(f"track {item.track_id} appears twice on frame {index}")
-                seen.add(item.track_id)
-                box = mask_ops.tight_box(mask)
-                if box is None:  # the tracker lost the object on this frame
-                    continue
-                label = label_for(item.track_id, item.label, request)
-                objects.append(TrackedObject(item.track_id, label, item.score, mask, box))
-            yield FrameResult(index, objects)
-
-    return frames
+def read_attachment(data: bytes) -> Any:
+    """A downloaded RLE file: JSON when it parses, else text lines (one per frame)."""
+    text = data.decode("utf-8", errors="replace")
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text.splitlines()
 
 
-# --------------------------------------------------------------------------- per frame
+@dataclasses.dataclass(frozen=True)
+class FrameMask:
+    fal_track_id: int | None  # None: a union mask (the request's one track)
+    mask: np.ndarray
+    score: float | None
 
 
-def _is_per_frame(payload: dict[str, Any], attachments: Attachments) -> bool:
-    return isinstance(payload.get("frames"), list)
+class DecodedResult:
+    """One request's answer, checked; :meth:`frame` decodes one frame's masks."""
+
+    def __init__(self, kind: str, request_id: str, frame_count: int, height: int, width: int, layout: RleLayout,
+                 files: dict[str, str], per_frame: list[list[tuple[int | None, str]]], scores: list[float | None]) -> None:
+        self.kind, self.request_id, self.frame_count = kind, request_id, frame_count
+        self.height, self.width, self.layout, self.files = height, width, layout, files
+        self._per_frame, self._scores = per_frame, scores
+
+    def track_ids(self) -> list[int]:
+        return sorted({tid for items in self._per_frame for tid, _ in items if tid is not None})
+
+    def frame(self, index: int) -> list[FrameMask]:
+        out = []
+        for tid, text in self._per_frame[index]:
+            try:
+                mask = rle_format.decode(text, self.height, self.width, self.layout)
+            except rle_format.RleFormatError as exc:
+                what = f"track {tid}" if tid is not None else "the mask"
+                raise UnexpectedResponse(f"fal request {self.request_id}, frame {index}, {what}: unreadable RLE: {exc} "
+                                         f"(raw payload kept in the journal; see sam31-video redecode)") from None
+            out.append(FrameMask(tid, mask, self._scores[index]))
+        return out
 
 
-def _decode_per_frame_rle(payload: dict[str, Any], info: VideoInfo, request: SegmentRequest,
-                          attachments: Attachments) -> DecodedOutput:
-    by_index: dict[int, list[_Item]] = {}
-    for entry in payload["frames"]:
+def _fail(request_id: str, message: str) -> UnexpectedResponse:
+    return UnexpectedResponse(f"fal request {request_id}: {message} (raw payload kept in the journal)")
+
+
+def decode_result(stored: Mapping[str, Any], spec: Endpoint, *, layout: RleLayout, frame_count: int, height: int,
+                  width: int, request_id: str) -> DecodedResult:
+    """Check ``stored`` against the shape of ``spec`` and the video that was sent."""
+    payload = stored.get("payload")
+    if not isinstance(payload, dict):
+        raise _fail(request_id, f"the result is not a JSON object ({type(payload).__name__})")
+    files = output_files(payload)
+    if spec.output == "objects_rle":
+        return _objects(payload, layout, frame_count, height, width, request_id, files)
+    if spec.output == "union_rle" and "rle" in payload:
+        return _union(payload, stored.get("attachments") or {}, layout, frame_count, height, width, request_id, files)
+    detail = ", ".join(f"{k}: {v}" for k, v in files.items()) or "nothing"
+    hint = " (fal-ai/sam-3/video-rle answers RLE only with return_rle=true)" if spec.output == "union_rle" else ""
+    raise NoLabelsInResponse(
+        f"{spec.id} returned only rendered media ({detail}), no per-frame masks{hint}: labels need an RLE "
+        f"endpoint such as fal-ai/sam-3-1/video-rle (request {request_id})", files)
+
+
+def _union(payload: dict[str, Any], attachments: Mapping[str, Any], layout: RleLayout, frame_count: int, height: int,
+           width: int, request_id: str, files: dict[str, str]) -> DecodedResult:
+    value = payload["rle"]
+    if file_url(value) is not None:
+        if "rle" not in attachments:
+            raise _fail(request_id, f"the RLE file {file_url(value)} was not downloaded with the result")
+        value = attachments["rle"]
+        if isinstance(value, dict) and "rle" in value:
+            value = value["rle"]
+    if isinstance(value, str) and frame_count == 1:
+        value = [value]
+    if isinstance(value, str):
+        raise _fail(request_id, f"'rle' is one string but the video sent has {frame_count} frames; "
+                                "expected one string per frame")
+    if value is None:
+        value = [None] * frame_count
+    if not isinstance(value, list):
+        raise _fail(request_id, f"'rle' is a {type(value).__name__}, expected a list of strings")
+    if len(value) != frame_count:
+        raise _fail(request_id, f"'rle' has {len(value)} entries but the video sent has {frame_count} frames")
+    per_frame: list[list[tuple[int | None, str]]] = []
+    for i, text in enumerate(value):
+        if text is not None and not isinstance(text, str):
+            raise _fail(request_id, f"frame {i}: 'rle' entry is a {type(text).__name__}, expected a string or null")
+        per_frame.append([(None, text)] if text and text.strip() else [])
+    return DecodedResult("union", request_id, frame_count, height, width, layout, files, per_frame,
+                         _union_scores(payload.get("metadata"), frame_count))
+
+
+def _union_scores(metadata: Any, frame_count: int) -> list[float | None]:
+    """metadata[i].score per frame, when metadata is one entry per frame; else unknown."""
+    if isinstance(metadata, list) and len(metadata) == frame_count:
+        scores = [m.get("score") if isinstance(m, dict) else None for m in metadata]
+        return [float(s) if isinstance(s, (int, float)) and 0 <= s <= 1 else None for s in scores]
+    return [None] * frame_count
+
+
+def _objects(payload: dict[str, Any], layout: RleLayout, frame_count: int, height: int, width: int,
+             request_id: str, files: dict[str, str]) -> DecodedResult:
+    got = {k: payload.get(k) for k in ("width", "height", "num_frames")}
+    want = {"width": width, "height": height, "num_frames": frame_count}
+    for key in want:
+        if got[key] is not None and got[key] != want[key]:
+            raise _fail(request_id, f"{key}={got[key]} but the video sent has {key}={want[key]} "
+                                    f"(fal saw {got['width']}x{got['height']}, {got['num_frames']} frames; "
+                                    f"the probe says {width}x{height}, {frame_count} frames)")
+    frames = payload.get("frames")
+    if not isinstance(frames, list):
+        raise _fail(request_id, f"'frames' is {type(frames).__name__}, expected a list")
+    per_frame: list[list[tuple[int | None, str]]] = [[] for _ in range(frame_count)]
+    seen: set[int] = set()
+    for entry in frames:
         try:
-            index = int(entry["frame_index"])
-            items = []
-            for m in entry.get("masks") or []:
-                meta = m["metadata"]
-                items.append(_Item(int(meta["index"]), meta.get("label"), float(meta.get("score", 1.0)), m["rle"]))
-        except (KeyError, TypeError, ValueError) as exc:
-            raise UnexpectedResponse(f"unreadable frame entry ({exc!r}): {str(entry)[:200]}") from None
-        by_index[index] = items
-    return DecodedOutput("per_frame_rle", output_files(payload), _frames(by_index, info, request))
-
-
-# --------------------------------------------------------------------------- per object
-
-
-def _object_list(payload: dict[str, Any]) -> list[Any] | None:
-    for key in ("objects", "masks"):
-        value = payload.get(key)
-        if isinstance(value, list) and all(isinstance(o, dict) and any(k in o for k in _ID_KEYS) for o in value):
-            return value
-    return None
-
-
-def _is_per_object(payload: dict[str, Any], attachments: Attachments) -> bool:
-    return "frames" not in payload and _object_list(payload) is not None
-
-
-def _decode_per_object_rle(payload: dict[str, Any], info: VideoInfo, request: SegmentRequest,
-                           attachments: Attachments) -> DecodedOutput:
-    by_index: dict[int, list[_Item]] = {}
-    for obj in _object_list(payload) or []:
-        try:
-            track_id = int(next(obj[k] for k in _ID_KEYS if k in obj))
-            label, score = obj.get("label"), float(obj.get("score", 1.0))
-            if isinstance(obj.get("frames"), list):
-                pairs = [(int(f["frame_index"]), f["rle"]) for f in obj["frames"]]
-            else:
-                rles = next((obj[k] for k in ("rles", "rle", "segmentations") if isinstance(obj.get(k), list)), None)
-                if rles is None:
-                    raise KeyError("no per-frame RLE list ('rles' or 'frames')")
-                pairs = [(i, r) for i, r in enumerate(rles) if r]
-        except (KeyError, TypeError, ValueError, StopIteration) as exc:
-            raise UnexpectedResponse(f"unreadable object entry ({exc!r}): {str(obj)[:200]}") from None
-        for index, rle in pairs:
-            by_index.setdefault(index, []).append(_Item(track_id, label, score, rle))
-    for items in by_index.values():
-        items.sort(key=lambda it: it.track_id)
-    return DecodedOutput("per_object_rle", output_files(payload), _frames(by_index, info, request))
-
-
-# --------------------------------------------------------------------------- mask file
-
-
-def _is_mask_file(payload: dict[str, Any], attachments: Attachments) -> bool:
-    return any(file_url(payload.get(k)) for k in MASK_FILE_KEYS) and "frames" not in payload and _object_list(payload) is None
-
-
-def _decode_mask_file(payload: dict[str, Any], info: VideoInfo, request: SegmentRequest,
-                      attachments: Attachments) -> DecodedOutput:
-    key = next(k for k in MASK_FILE_KEYS if file_url(payload.get(k)))
-    content = attachments.get(key)
-    if not isinstance(content, dict):
-        raise UnexpectedResponse(
-            f"the masks are in a file ({file_url(payload.get(key))}) that is not a JSON object "
-            f"({str(content)[:120] if content is not None else 'not downloaded'}); no decoder reads it"
-        )
-    for decoder in (d for d in DECODERS if d.name in ("per_frame_rle", "per_object_rle")):
-        if decoder.matches(content, {}):
-            inner = decoder.decode(content, info, request, {})
-            return DecodedOutput(f"mask_file/{inner.shape}", {**output_files(payload), **inner.files}, inner.frames)
-    raise UnexpectedResponse(f"the mask file has a shape no decoder knows (keys: {sorted(content)})")
-
-
-# --------------------------------------------------------------------------- video only
-
-
-def _is_video_only(payload: dict[str, Any], attachments: Attachments) -> bool:
-    return file_url(payload.get("video")) is not None and "frames" not in payload
-
-
-def _decode_video_only(payload: dict[str, Any], info: VideoInfo, request: SegmentRequest,
-                       attachments: Attachments) -> DecodedOutput:
-    return DecodedOutput("video_only", output_files(payload), None)
-
-
-DECODERS: list[Decoder] = [
-    Decoder("per_frame_rle", _is_per_frame, _decode_per_frame_rle),
-    Decoder("per_object_rle", _is_per_object, _decode_per_object_rle),
-    Decoder("mask_file", _is_mask_file, _decode_mask_file),
-    Decoder("video_only", _is_video_only, _decode_video_only),
-]
-
-
-def decode_output(payload: Any, info: VideoInfo, request: SegmentRequest, attachments: Attachments | None = None) -> DecodedOutput:
-    """Decode ``payload`` with the first decoder whose shape it has; raise
-    :class:`UnexpectedResponse` naming the keys seen and the shapes known otherwise."""
-    if isinstance(payload, dict):
-        for decoder in DECODERS:
-            if decoder.matches(payload, attachments or {}):
-                return decoder.decode(payload, info, request, attachments or {})
-    keys = sorted(payload) if isinstance(payload, dict) else type(payload).__name__
-    raise UnexpectedResponse(f"fal answered a shape no decoder knows (keys: {keys}); known shapes: "
-                             + ", ".join(d.name for d in DECODERS))
+            index = entry["frame_index"]
+            objects = entry.get("objects") or []
+        except (TypeError, KeyError, AttributeError):
+            raise _fail(request_id, f"a 'frames' entry has no frame_index: {str(entry)[:120]}") from None
+        if not isinstance(index, int) or not 0 <= index < frame_count:
+            raise _fail(request_id, f"frame_index {index!r} is outside the video sent (0..{frame_count - 1})")
+        if index in seen:
+            raise _fail(request_id, f"frame {index} appears twice in 'frames'")
+        seen.add(index)
+        ids: set[int] = set()
+        for obj in objects:
+            tid, text = (obj.get("track_id"), obj.get("rle")) if isinstance(obj, dict) else (None, None)
+            if not isinstance(tid, int) or isinstance(tid, bool) or not 0 <= tid <= MAX_TRACK_ID:
+                raise _fail(request_id, f"frame {index}: track_id {tid!r} is not an id in 0..{MAX_TRACK_ID}")
+            if tid in ids:
+                raise _fail(request_id, f"frame {index}: track {tid} appears twice")
+            if text is not None and not isinstance(text, str):
+                raise _fail(request_id, f"frame {index}, track {tid}: 'rle' is a {type(text).__name__}, expected a string")
+            ids.add(tid)
+            if text and text.strip():
+                per_frame[index].append((tid, text))
+    return DecodedResult("objects", request_id, frame_count, height, width, layout, files, per_frame,
+                         [None] * frame_count)
