@@ -274,6 +274,17 @@ def test_queue_progression(clip_video: tuple[Path, Any], http: httpx.Client) -> 
         assert stats.result_calls == 2
 
 
+def test_queued_jobs_move_on_with_time_not_with_polls(clip_video: tuple[Path, Any], http: httpx.Client) -> None:
+    path, _ = clip_video
+    with EmulatorServer(EmulatorConfig(queue_time_s=0.3)) as emu:
+        sub = submit(http, emu, {"video_url": data_uri(path), "prompt": "red"})
+        job = emu.job(sub["request_id"])
+        assert job is not None and job.state.value == "IN_QUEUE"
+        assert job.done.wait(20)  # never polled, and it still ran to the end
+        assert emu.stats.status_calls == 0 and job.failure is None
+        assert job.started_at - job.created_at >= 0.29  # it waited its queue time first
+
+
 def test_storage_token_upload_and_download(emu: EmulatorServer, http: httpx.Client) -> None:
     r = http.post(f"{emu.rest_url}/storage/auth/token?storage_type=fal-cdn-v3", json={}, headers=auth(emu))
     assert r.status_code == 200

@@ -35,7 +35,8 @@ from sam_backend.coords import pixel_box
 from sam_backend.emulator import EmulatorConfig, EmulatorServer, FaultPlan, FaultRule
 from sam_backend.emulator.faults import dropped, http_error, slow
 from sam_backend.errors import Cancelled
-from sam_backend.fiftyone_io.segment import resume, segment_videos, status
+from sam_backend.fiftyone_io.runs import resume, status
+from sam_backend.fiftyone_io.segment import segment_videos
 from sam_backend.types import FrameRange, PointPrompt
 
 PROMPT = "red ball, blue box, green ball"

@@ -18,13 +18,14 @@ import pytest
 from sam_backend import masks as mask_ops
 from sam_backend import synthetic
 from sam_backend.backends.fal import FalBackend, FalConfig
-from sam_backend.backends.fal.journal import RequestState
-from sam_backend.backends.fal.rle import RleLayout, layouts_path
+from sam_backend.backends.fal.journal import Journal, RequestState
+from sam_backend.backends.fal.rle import RleLayout, layouts_path, save_layouts
 from sam_backend.backends.fal.selfcheck import run_check
 from sam_backend.coords import pixel_box
 from sam_backend.emulator import EmulatorConfig, EmulatorServer
 from sam_backend.fiftyone_io.cli import main as cli
-from sam_backend.fiftyone_io.segment import redecode, segment_videos
+from sam_backend.fiftyone_io.runs import redecode
+from sam_backend.fiftyone_io.segment import segment_videos
 
 VISUAL, OBJECTS = "fal-ai/sam-3-1/video-rle", "fal-ai/sam-3/video-rle-objects"
 BALLS, BOXES = ("red ball", "green ball"), ("cyan box", "blue box")
@@ -201,7 +202,8 @@ def corner_scene() -> synthetic.Scene:
         synthetic.ShapeSpec("red ball", "red", "circle", 9, 9, ((0, 70.0, 40.0), (19, 30.0, 40.0)))))
 
 
-def test_redecode_repairs_a_failed_decode_without_a_new_request(make_dataset, tmp_path: Path) -> None:
+@pytest.mark.parametrize("via", ["sdk", "cli"])
+def test_redecode_repairs_a_failed_decode_without_a_new_request(via: str, make_dataset, tmp_path: Path) -> None:
     path = tmp_path / "corner.mp4"
     truth = synthetic.write_video(corner_scene(), path)
     ds = make_dataset(path, persistent=True)
@@ -216,12 +218,20 @@ def test_redecode_repairs_a_failed_decode_without_a_new_request(make_dataset, tm
         assert submits == 2
 
         fixed = {e: RleLayout.parse("row0") for e in (VISUAL, OBJECTS)}  # what fal-check would store
-        with FalBackend(config(emu, journal_path=journal, rle_layouts=fixed)) as backend:
-            repaired = redecode(run_id=report.run_id, backend=backend)
-            entries = backend.journal.entries()
+        if via == "sdk":
+            with FalBackend(config(emu, journal_path=journal, rle_layouts=fixed)) as backend:
+                repaired = redecode(run_id=report.run_id, backend=backend)
+            assert repaired.failed == {} and repaired.done == [ds.first().id]
+        else:  # a later process: the layouts fal-check stored, the journal on disk, no key needed
+            stored = layouts_path(os.environ)
+            save_layouts(stored, fixed)
+            try:
+                assert cli(["redecode", report.run_id, "--journal", str(journal)]) == 0
+            finally:
+                stored.unlink()
         assert len(emu.stats.submits) == submits and emu.stats.uploads == 1  # nothing sent again
-    assert repaired.failed == {} and repaired.done == [ds.first().id]
-    assert {e.state for e in entries} == {RequestState.WRITTEN}
+    with Journal(journal) as j:
+        assert {e.state for e in j.entries()} == {RequestState.WRITTEN}
     got = tracks(ds.first(), "sam", truth.scene)
     assert {t: v["labels"] for t, v in got.items()} == {1: {"box"}, 2: {"ball"}}
     assert_track_is(got[1], truth, ("white box",))

@@ -18,7 +18,7 @@ import fiftyone.operators as foo
 from fiftyone.operators.delegated import DelegatedOperationService
 from fiftyone.operators.executor import ExecutionRunState
 
-from sam_backend.fiftyone_io.segment import RUN_MARKS_COLLECTION
+from sam_backend.fiftyone_io.runner import RUN_MARKS_COLLECTION
 
 URI = "@sam31/video/segment_video"
 FIFTYONE = str(Path(sys.executable).parent / "fiftyone")

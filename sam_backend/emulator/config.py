@@ -64,9 +64,11 @@ class EmulatorConfig:
     """Knobs of one emulator instance. Defaults give a fast, well-behaved fal.
 
     - ``key``: the only FAL key accepted (``Authorization: Key <key>``).
-    - ``queue_steps``: status polls a job answers IN_QUEUE (positions ``queue_steps-1``
-      down to 0) before it is handed to a worker; 0 hands it over at submit. Jobs are
-      driven by polls (not by time) so tests see the same sequence on every run.
+    - ``queue_time_s``: how long a job waits IN_QUEUE after its submit before a worker
+      may take it, polled or not (fal's queue moves on with time).
+    - ``queue_steps``: a test knob, not fal's behaviour: > 0 holds a job instead for that
+      many status polls (positions ``queue_steps-1`` down to 0), so a test sees the same
+      status sequence on every run; 0 (default) uses ``queue_time_s``.
     - ``service_time_s``: minimum wall time a job stays IN_PROGRESS.
     - ``workers``: jobs processed at once; further released jobs wait IN_QUEUE.
     - ``score``: the confidence every emitted object gets (text detections below
@@ -99,7 +101,8 @@ class EmulatorConfig:
     """
 
     key: str = DEFAULT_KEY
-    queue_steps: int = 1
+    queue_steps: int = 0
+    queue_time_s: float = 0.05
     service_time_s: float = 0.0
     workers: int = 4
     score: float = 0.95
@@ -118,6 +121,8 @@ class EmulatorConfig:
     memoize: bool = False
 
     def __post_init__(self) -> None:
+        if self.queue_time_s < 0:
+            raise ValueError(f"queue_time_s must be >= 0, got {self.queue_time_s}")
         if self.queue_steps < 0:
             raise ValueError(f"queue_steps must be >= 0, got {self.queue_steps}")
         if self.workers < 1:

@@ -1,9 +1,10 @@
-"""fal's queue semantics: job states, poll-driven queue positions, workers, cancellation.
+"""fal's queue semantics: job states, queue positions, workers, cancellation.
 
-The queue is driven by status polls rather than by time: a job answers IN_QUEUE for
-``queue_steps`` polls (positions counting down to 0) and is only then handed to a
-worker, so a test sees the same IN_QUEUE -> IN_PROGRESS -> COMPLETED sequence on every
-run. A released job waits IN_QUEUE (position = place in the waiting line) until one of
+Like fal's, the queue moves on with time: a job waits IN_QUEUE for ``queue_time_s`` after
+its submit, whether anyone polls or not, and is then handed to a worker. For tests that
+need the exact same IN_QUEUE -> IN_PROGRESS -> COMPLETED sequence on every run,
+``queue_steps`` > 0 instead holds a job for that many status polls (positions counting
+down to 0): a test knob, not how fal behaves. A released job waits IN_QUEUE (position = place in the waiting line) until one of
 ``workers`` threads takes it; it then stays IN_PROGRESS for at least ``service_time_s``.
 Everything here is independent of what a job computes: the work is the ``runner``
 callable, which returns ``(output, billable_units)`` or raises ``JobFailure``.
@@ -12,6 +13,7 @@ callable, which returns ``(output, billable_units)`` or raises ``JobFailure``.
 from __future__ import annotations
 
 import collections
+import heapq
 import json
 import dataclasses
 import enum
@@ -80,6 +82,7 @@ class JobManager:
         runner: Runner,
         *,
         queue_steps: int,
+        queue_time_s: float = 0.0,
         service_time_s: float,
         workers: int,
         result_ttl_s: float | None,
@@ -90,6 +93,9 @@ class JobManager:
     ) -> None:
         self._runner = runner
         self._queue_steps = queue_steps
+        self._queue_time_s = queue_time_s
+        self._due: list[tuple[float, int, Job]] = []  # (release time, seq, job): time-driven queue
+        self._seq = 0
         self._service_time_s = service_time_s
         self._n_workers = workers
         self._result_ttl_s = result_ttl_s
@@ -111,6 +117,9 @@ class JobManager:
             t = threading.Thread(target=self._work, name=f"sam-emulator-worker-{i}", daemon=True)
             t.start()
             self._threads.append(t)
+        t = threading.Thread(target=self._release_due, name="sam-emulator-queue", daemon=True)
+        t.start()
+        self._threads.append(t)
 
     def stop(self) -> None:
         """Cancel every unfinished job, wake and join the workers."""
@@ -146,8 +155,12 @@ class JobManager:
             if self._stopping:
                 raise RuntimeError("emulator is stopping")
             self._jobs[job.request_id] = job
-            if job.polls_left == 0:
+            if job.polls_left == 0 and (release_now or self._queue_time_s <= 0):
                 self._release_locked(job)
+            elif job.polls_left == 0:
+                self._seq += 1
+                heapq.heappush(self._due, (time.monotonic() + self._queue_time_s, self._seq, job))
+                self._cond.notify_all()
             return job, self._position_locked(job)
 
     def get(self, request_id: str) -> Job | None:
@@ -228,7 +241,19 @@ class JobManager:
     def _release_locked(self, job: Job) -> None:
         job.released = True
         self._waiting.append(job)
-        self._cond.notify()
+        # notify_all: the queue thread waits on the same condition, and must not swallow the wake-up
+        self._cond.notify_all()
+
+    def _release_due(self) -> None:
+        """Hand queued jobs to the workers when their queue time is up."""
+        with self._cond:
+            while not self._stopping:
+                now = time.monotonic()
+                while self._due and self._due[0][0] <= now:
+                    _, _, job = heapq.heappop(self._due)
+                    if job.state is JobState.IN_QUEUE and not job.released and not job.cancel.is_set():
+                        self._release_locked(job)
+                self._cond.wait(timeout=self._due[0][0] - now if self._due else None)
 
     def _work(self) -> None:
         while True:

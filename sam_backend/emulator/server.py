@@ -305,6 +305,7 @@ class EmulatorServer:
         jobs = JobManager(
             self._run_job,
             queue_steps=self.config.queue_steps,
+            queue_time_s=self.config.queue_time_s,
             service_time_s=self.config.service_time_s,
             workers=self.config.workers,
             result_ttl_s=self.config.result_ttl_s,

@@ -4,10 +4,12 @@ the SDK call, ``SamVideoModel`` the ``apply_model`` adapter."""
 
 from .export import export_tracks, import_tracks
 from .model import SamVideoModel
-from .segment import RunStatus, SampleProgress, SegmentOptions, SegmentReport, resume, segment_videos, status
+from .options import SampleProgress, SegmentOptions, SegmentReport
+from .runs import RunStatus, redecode, resume, status
+from .segment import segment_videos
 from .writer import FrameLabelWriter
 
 __all__ = [
     "FrameLabelWriter", "SampleProgress", "SamVideoModel", "SegmentOptions", "SegmentReport",
-    "RunStatus", "export_tracks", "import_tracks", "resume", "segment_videos", "status",
+    "RunStatus", "export_tracks", "import_tracks", "redecode", "resume", "segment_videos", "status",
 ]

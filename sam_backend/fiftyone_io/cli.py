@@ -103,7 +103,7 @@ def _segment(args: argparse.Namespace) -> int:
 
 
 def _resume(args: argparse.Namespace) -> int:
-    from .segment import resume
+    from .runs import resume
 
     with _Interrupts() as interrupts:
         report = resume(args.dataset, run_id=args.run, label_field=args.field, journal_path=args.journal,
@@ -112,7 +112,7 @@ def _resume(args: argparse.Namespace) -> int:
 
 
 def _redecode(args: argparse.Namespace) -> int:
-    from .segment import redecode
+    from .runs import redecode
 
     report = redecode(run_id=args.run, journal_path=args.journal)
     return _print_report(report, report.label_field)
@@ -153,7 +153,7 @@ def _fal_check(args: argparse.Namespace) -> int:
 
 
 def _status(args: argparse.Namespace) -> int:
-    from .segment import status
+    from .runs import status
 
     print(status(args.dataset, journal_path=args.journal))
     return 0
@@ -212,7 +212,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             parser.error(f"unrecognized arguments: {' '.join(rest)}")
         if args.command == "segment":
             if args.concurrency is None:
-                from .segment import DEFAULT_CONCURRENCY
+                from .options import DEFAULT_CONCURRENCY
 
                 args.concurrency = DEFAULT_CONCURRENCY
             return _segment(args)

@@ -21,7 +21,8 @@ from .. import synthetic
 from .. import video as video_ops
 from ..coords import frame_index_from_number, pixel_box
 from ..types import FrameResult, TrackedObject
-from .segment import SampleProgress, SegmentReport, segment_videos
+from .options import SampleProgress, SegmentReport
+from .segment import segment_videos
 from .writer import FrameLabelWriter
 
 DEFAULT_PROMPT = "red ball, blue box, green ball"

@@ -17,7 +17,7 @@ from .. import video as video_ops
 from ..backends.base import Backend, VideoSource, get_backend
 from ..coords import frame_number_from_index
 from .labels import to_detections
-from .segment import SegmentOptions
+from .options import SegmentOptions
 
 
 class SamVideoModel(Model):
