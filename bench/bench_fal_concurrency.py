@@ -28,15 +28,18 @@ def run(dataset, emu, concurrency: int) -> tuple[float, dict[str, int], object]:
     config = FalConfig(key=emu.key, queue_url=emu.queue_url, rest_url=emu.rest_url, cdn_url=emu.cdn_url)
     with FalBackend(config) as backend:  # default polling: 0.2 s first, x1.5, capped at 1.5 s
         start = time.perf_counter()
-        report = segment_videos(dataset, prompt="red ball, blue box, green ball", label_field="sam",
-                                backend=backend, concurrency=concurrency)
+        report = segment_videos(dataset, prompt=PROMPT, label_field="sam", backend=backend, concurrency=concurrency)
         seconds = time.perf_counter() - start
     after = emu.stats
     polls = {rid: n - before.status_calls_by_request.get(rid, 0) for rid, n in after.status_calls_by_request.items()
              if n - before.status_calls_by_request.get(rid, 0) > 0}
     assert report.failed == {}, report.failed
-    assert len(after.submits) - len(before.submits) == len(dataset), "one submit per video"
+    # one fal request per concept and video (fal-ai/sam-3/video-rle-objects), never more
+    assert len(after.submits) - len(before.submits) == len(dataset) * len(PROMPT.split(",")), "one submit per request"
     return seconds, polls, report
+
+
+PROMPT = "red ball, blue box, green ball"
 
 
 def main() -> None:
@@ -63,8 +66,8 @@ def main() -> None:
         # fal runs many requests at once on its own GPUs: enough emulated workers that fal is
         # not the limit, and the toy model computed once (memoize) so the emulated model time
         # is the service time, not this machine's CPU, which the client under test shares.
-        with EmulatorServer(EmulatorConfig(service_time_s=args.service_time, workers=args.videos, queue_steps=1,
-                                           memoize=True)) as emu:
+        requests = args.videos * len(PROMPT.split(","))
+        with EmulatorServer(EmulatorConfig(service_time_s=args.service_time, workers=requests, memoize=True)) as emu:
             results = {}
             for concurrency in (1, args.concurrency):
                 ds = fo.Dataset()

@@ -209,8 +209,11 @@ def test_expired_result_is_reported_and_a_rerun_resubmits_only_that_sample(emu: 
     check_all(dataset, clips)
 
 
-def test_cancel_mid_run_cancels_every_request_and_writes_nothing(dataset: fo.Dataset, clips: list[Clip]) -> None:
-    with EmulatorServer(EmulatorConfig(queue_steps=0, service_time_s=5.0, workers=4)) as emu, \
+@pytest.mark.parametrize("cancel_status", [202, 200])  # fal documents CANCELLATION_REQUESTED and OK
+def test_cancel_mid_run_cancels_every_request_and_writes_nothing(cancel_status: int, dataset: fo.Dataset,
+                                                                 clips: list[Clip]) -> None:
+    with EmulatorServer(EmulatorConfig(queue_steps=0, service_time_s=5.0, workers=4,
+                                       cancel_ok_status=cancel_status)) as emu, \
             FalBackend(fal_config(emu)) as backend:
         cancel = CancelToken()
         running: set[str] = set()
