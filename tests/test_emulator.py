@@ -578,6 +578,22 @@ def test_result_expiry(clip_video: tuple[Path, Any], http: httpx.Client) -> None
         assert http.get(sub["response_url"], headers=auth(emu)).status_code == 404
 
 
+def test_large_results_expire_sooner_than_small_ones(default_scene_video: tuple[Path, Any], http: httpx.Client) -> None:
+    """fal keeps results of 10 KB or more ~6 minutes, smaller ones ~1 hour (shortened here)."""
+    path, _ = default_scene_video
+    with EmulatorServer(EmulatorConfig(result_ttl_s=30, large_result_ttl_s=0.3)) as emu:
+        url = upload(http, emu, path)
+        large = submit(http, emu, {"video_url": url, "prompt": "red ball, blue box"})  # 96 frames of RLE
+        small = submit(http, emu, {"video_url": url, "prompt": "dog"}, OBJECTS_APP)  # nothing found
+        for sub in (large, small):
+            wait_completed(http, emu, sub)
+        sizes = [len(http.get(s["response_url"], headers=auth(emu)).content) for s in (large, small)]
+        assert sizes[0] >= 10 * 1024 > sizes[1]
+        time.sleep(0.5)
+        assert http.get(large["response_url"], headers=auth(emu)).status_code == 404
+        assert http.get(small["response_url"], headers=auth(emu)).status_code == 200
+
+
 def test_stop_releases_every_thread(clip_video: tuple[Path, Any]) -> None:
     path, _ = clip_video
     before = set(threading.enumerate())
