@@ -28,6 +28,7 @@ from sam_backend.errors import (
     InvalidRequest,
     QuotaError,
     ResultExpired,
+    SamError,
     UnexpectedResponse,
 )
 
@@ -258,3 +259,60 @@ def test_alive_checks_a_public_file_without_the_key() -> None:
     assert client.alive("https://cdn.test/files/here.mp4") is True
     assert client.alive("https://cdn.test/files/gone.mp4") is False
     assert all(r.method == "HEAD" and "authorization" not in r.headers for r in seen)
+
+
+# --------------------------------------------------------------------------- key, options, redirects
+
+
+def test_a_key_with_a_line_break_is_refused_without_showing_it() -> None:
+    secret = "kid123:sec456\nrest789"
+    for build in (lambda: FalConfig.from_env({"FAL_KEY": secret}), lambda: FalConfig(key=secret)):
+        with pytest.raises(AuthError) as info:
+            build()
+        assert "line break at position 13" in str(info.value)
+        assert all(part not in str(info.value) for part in ("kid123", "sec456", "rest789"))
+
+
+def test_unknown_backend_options_are_refused_with_the_valid_ones() -> None:
+    from sam_backend.backends.base import get_backend
+
+    with pytest.raises(InvalidRequest, match=r"unknown fal backend option\(s\) 'enpoint'; valid options: .*endpoint.*"):
+        get_backend("fal", environ={"FAL_KEY": "kid:secret"}, enpoint="fal-ai/sam-3-1/video-rle")
+    with pytest.raises(InvalidRequest, match="'text_mod'"):
+        get_backend("emulator", text_mod="union")
+
+
+def test_redirects_are_followed_only_to_fal_hosts() -> None:
+    seen: list[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request.url.host)
+        if request.url.path.endswith("/status") and request.url.host == "queue.test":
+            return httpx.Response(307, headers={"location": "https://elsewhere.test/steal"})
+        return httpx.Response(202, json={"status": "IN_PROGRESS", "logs": None})
+
+    client, sleeps = make_client(handler)
+    handle = RequestHandle.from_request_id("https://queue.test", "fal-ai/sam-3-1/video-rle", "r1")
+    with pytest.raises(UnexpectedResponse, match="redirecting to https://elsewhere.test, which is not one of the configured fal hosts"):
+        client.status(handle)
+    assert seen == ["queue.test"] and sleeps == []  # not followed, not retried
+
+    def moved(request: httpx.Request) -> httpx.Response:
+        seen.append(request.url.host)
+        if request.url.host == "queue.test":
+            return httpx.Response(302, headers={"location": "https://rest.test/moved/status"})
+        return httpx.Response(202, json={"status": "IN_QUEUE", "queue_position": 3})
+
+    seen.clear()
+    client, _ = make_client(moved)
+    assert client.status(handle) == Queued(3) and seen == ["queue.test", "rest.test"]
+
+
+def test_a_server_echoing_the_key_never_gets_it_into_a_message() -> None:
+    key = CONFIG.key.get_secret_value()
+    client, _ = make_client(lambda r: httpx.Response(418, json={"detail": f"bad header {r.headers['authorization']}"}))
+    handle = RequestHandle.from_request_id("https://queue.test", "fal-ai/sam-3-1/video-rle", "r1")
+    with pytest.raises(SamError) as info:
+        client.result(handle)
+    assert "bad header Key ***" in str(info.value)
+    assert key not in str(info.value) and key.split(":")[1] not in str(info.value)

@@ -341,6 +341,10 @@ def test_sigkill_mid_run_then_resume_pays_once_and_labels_everything(make_datase
     by_path = {str(p): t for p, t in clips}
     for sample in ds:
         assert_labels_exact(sample, "sam", by_path[sample.filepath])
+    # the field's run info keeps what the killed process wrote and adds what resume wrote
+    info = ds.get_field("frames.sam").info["sam31_video"]
+    assert info["run_id"] == run.run_id and sorted(info["request_ids"]) == sorted(ds.values("id"))
+    assert sum(info["billable_units"].values()) == R * sum(by_path[p].scene.frame_count for p in ds.values("filepath"))
 
 
 # --------------------------------------------------------------------------- features
@@ -497,3 +501,54 @@ def test_a_request_cancelled_on_fals_side_fails_only_its_sample(make_dataset, cl
     assert list(report.failed) == [first] and "fal cancelled the request" in report.failed[first]
     assert report.done == [ds.last().id] and entry.state is RequestState.CANCELLED
     assert_labels_exact(ds.last(), "sam", clips[1][1])
+
+
+def test_a_stuck_job_is_cancelled_at_its_deadline_and_fails_only_its_video(make_dataset, clips: list[Clip]) -> None:
+    ds = make_dataset(clips[0][0])
+    with EmulatorServer(EmulatorConfig(service_time_s=30.0)) as emu, \
+            FalBackend(fal_config(emu, job_timeout_s=1.0)) as backend:
+        started = time.monotonic()
+        report = segment_videos(ds, prompt="red ball", label_field="sam", backend=backend)
+        took = time.monotonic() - started
+        [entry] = backend.journal.entries()
+        cancelled = emu.stats.cancelled_requests
+    [message] = report.failed.values()
+    assert "did not finish within job_timeout_s=1 s" in message and entry.request_id in message
+    assert took < 10 and cancelled == [entry.request_id] and entry.state is RequestState.CANCELLED
+    assert not ds.has_frame_field("sam")
+
+
+def test_non_ascii_file_names_are_uploaded_and_labelled(emu: EmulatorServer, make_dataset, clips: list[Clip],
+                                                        tmp_path: Path) -> None:
+    path = tmp_path / "vidéo 東京.mp4"
+    path.write_bytes(clips[0][0].read_bytes())
+    ds = make_dataset(path)
+    with FalBackend(fal_config(emu)) as backend:
+        report = segment_videos(ds, prompt=PROMPT, label_field="sam", backend=backend)
+    assert report.failed == {}
+    [url] = {body["video_url"] for _, body in emu.stats.submits}
+    assert url.rsplit("/", 1)[1].startswith("video")  # accents folded, other non-ASCII replaced: headers carry ASCII
+    check_all(ds, [(path, clips[0][1])])
+
+
+def test_an_unexpected_error_fails_one_video_and_the_run_goes_on(make_dataset, clips: list[Clip]) -> None:
+    """An error that is not one of ours (here: an id too large for the database, as a
+    hostile backend might send) fails that video only; the others are written."""
+    from sam_backend.types import FrameResult, TrackedObject
+
+    class HugeIds(FalBackend):
+        def segment(self, video, request, **kwargs):
+            run = super().segment(video, request, **kwargs)
+            if video.path == clips[0][0]:
+                inner = run._frames
+                run._frames = (FrameResult(f.frame_index, [TrackedObject(2**70, o.label, o.score, o.mask, o.box)
+                                                           for o in f.objects]) for f in inner)
+            return run
+
+    ds = make_dataset(clips[0][0], clips[1][0])
+    with EmulatorServer() as emu, HugeIds(fal_config(emu)) as backend:
+        report = segment_videos(ds, prompt="red ball", label_field="sam", backend=backend)
+    first, second = ds.values("id")
+    assert list(report.failed) == [first] and "unexpected error (OverflowError)" in report.failed[first]
+    assert report.done == [second]
+    assert ds.count("frames.sam") == clips[1][1].scene.frame_count

@@ -16,7 +16,7 @@ class EmulatorBackend(FalBackend):
 
     def __init__(self, server: EmulatorServer, **config_overrides: Any) -> None:
         self.server = server
-        config = FalConfig(
+        config = FalConfig.build(
             key=server.key,
             queue_url=server.queue_url,
             rest_url=server.rest_url,

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
+import logging
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -21,6 +22,8 @@ from ..types import Progress, VideoInfo
 from .options import SampleProgress, SegmentOptions, SegmentReport
 from .plan import SamplePlan
 from .writer import FrameLabelWriter, WritePolicy
+
+logger = logging.getLogger(__name__)
 
 # Errors that will fail every remaining sample the same way: stop starting new samples
 # (the ones in flight are already paid for and finish) instead of skipping.
@@ -115,6 +118,13 @@ class Runner:
             raise
         except SamError as exc:
             self._fail(job, exc, record)
+            if not self.opts.skip_failures:
+                self._stop.set()
+                raise
+            return
+        except Exception as exc:  # noqa: BLE001 - not one of ours (e.g. a library error on one odd video)
+            logger.exception("sample %s failed with an unexpected error", job.sample_id)
+            self._fail(job, SamError(f"unexpected error ({type(exc).__name__}): {exc}"), record)
             if not self.opts.skip_failures:
                 self._stop.set()
                 raise

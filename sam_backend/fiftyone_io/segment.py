@@ -91,6 +91,7 @@ def segment_collection(samples: fo.core.collections.SampleCollection, opts: Segm
     owned = get_backend(opts.backend, environ=environ_with_secrets(secrets), **backend_options) if backend is None else None
     active = backend or owned
     assert active is not None
+    earlier: dict[str, tuple[str | None, float | None]] = {}
     try:
         report.estimated_usd = _total_cost(active, jobs)
         journal = getattr(active, "journal", None)
@@ -106,6 +107,8 @@ def segment_collection(samples: fo.core.collections.SampleCollection, opts: Segm
             metadata.join(reraise=False)  # the run's own error is the one to show
             raise
         metadata.join()
+        if run_id is not None and journal is not None:  # a resumed run: what its earlier part wrote
+            earlier = _written_earlier(journal, run_id, dataset.name, opts.label_field, set(report.done))
         report.warnings = _frame_count_warnings(samples, jobs)
         for warning in report.warnings:
             logger.warning(warning)
@@ -114,7 +117,7 @@ def segment_collection(samples: fo.core.collections.SampleCollection, opts: Segm
             owned.close()
         report.seconds = time.monotonic() - start
     if report.done:
-        _describe_field(dataset, opts, report)
+        _describe_field(dataset, opts, report, earlier)
     return report
 
 
@@ -248,29 +251,58 @@ def _total_cost(backend: Backend, jobs: Sequence[Job]) -> float | None:
     return total
 
 
-def _describe_field(dataset: fo.Dataset, opts: SegmentOptions, report: SegmentReport) -> None:
+def _written_earlier(journal: Any, run_id: str, dataset: str, field: str,
+                     skip: set[str]) -> dict[str, tuple[str | None, float | None]]:
+    """sample id -> (request ids, billed units) of the samples an earlier part of run
+    ``run_id`` wrote (e.g. a process killed before it could describe the field)."""
+    from ..backends.fal.journal import RequestState, SampleState
+
+    run = journal.run(run_id)
+    keys = {f"{dataset}/{sid}/{field}": sid for sid, st in run.samples.items() if st is SampleState.DONE and sid not in skip}
+    out: dict[str, tuple[str | None, float | None]] = {}
+    for entry in journal.entries(states=[RequestState.WRITTEN], work_keys=list(keys)) if keys else []:
+        if entry.created_at < run.created_at:
+            continue  # an older run of the same field
+        ids, units = out.get(keys[entry.work_key], (None, None))
+        ids = ",".join(i for i in (ids, entry.request_id) if i) or None
+        if entry.billable_units is not None:
+            units = (units or 0.0) + entry.billable_units
+        out[keys[entry.work_key]] = (ids, units)
+    return out
+
+
+def _describe_field(dataset: fo.Dataset, opts: SegmentOptions, report: SegmentReport,
+                    earlier_samples: dict[str, tuple[str | None, float | None]] | None = None) -> None:
     """Record on the output field where its labels came from (backend, model, endpoint,
-    billed units) and how to find the run again."""
+    billed units) and how to find the run again. A resumed run keeps what its earlier part
+    recorded (``earlier_samples`` from the journal, and the field's info of the same run)."""
     field = dataset.get_field(f"frames.{opts.label_field}")
     records = [report.records[s] for s in report.done if s in report.records]
     last = records[-1]
     field.description = f"SAM tracks ({last.model or last.backend}) for prompt {opts.prompt!r}"
+    # A resumed run (same run id) adds its samples to what the earlier part recorded.
+    earlier = (field.info or {}).get("sam31_video") or {}
+    earlier = earlier if report.run_id is not None and earlier.get("run_id") == report.run_id else {}
     field.info = {
         "sam31_video": {
             "backend": last.backend,
             "model": last.model,
             "endpoint": last.endpoint,
-            "endpoints": sorted({r.endpoint for r in records if r.endpoint}),
-            "models": sorted({r.model for r in records if r.model}),
+            "endpoints": sorted({r.endpoint for r in records if r.endpoint} | set(earlier.get("endpoints", []))),
+            "models": sorted({r.model for r in records if r.model} | set(earlier.get("models", []))),
             "request": SegmentRequest.model_construct(**opts.request_fields()).model_dump(mode="json"),
             "prompt_fields": opts.prompt_fields,
             "refine": {"track": opts.refine_track, "frame": opts.refine_frame, "direction": opts.refine_direction}
             if opts.refine_track is not None else None,
             "frames": opts.frames.model_dump() if opts.frames is not None else None,
-            "request_ids": {sid: r.request_id for sid, r in report.records.items() if sid in report.done},
-            "billable_units": {sid: r.billable_units for sid, r in report.records.items() if sid in report.done},
+            "request_ids": {**earlier.get("request_ids", {}),
+                            **{sid: ids for sid, (ids, _) in (earlier_samples or {}).items()},
+                            **{sid: r.request_id for sid, r in report.records.items() if sid in report.done}},
+            "billable_units": {**earlier.get("billable_units", {}),
+                               **{sid: units for sid, (_, units) in (earlier_samples or {}).items()},
+                               **{sid: r.billable_units for sid, r in report.records.items() if sid in report.done}},
             "run_id": report.run_id,
-            "warnings": sorted({w for r in records for w in r.warnings}),
+            "warnings": sorted({w for r in records for w in r.warnings} | set(earlier.get("warnings", []))),
         }
     }
     field.save()

@@ -465,10 +465,14 @@ class FalBackend:
         delay = self.config.poll_initial_s
         outage_since: float | None = None
         rid = handle.request_id
+        # Counted from the submit, so a resumed request keeps its original deadline.
+        deadline = entry.created_at + self.config.job_timeout_s if self.config.job_timeout_s is not None else None
         while True:
             if cancel.cancelled:
                 self._cancel_request(entry, handle)
                 raise Cancelled(f"cancelled; asked fal to stop request {rid}")
+            if deadline is not None and time.time() > deadline:
+                return self._give_up(entry, handle, key)
             try:
                 status = self.client.status(handle)
                 outage_since = None
@@ -496,6 +500,18 @@ class FalBackend:
             if cancel.wait(delay):
                 continue
             delay = min(self.config.poll_max_s, delay * POLL_GROWTH)
+
+    def _give_up(self, entry: Entry, handle: RequestHandle, key: str) -> dict[str, Any]:
+        """The job passed job_timeout_s: cancel it at fal; keep a result that beat the cancel."""
+        self._cancel_request(entry, handle)
+        current = self.journal.get(entry.id)
+        if current.state in HAS_RESULT:
+            return self.journal.result(entry.id)
+        message = (f"{key}: fal request {handle.request_id} did not finish within job_timeout_s="
+                   f"{self.config.job_timeout_s:g} s of its submit; it was cancelled at fal. For very long videos "
+                   "raise it (backend_options={'job_timeout_s': ...}); a rerun submits it again")
+        self.journal.mark(entry.id, RequestState.CANCELLED, message)
+        raise RemoteFailure(message, request_id=handle.request_id)
 
     def _fetch(self, entry: Entry, handle: RequestHandle) -> dict[str, Any]:
         """Fetch the result and any RLE file it points to, and store both in the journal."""

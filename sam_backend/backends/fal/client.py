@@ -36,6 +36,7 @@ from ...errors import (
 from .config import FalConfig
 
 RETRYABLE_STATUS = frozenset({408, 409, 429, 500, 502, 503, 504})
+MAX_REDIRECTS = 5
 
 
 class EndpointNotFound(InvalidRequest):
@@ -204,8 +205,13 @@ class FalClient:
         self._sleep = sleep
         self._rng = rng or random.Random()
         timeout = httpx.Timeout(config.read_timeout_s, connect=config.connect_timeout_s)
-        self._http = httpx.Client(timeout=timeout, transport=transport, follow_redirects=True)
+        # Redirects are followed by hand, and only to the configured fal hosts (send()).
+        self._http = httpx.Client(timeout=timeout, transport=transport, follow_redirects=False)
         self._auth_hosts = {urlsplit(config.queue_url).netloc, urlsplit(config.rest_url).netloc}
+        self._fal_hosts = self._auth_hosts | {urlsplit(config.cdn_url).netloc}
+        key = config.key.get_secret_value()
+        # The key and its halves never appear in a message, whatever a server echoes back.
+        self._secrets = sorted({s for s in (key, *key.split(":", 1)) if len(s) >= 6}, key=len, reverse=True)
         self.stats = {"submit": 0, "status": 0, "result": 0, "cancel": 0, "retries": 0}
         self._stats_lock = threading.Lock()
 
@@ -226,21 +232,42 @@ class FalClient:
             headers["Authorization"] = f"Key {self.config.key.get_secret_value()}"
         return headers
 
+    def redact(self, text: str) -> str:
+        for secret in self._secrets:
+            text = text.replace(secret, "***")
+        return text
+
     def send(self, method: str, url: str, *, idempotent: bool = True, headers: dict[str, str] | None = None,
              timeout: float | None = None, **kwargs: Any) -> httpx.Response:
-        """Send with retries for idempotent calls; return the final response (any status)."""
-        attempt = 0
+        """Send with retries for idempotent calls; return the final response (any status).
+        A redirect is followed only to a configured fal host (at most MAX_REDIRECTS)."""
+        attempt = hops = 0
         while True:
             try:
                 response = self._http.request(
                     method, url, headers=self._headers(url, headers),
                     timeout=timeout if timeout is not None else httpx.USE_CLIENT_DEFAULT, **kwargs,
                 )
+            except httpx.LocalProtocolError as exc:  # nothing was sent (e.g. a header it cannot carry): no retry
+                raise InvalidRequest(f"could not send a request to {_host(url)}: {type(exc).__name__} "
+                                     "(a header value it cannot carry); nothing was sent") from None
             except httpx.TransportError as exc:
                 if not idempotent or attempt >= self.config.max_retries:
-                    raise BackendUnavailable(f"cannot reach {_host(url)}: {type(exc).__name__}: {exc}") from exc
+                    raise BackendUnavailable(
+                        f"cannot reach {_host(url)}: {type(exc).__name__}: {self.redact(str(exc))}") from exc
                 self._pause(attempt, None)
                 attempt += 1
+                continue
+            if response.is_redirect and response.next_request is not None:
+                target = response.next_request.url
+                if target.netloc.decode() not in self._fal_hosts or hops >= MAX_REDIRECTS:
+                    raise UnexpectedResponse(
+                        f"{_host(url)} answered {response.status_code} redirecting to {target.scheme}://{target.host}, "
+                        "which is not one of the configured fal hosts (queue_url, rest_url, cdn_url): not followed")
+                method, url, hops = response.next_request.method, str(target), hops + 1
+                if method == "GET":  # a 303 turns a POST into a GET without its body
+                    kwargs.pop("content", None)
+                    kwargs.pop("json", None)
                 continue
             if idempotent and response.status_code in RETRYABLE_STATUS and attempt < self.config.max_retries:
                 self._pause(attempt, retry_after_seconds(response.headers.get("retry-after")))
@@ -269,6 +296,9 @@ class FalClient:
             response = None
             try:
                 response = self._http.request("POST", url, json=payload, params=params, headers=self._headers(url, None))
+            except httpx.LocalProtocolError:  # refused before anything was sent
+                raise InvalidRequest(f"could not send the submit to {endpoint}: a header value it cannot carry; "
+                                     "nothing was sent") from None
             except httpx.TransportError as e:
                 exc = e
             if response is not None and response.status_code == 200:
@@ -293,7 +323,7 @@ class FalClient:
             if 400 <= status < 500 and status not in (408, 409):  # a refusal: nothing was queued
                 self.raise_for_response(response, what=f"submit to {endpoint}")
             raise SubmitUncertain(
-                f"submit to {endpoint} answered {status} ({_detail(response)}); fal may have accepted it, "
+                f"submit to {endpoint} answered {status} ({self.redact(_detail(response))}); fal may have accepted it, "
                 "so it was not resent"
             )
 
@@ -308,7 +338,7 @@ class FalClient:
         self._count("status")
         response = self.send("GET", handle.status_url, params={"logs": "true" if logs else "false"})
         if says_app_not_found(response):
-            raise EndpointNotFound(handle.endpoint, detail=f"status of request {handle.request_id}: {_detail(response)}")
+            raise EndpointNotFound(handle.endpoint, detail=f"status of request {handle.request_id}: {self.redact(_detail(response))}")
         if response.status_code in (404, 410):
             raise RequestGone(
                 f"fal no longer knows request {handle.request_id} on {handle.endpoint} (results are kept about 6 "
@@ -324,9 +354,9 @@ class FalClient:
         response = self.send("GET", handle.response_url)
         error_type = response.headers.get("x-fal-error-type") or _error_type(response)
         if says_app_not_found(response):
-            raise EndpointNotFound(handle.endpoint, detail=f"result of request {handle.request_id}: {_detail(response)}")
+            raise EndpointNotFound(handle.endpoint, detail=f"result of request {handle.request_id}: {self.redact(_detail(response))}")
         if response.status_code >= 400 and error_type in CANCELLED_ERROR_TYPES:
-            raise RemoteCancelled(f"fal cancelled the request ({_detail(response)})", request_id=handle.request_id)
+            raise RemoteCancelled(f"fal cancelled the request ({self.redact(_detail(response))})", request_id=handle.request_id)
         if response.status_code in (404, 410):
             raise ResultExpired(
                 "fal no longer has this result (results of 10 KB or more are kept about 6 minutes)",
@@ -367,16 +397,15 @@ class FalClient:
 
     # -- errors
 
-    @staticmethod
-    def raise_for_response(response: httpx.Response, *, what: str, request_id: str | None = None) -> None:
+    def raise_for_response(self, response: httpx.Response, *, what: str, request_id: str | None = None) -> None:
         code = response.status_code
-        detail = _detail(response)
+        detail = self.redact(_detail(response))
         if code == 401:
             raise AuthError(f"fal refused the key for {what} (401): check FAL_KEY ({detail})")
         if code == 403:
             raise QuotaError(f"fal refused {what} (403): the account is locked or out of balance ({detail})")
         if code == 422:
-            raise InvalidRequest(_validation_lines(response) or [f"{what}: {detail}"])
+            raise InvalidRequest([self.redact(line) for line in _validation_lines(response)] or [f"{what}: {detail}"])
         if code in RETRYABLE_STATUS:
             raise BackendUnavailable(f"fal kept failing {what} ({code}: {detail})")
         if request_id is not None:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
-from ...errors import AuthError
+from ...errors import AuthError, InvalidRequest
 from . import endpoints
 from .planner import TextMode
 from .rle import RleLayout, layouts_path, load_layouts
@@ -21,6 +21,15 @@ def default_journal_path(environ: Mapping[str, str]) -> Path:
     state that must outlive a crash, not a cache that may be wiped."""
     base = environ.get("XDG_STATE_HOME") or os.path.join(environ.get("HOME") or os.path.expanduser("~"), ".local", "state")
     return Path(base) / "sam31-video" / "fal-journal.sqlite3"
+
+def check_key(key: str) -> None:
+    """A key goes into an HTTP header: whitespace or control characters inside it would
+    make every request fail, and the header error would carry the key. Says where, never what."""
+    for i, c in enumerate(key):
+        if c.isspace() or not 32 <= ord(c) < 127:
+            raise AuthError(f"FAL_KEY has a {'line break' if c in chr(10) + chr(13) else 'space or control character'} "
+                            f"at position {i}: copy the key again (it looks like <key_id>:<key_secret>)")
+
 
 DEFAULT_ENDPOINT = endpoints.SAM31_VIDEO_RLE
 DEFAULT_OBJECTS_ENDPOINT = endpoints.SAM3_VIDEO_RLE_OBJECTS
@@ -37,7 +46,7 @@ class FalConfig(BaseModel):
     The key never appears in repr, logs or errors.
     """
 
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(frozen=True, extra="forbid")
 
     key: SecretStr = Field(repr=False)
     queue_url: str = "https://queue.fal.run"
@@ -94,6 +103,9 @@ class FalConfig(BaseModel):
     # Submit entries whose first submit may or may not have reached fal (lost answer,
     # crash mid-submit) again anyway: the user accepts a possible double charge.
     resubmit_uncertain: bool = False
+    # A request not finished this long after its submit is cancelled at fal and its video
+    # fails (a rerun submits it again): a stuck job must not be polled forever. None: no limit.
+    job_timeout_s: float | None = Field(default=3600.0, gt=0)
     # Passed to fal as fal_webhook on every submit and recorded in the journal.
     webhook_url: str | None = None
     # Quality of the local re-encode when only a frame range is sent (x264 CRF: lower is
@@ -106,6 +118,8 @@ class FalConfig(BaseModel):
         key = environ.get("FAL_KEY", "").strip()
         if not key and environ.get("FAL_KEY_ID") and environ.get("FAL_KEY_SECRET"):
             key = f"{environ['FAL_KEY_ID']}:{environ['FAL_KEY_SECRET']}"
+        if key:
+            check_key(key)
         if not key:
             raise AuthError(
                 "FAL_KEY is not set: create a key in your fal.ai dashboard and export FAL_KEY=<key_id>:<key_secret>, "
@@ -113,10 +127,21 @@ class FalConfig(BaseModel):
             )
         overrides.setdefault("journal_path", default_journal_path(environ))
         overrides.setdefault("rle_layouts", load_layouts(layouts_path(environ)))
-        return cls(key=SecretStr(key), **overrides)  # type: ignore[arg-type]
+        return cls.build(key=SecretStr(key), **overrides)
+
+    @classmethod
+    def build(cls, **options: object) -> FalConfig:
+        """Like the constructor, but an unknown option (a typo such as ``enpoint``) is an
+        :class:`InvalidRequest` listing the valid ones."""
+        unknown = sorted(set(options) - set(cls.model_fields))
+        if unknown:
+            raise InvalidRequest(f"unknown fal backend option(s) {', '.join(map(repr, unknown))}; valid options: "
+                                 + ", ".join(sorted(k for k in cls.model_fields if k != "key")))
+        return cls(**options)  # type: ignore[arg-type]
 
     @model_validator(mode="after")
     def _known_endpoints(self) -> FalConfig:
+        check_key(self.key.get_secret_value())
         for name in ("endpoint", "objects_endpoint", "preferred_objects_endpoint"):
             value = getattr(self, name)
             if value is not None and value not in endpoints.ENDPOINTS:

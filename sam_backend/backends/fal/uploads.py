@@ -24,6 +24,7 @@ import math
 import mimetypes
 import threading
 import time
+import unicodedata
 from pathlib import Path
 
 from ...errors import Cancelled, UnexpectedResponse
@@ -44,6 +45,16 @@ _HASH_CHUNK = 8 * 1024 * 1024
 
 def content_type_of(path: Path) -> str:
     return mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+
+
+def header_file_name(name: str) -> str:
+    """The file name as a header can carry it (HTTP header values are ASCII): accents
+    dropped (vidéo -> video), anything else non-ASCII or a control character -> "_"."""
+    folded = unicodedata.normalize("NFKD", name).encode("ascii", "ignore").decode("ascii")
+    stem, dot, ext = folded.rpartition(".") if "." in folded else (folded, "", "")
+    if not stem.strip("._ "):  # nothing left of the name (e.g. all CJK): keep the extension
+        folded = f"video{dot}{ext}"
+    return "".join(c if 32 <= ord(c) < 127 else "_" for c in folded)
 
 
 def data_uri(path: Path) -> str:
@@ -152,7 +163,7 @@ class FalStorage:
             headers={
                 "Authorization": f"{token_type} {token}",
                 "Content-Type": content_type_of(path),
-                "X-Fal-File-Name": path.name,
+                "X-Fal-File-Name": header_file_name(path.name),
                 **lifecycle_headers(cfg.upload_lifetime_s),
             },
             timeout=cfg.upload_timeout_s,
@@ -175,7 +186,7 @@ class FalStorage:
         start = self._client.send(
             "POST", f"{base_url.rstrip('/')}/files/upload/multipart",
             headers={**auth, "Accept": "application/json", "Content-Type": content_type,
-                     "X-Fal-File-Name": path.name, **lifecycle_headers(cfg.upload_lifetime_s)},
+                     "X-Fal-File-Name": header_file_name(path.name), **lifecycle_headers(cfg.upload_lifetime_s)},
         )
         if start.status_code != 200:
             self._client.raise_for_response(start, what=f"multipart upload of {path.name}")
