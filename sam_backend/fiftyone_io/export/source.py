@@ -1,9 +1,11 @@
 """Reading tracks out of FiftyOne: the plan of an export (which videos, frames and
 concepts; everything checked before a file is written) and the frames themselves.
 
-Frames are read one video at a time through ``sample.frames`` (FiftyOne pages them from
-the database), and only the frames being exported are selected, so memory stays bounded
-by one frame's masks rather than by the video.
+Frames are read one video at a time, a chunk of frames per query, and only the frames
+being exported, so memory stays bounded by a chunk rather than by the video. FiftyOne's
+own queries join every frame of a video into one document, which MongoDB caps at 16 MB
+(a few seconds of 1080p masks): where the collection does not filter frame contents,
+frames are read straight from the frames collection instead, one document per frame.
 """
 
 from __future__ import annotations
@@ -14,10 +16,13 @@ from collections.abc import Iterator
 from typing import Any
 
 import cv2
-import numpy as np
-
 import fiftyone as fo
+import fiftyone.core.stages as fos
+import fiftyone.core.utils as fou
+import numpy as np
+from bson import ObjectId
 from fiftyone import ViewField as F
+from pymongo.errors import OperationFailure
 
 from ... import video as video_ops
 from ...coords import frame_index_from_number, pixel_box
@@ -50,6 +55,24 @@ class ExportPlan:
 def plan_export(samples: fo.core.collections.SampleCollection, opts: ExportOptions) -> ExportPlan:
     """Check the collection and the field for this format, and list what will be written.
     Raises :class:`InvalidRequest` listing every problem; nothing is written."""
+    try:
+        return _plan_export(samples, opts)
+    except OperationFailure as exc:
+        if not _too_large(exc):
+            raise
+        raise InvalidRequest(_TOO_LARGE.format(what="some video")) from None
+
+
+def _too_large(exc: OperationFailure) -> bool:
+    return exc.code == 10334 or "BSONObj size" in str(exc)  # 10334: BSONObjectTooLarge
+
+
+_TOO_LARGE = ("{what}: its frame labels are over MongoDB's 16 MB per query, which this view's label filters "
+              "need; export the dataset or a view that only selects samples (those read frames one at a time), "
+              "or write the filtered labels to a new field first")
+
+
+def _plan_export(samples: fo.core.collections.SampleCollection, opts: ExportOptions) -> ExportPlan:
     if samples.media_type != "video":
         raise InvalidRequest(f"export needs video samples; this collection has media_type={samples.media_type!r}")
     field = opts.label_field
@@ -126,21 +149,67 @@ def _field_problems(samples: fo.core.collections.SampleCollection, opts: ExportO
     return problems
 
 
+# View stages that choose samples or fields but leave the frames' labels as stored: with
+# only these, reading the frames collection directly gives the same labels as the view.
+_FRAME_PRESERVING = (fos.Exclude, fos.ExcludeBy, fos.Exists, fos.Limit, fos.Match, fos.MatchTags, fos.MatchLabels,
+                     fos.Select, fos.SelectBy, fos.Shuffle, fos.Skip, fos.SortBy, fos.Take, fos.SelectFields,
+                     fos.ExcludeFields)
+_KEYS = ("label", "bounding_box", "confidence", "index")
+
+
 def iter_frames(samples: fo.core.collections.SampleCollection, video: VideoRef, field: str, *,
                 masks: bool) -> Iterator[ExportFrame]:
     """The exported frames of one video, in order, with full-frame masks when ``masks``.
 
-    Read with ``values()`` (label fields as plain values, masks as arrays), which is ~5x
-    faster than loading ``fo.Frame`` documents, in chunks of frames so memory stays bounded.
-    The collection's own filters (e.g. ``filter_labels``) apply.
+    Straight from the frames collection when the collection keeps frame labels as stored
+    (any size of frame); otherwise through the view, so its label filters apply, with a
+    clear error if a chunk of frames is over MongoDB's 16 MB document limit.
     """
+    if all(isinstance(stage, _FRAME_PRESERVING) for stage in getattr(samples, "_stages", [])):
+        yield from _stored_frames(samples._dataset, video, field, masks=masks)
+    else:
+        yield from _view_frames(samples, video, field, masks=masks)
+
+
+def _stored_frames(dataset: fo.Dataset, video: VideoRef, field: str, *, masks: bool) -> Iterator[ExportFrame]:
+    """One document per frame from the frames collection, a chunk of frames per query."""
+    keys = list(_KEYS) + (["mask", "mask_path"] if masks else [])
+    projection = {"frame_number": True, **{f"{field}.detections.{k}": True for k in keys}}
+    numbers = [i + 1 for i in video.frame_indices]
+    for start in range(0, len(numbers), _CHUNK_FRAMES):
+        chunk = numbers[start : start + _CHUNK_FRAMES]
+        cursor = dataset._frame_collection.find(
+            {"_sample_id": ObjectId(video.sample_id), "frame_number": {"$in": chunk}}, projection,
+        ).sort("frame_number", 1)
+        for doc in cursor:
+            labels = doc.get(field)
+            if labels is None:  # frame without the field
+                continue
+            objects = []
+            for det in labels.get("detections") or []:
+                values = {k: det.get(k) for k in keys}
+                if masks and values["mask"] is not None:
+                    values["mask"] = fou.deserialize_numpy_array(values["mask"])
+                objects.append(_object(values, video.width, video.height, masks))
+            yield ExportFrame(frame_index_from_number(doc["frame_number"]), objects)
+
+
+def _view_frames(samples: fo.core.collections.SampleCollection, video: VideoRef, field: str, *,
+                 masks: bool) -> Iterator[ExportFrame]:
+    """Through the view (its label filters apply), with ``values()``: ~5x faster than
+    loading ``fo.Frame`` documents."""
     path = f"frames.{field}.detections"
-    keys = ["label", "bounding_box", "confidence", "index"] + (["mask", "mask_path"] if masks else [])
+    keys = list(_KEYS) + (["mask", "mask_path"] if masks else [])
     numbers = [i + 1 for i in video.frame_indices]
     for start in range(0, len(numbers), _CHUNK_FRAMES):
         chunk = numbers[start : start + _CHUNK_FRAMES]
         view = samples.select(video.sample_id).match_frames(F("frame_number").is_in(chunk))
-        values = view.values(["frames.frame_number", *(f"{path}.{k}" for k in keys)])
+        try:
+            values = view.values(["frames.frame_number", *(f"{path}.{k}" for k in keys)])
+        except OperationFailure as exc:
+            if not _too_large(exc):
+                raise
+            raise InvalidRequest(_TOO_LARGE.format(what=video.name)) from None
         for number, *per_key in zip(*(v[0] for v in values)):
             if per_key[0] is None:  # frame without the field
                 continue
