@@ -20,7 +20,7 @@ from sam_backend.backends.local import BACKEND, EngineUnavailable, LocalOutOfMem
 from sam_backend.backends.local.chunking import StoredObject, match_tracks, plan_chunks
 from sam_backend.backends.local.fake_predictor import ContractFakePredictor, fake_sam3_module
 from sam_backend.backends.local.meta import _filter_request, resolve_checkpoint
-from sam_backend.backends.local.meta_build import BPE_FILE, build_predictor
+from sam_backend.backends.local.meta_build import BPE_FILE, build_predictor, patch_init_state
 from sam_backend.errors import Cancelled, InvalidRequest, SamError
 from sam_backend.types import FrameRange, SegmentRequest
 from sam_backend.video import probe
@@ -389,7 +389,12 @@ def test_sam31_session_starts_despite_upstream_issue_544(small_video) -> None:
 def test_tracker_only_session_cannot_propagate_without_a_start_frame() -> None:
     from PIL import Image
 
-    fake = ContractFakePredictor(version="sam3")
+    sam3 = ContractFakePredictor(version="sam3")  # SAM 3's request API only refines a detector pass
+    sid = sam3.handle_request({"type": "start_session", "resource_path": [Image.new("RGB", (16, 12))]})["session_id"]
+    with pytest.raises(AssertionError, match="No cached outputs found"):
+        sam3.handle_request({"type": "add_prompt", "session_id": sid, "frame_index": 0, "points": [[0.5, 0.5]],
+                             "point_labels": [1], "obj_id": 1})
+    fake = patch_init_state(ContractFakePredictor(version="sam3.1"))  # the #544 workaround, as the engine does
     session = fake.handle_request({"type": "start_session", "resource_path": [Image.new("RGB", (16, 12))] * 3})
     sid = session["session_id"]
     fake.handle_request({"type": "add_prompt", "session_id": sid, "frame_index": 1, "points": [[0.5, 0.5]],

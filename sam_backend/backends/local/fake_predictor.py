@@ -33,7 +33,11 @@ noted; tests/test_local_sam3_real.py runs the PyPI code itself):
   the detector on the frame; points need an ``obj_id`` (asserted in
   ``Sam3VideoInferenceWithInstanceInteractivity.add_prompt``) and go to the tracker
   (``add_tracker_new_points``), where labels 2/3 are box corners; tracker objects score 1.0
-  (``obj_id_to_score[obj_id] = 1.0`` there).
+  (``obj_id_to_score[obj_id] = 1.0`` there). In SAM 3 (0.1.4) that path only refines a
+  detector pass: on a frame without detector output it fails the assertion "No cached
+  outputs found" (``_build_tracker_output``), so the engine sends SAM 3's points and boxes
+  to the model's tracker API instead, which this fake does not have (the real-code tests
+  cover it).
 - ``propagate_in_video``: ``both`` = forward from the start frame to the end, then backward
   from the frame before it (``Sam3BasePredictor.propagate_in_video``). Without
   ``start_frame_index`` the start is the earliest frame with *detector* output; a session
@@ -87,6 +91,7 @@ class _Session:
         self.detected: dict[int, int] = {}  # colour -> detector object id
         self.tracked: dict[int, set[int]] = {}  # obj_id -> colours (tracker objects)
         self.prompted_frames: set[int] = set()
+        self.detector_frames: set[int] = set()  # frames with detector output (text/box passes)
         self.cancelled = False
 
     @property
@@ -213,6 +218,9 @@ class ContractFakePredictor:
         if points is not None:
             assert text is None and bounding_boxes is None, "When points are provided, text_str and boxes_xywh must be None."
             assert obj_id is not None, "When points are provided, obj_id must be provided."
+            if self.version == "sam3":  # add_tracker_new_points refines a detector pass (0.1.4)
+                assert frame_idx in session.detector_frames, (
+                    "No cached outputs found. Ensure normal propagation has run first to populate the cache.")
             pts = np.asarray(points, dtype=np.float32).reshape(-1, 2)
             lab = np.asarray(point_labels, dtype=np.int32).reshape(-1)
             if rel_coordinates:
@@ -258,6 +266,7 @@ class ContractFakePredictor:
                     if hist.any() and positive:
                         session.text_colours.append(int(hist.argmax()))
             self._detect(session, frame_idx)
+            session.detector_frames.add(frame_idx)
         session.prompted_frames.add(frame_idx)
         return {"frame_index": frame_idx, "outputs": self._outputs(session, frame_idx, output_prob_thresh)}
 
@@ -288,6 +297,8 @@ class ContractFakePredictor:
                                    "21.40 GiB already allocated; 1.12 GiB free; 22.10 GiB reserved in total by PyTorch)")
             self.frames_propagated += 1
             self._detect(session, frame_idx)
+            if session.text_colours:
+                session.detector_frames.add(frame_idx)
             yield {"frame_index": frame_idx, "outputs": self._outputs(session, frame_idx, output_prob_thresh)}
 
     def remove_object(self, session_id: str, frame_idx: int = 0, obj_id: int = 0, is_user_action: bool = True) -> dict[str, Any]:

@@ -15,8 +15,10 @@ Mapping of our request (see reference/sam3-predictor.md):
 - ``detection_threshold`` -> ``output_prob_thresh`` (SAM 3.1 filters its outputs with it,
   SAM 3 ignores it), and outputs scoring below it are dropped here in both versions.
   ``max_num_objects`` -> the builder.
-- Objects carried into the next chunk: their box plus a click on their innermost pixel, on
-  the last overlap frame where the previous chunk saw them (the request API takes no mask).
+- Points, boxes and objects carried into the next chunk go through the model's tracker
+  when it has one (SAM 3, :mod:`.meta_tracker`: carried objects as masks); otherwise
+  (SAM 3.1) through the request API, carried objects as their box plus a click on their
+  innermost pixel, on the overlap frame where the previous chunk saw most of them.
 - The builder gets only the arguments it takes (:mod:`.meta_build`); one predictor per
   device is shared by every thread behind a lock; bf16 autocast is entered per call.
 - Frames are decoded by us and given as a list of PIL images (never an mp4 path).
@@ -41,6 +43,7 @@ from ..base import CancelToken
 from .config import CHECKPOINT_FILES, ENV_CHECKPOINT, LocalConfig
 from .engine import ChunkJob, RawObject, Seed, VisualPrompt
 from .errors import INSTALL_META, EngineUnavailable
+from .meta_tracker import run_tracker, tracker_of
 from .meta_build import (SharedPredictor, acquire, build_predictor, named_parameters, patch_init_state, release,
                          shared_predictor)
 
@@ -99,7 +102,7 @@ class MetaEngine:
     built with the same settings, used by one chunk at a time (its lock); bf16 autocast is
     entered around each call into the predictor, in the thread that makes it."""
 
-    seeds_as_masks = False  # the request API takes no mask prompt: see _add_seed
+    seeds_as_masks = True  # through the tracker (SAM 3); the request API takes none: see _add_seed
 
     def __init__(self, config: LocalConfig, *, predictor_factory: Callable[..., Any] | None = None) -> None:
         self.config = config
@@ -177,7 +180,10 @@ class MetaEngine:
                             id_map[oid], next_text_id = next_text_id, next_text_id + 1
                         raw.append(RawObject(id_map[oid], score, mask, concept))
                     yield frame, raw
-            if job.visual or job.seeds:
+            tracker = tracker_of(predictor) if (job.visual or job.seeds) else None
+            if tracker is not None:  # SAM 3: upstream's route for points, boxes and masks
+                yield from run_tracker(tracker, job, cancel, offload=self.config.offload, autocast=self._autocast)
+            elif job.visual or job.seeds:
                 for frame, objects in self._session_pass(predictor, images, job, cancel, concept=None):
                     yield frame, [RawObject(oid, score, mask, None) for oid, score, mask in objects]
 
