@@ -16,7 +16,6 @@ Only these are replaced; everything around them is upstream's code:
 
 from __future__ import annotations
 
-import contextlib
 import inspect
 from pathlib import Path
 from typing import Any
@@ -315,5 +314,4 @@ def run_request(backend: Any, path: Path, *, chunk_size: int | None = None, over
     if chunk_size is not None:
         backend.config = backend.config.model_copy(update={"chunk_size": chunk_size, "overlap": overlap})
     req = SegmentRequest.build(max_num_objects=BACKEND_OPTIONS["max_num_objects"], **request)
-    with contextlib.ExitStack():
-        return list(backend.segment(VideoSource(info=probe(path), path=path), req))
+    return list(backend.segment(VideoSource(info=probe(path), path=path), req))
