@@ -109,6 +109,40 @@ if IN_SAM3_VENV:
         assert not any(o.track_id == 5 and _iou(o.mask, gt.mask("red ball", fr.frame_index)) > 0.5
                        for fr in results for o in fr.objects if gt.mask("red ball", fr.frame_index) is not None)
 
+    def test_threshold_drops_text_objects_sam3_would_keep(backend, scene) -> None:
+        """SAM 3's predictor ignores output_prob_thresh (the stand-in detector scores 0.9)."""
+        path, _ = scene
+        kept = run_request(backend, path, prompt="red ball", detection_threshold=0.5)
+        dropped = run_request(backend, path, prompt="red ball", detection_threshold=0.95)
+        assert any(fr.objects for fr in kept) and not any(fr.objects for fr in dropped)
+
+    def test_two_samples_at_once_share_one_model(backend, scene) -> None:
+        import threading
+
+        from test_local_sam3_standins import LOADED, cpu_mode
+
+        path, gt = scene
+        backend.engine._shared(BACKEND_OPTIONS["max_num_objects"])  # built (once) before the samples start
+        builds = len(LOADED)
+        outcomes: list = []
+
+        def one() -> None:
+            try:
+                with cpu_mode():  # no CUDA here: each thread maps it to the CPU itself
+                    outcomes.append(run_request(backend, path, prompt="blue box"))
+            except BaseException as exc:  # noqa: BLE001 - asserted below
+                outcomes.append(exc)
+
+        threads = [threading.Thread(target=one) for _ in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert len(LOADED) == builds  # no second model built
+        for results in outcomes:
+            assert not isinstance(results, BaseException), results
+            assert len(_best_ids(results, gt, ["blue box"])["blue box"]) == 1
+
     def test_600_frames_in_chunks_keep_one_id_per_object(backend, tmp_path: Path) -> None:
         path, gt = write_scene(tmp_path / "long.mp4", frames=600)
         results = run_request(backend, path, prompt="green ball, blue box", chunk_size=100, overlap=24)

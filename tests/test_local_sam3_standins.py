@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 BACKEND_OPTIONS = {"max_num_objects": 8}
+_MODE: Any = None  # the CUDA-to-CPU torch function mode class, once installed
 _NONE = -1.0  # memory value of an object with no colour (not visible)
 LOADED: list[int] = []
 
@@ -54,6 +55,9 @@ def install_standins() -> None:
                 args = tuple(cpu(a) for a in args)
             return func(*args, **kwargs)
 
+    global _MODE
+    _MODE = CudaToCpu
+
     torch.nn.Module.cuda = lambda self, *a, **k: self  # type: ignore[method-assign]
     torch.cuda.current_device = lambda: 0
     torch.cuda.set_device = lambda device: None
@@ -62,7 +66,7 @@ def install_standins() -> None:
     torch.cuda.get_arch_list = lambda: []
     for name in ("memory_allocated", "memory_reserved", "max_memory_allocated", "max_memory_reserved"):
         setattr(torch.cuda, name, lambda *a, **k: 0)
-    CudaToCpu().__enter__()  # for the whole test process
+    CudaToCpu().__enter__()  # for the test's main thread (torch function modes are per thread)
 
     from sam3.model import sam3_tracker_base, sam3_tracking_predictor, sam3_video_base, sam3_video_inference
 
@@ -75,6 +79,11 @@ def install_standins() -> None:
     sam3_tracking_predictor.Sam3TrackerPredictor._get_image_feature = _get_image_feature
     sam3_tracker_base.Sam3TrackerBase.track_step = _track_step
     sam3_tracker_base.Sam3TrackerBase._encode_new_memory = _encode_new_memory
+
+
+def cpu_mode() -> Any:
+    """The CUDA-to-CPU mapping for another thread (torch function modes are thread-local)."""
+    return _MODE()
 
 
 # ---- seeing by colour -------------------------------------------------------------------
