@@ -1,5 +1,10 @@
-"""GPU check for the local backend: SAM 3.1 vs SAM 3 on the same clip at 1, 16 and 64
-objects, frames/s including the FiftyOne write. For whoever has a CUDA GPU and checkpoints.
+"""GPU check for the local backend, one command, two tables. For whoever has a CUDA GPU and
+the checkpoints.
+
+1. Workflows, per engine: text, points, boxes, a clip in two chunks, two samples at once
+   (one shared model), each ok or the error, with tracks found and peak GPU memory.
+2. Speed: SAM 3.1 vs SAM 3 on the same clip at 1, 16 and 64 objects, frames/s including the
+   FiftyOne write, and peak GPU memory.
 
     python bench/gpu_check.py --checkpoint /path/to/folder-with-sam3.1_multiplex.pt-and-sam3.pt \\
         [--frames 300] [--objects 1 16 64] [--engines sam3.1 sam3] [--chunk-size 200]
@@ -40,6 +45,60 @@ def balls_scene(objects: int, frames: int, width: int = 1280, height: int = 720)
     return synthetic.Scene(width=width, height=height, frame_count=frames, fps="30", shapes=tuple(shapes))
 
 
+def workflows(engines: list[str], checkpoint: str, tmp: Path) -> list[tuple[str, str, str, str, str]]:
+    """(engine, workflow, ok/failed, tracks or error, peak GPU GiB) for each engine."""
+    import fiftyone as fo
+    import torch
+
+    from sam_backend import synthetic
+    from sam_backend.backends.base import get_backend
+    from sam_backend.fiftyone_io import segment_videos
+
+    frames = 120
+    path = tmp / "workflows.mp4"
+    gt = synthetic.write_video(synthetic.default_scene(frame_count=frames, width=640, height=480), path)
+    ball = gt.mask("red ball", 10)
+    ys, xs = ball.nonzero()
+    x0, y0, x1, y1 = (int(v) for v in _box(gt.mask("blue box", 30)))
+    cases = {
+        "text": ({"prompt": "red ball, blue box"}, {}, 1),
+        "points": ({"point_prompts": [{"x": int(xs.mean()), "y": int(ys.mean()), "label": 1, "object_id": 1,
+                                       "frame_index": 10}]}, {}, 1),
+        "boxes": ({"box_prompts": [{"x_min": x0, "y_min": y0, "x_max": x1, "y_max": y1, "object_id": 2,
+                                    "frame_index": 30}]}, {}, 1),
+        "two chunks": ({"prompt": "red ball"}, {"chunk_size": 70, "overlap": 24}, 1),
+        "two samples at once": ({"prompt": "green ball"}, {}, 2),
+    }
+    rows = []
+    for engine in engines:
+        for name, (request, options, samples) in cases.items():
+            dataset = fo.Dataset()
+            dataset.add_samples([fo.Sample(filepath=str(path)) for _ in range(samples)])
+            torch.cuda.reset_peak_memory_stats()
+            try:
+                with get_backend("local", engine=engine, checkpoint=checkpoint, **options) as backend:
+                    report = segment_videos(dataset, label_field="gpu_check", backend=backend, concurrency=samples,
+                                            skip_failures=False, **request)
+                rows.append((engine, name, "ok", str(sum(report.tracks.values())), _peak_gib()))
+            except Exception as exc:  # noqa: BLE001 - the table reports it
+                rows.append((engine, name, "failed", f"{type(exc).__name__}: {str(exc)[:100]}", _peak_gib()))
+            finally:
+                dataset.delete()
+            print("  ".join(rows[-1]), flush=True)
+    return rows
+
+
+def _box(mask):  # noqa: ANN001
+    ys, xs = mask.nonzero()
+    return xs.min(), ys.min(), xs.max() + 1, ys.max() + 1
+
+
+def _peak_gib() -> str:
+    import torch
+
+    return f"{torch.cuda.max_memory_allocated() / 2**30:.1f}"
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint", default=os.environ.get("SAM31_LOCAL_CHECKPOINT"),
@@ -75,12 +134,14 @@ def main() -> int:
     print(f"GPU: {torch.cuda.get_device_name(0)}; {args.frames} frames at 1280x720; frames/s include the FiftyOne write")
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
+        flows = workflows(args.engines, args.checkpoint, Path(tmp))
         for n in args.objects:
             path = Path(tmp) / f"balls_{n}.mp4"
             synthetic.write_video(balls_scene(n, args.frames), path)
             for engine in args.engines:
                 dataset = fo.Dataset()
                 dataset.add_sample(fo.Sample(filepath=str(path)))
+                torch.cuda.reset_peak_memory_stats()
                 try:
                     with get_backend("local", engine=engine, checkpoint=args.checkpoint, chunk_size=args.chunk_size) as backend:
                         start = time.monotonic()
@@ -88,17 +149,20 @@ def main() -> int:
                                                 label_field="gpu_check", backend=backend, skip_failures=False)
                         seconds = time.monotonic() - start
                     fps = report.frames / seconds
-                    rows.append((engine, n, f"{fps:.1f}", str(report.tracks)))
+                    rows.append((engine, n, f"{fps:.1f}", str(sum(report.tracks.values())), _peak_gib()))
                 except SamError as exc:
-                    rows.append((engine, n, "failed", str(exc)[:120]))
+                    rows.append((engine, n, "failed", str(exc)[:120], _peak_gib()))
                 finally:
                     dataset.delete()
                 print(f"{rows[-1][0]:>7} {rows[-1][1]:>3} objects: {rows[-1][2]} frames/s  {rows[-1][3]}", flush=True)
     drop_own_database()
-    print("\nengine  objects  frames/s")
-    for engine, n, fps, _ in rows:
-        print(f"{engine:>7} {n:>8} {fps:>9}")
-    return 0
+    print("\nengine  workflow              result  tracks/error                     peak GiB")
+    for engine, name, result, detail, peak in flows:
+        print(f"{engine:>7} {name:<21} {result:<7} {detail[:32]:<32} {peak:>8}")
+    print("\nengine  objects  frames/s  peak GiB")
+    for engine, n, fps, _, peak in rows:
+        print(f"{engine:>7} {n:>8} {fps:>9} {peak:>9}")
+    return 0 if all(r[2] == "ok" for r in flows) else 1
 
 
 if __name__ == "__main__":

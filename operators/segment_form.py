@@ -215,6 +215,24 @@ def _backend_inputs(ctx: Any, inputs: types.Object) -> None:
         inputs.bool("offload", default=False, label="Offload video and state to CPU memory")
 
 
+# What the detection threshold does, per backend / local engine (it is not the same knob).
+_THRESHOLD_HELP = {
+    "sam3.1": "SAM 3.1: objects whose detection score is below it are not output (the predictor's output "
+              "threshold); clicked and boxed objects are always kept.",
+    "sam3": "SAM 3: its predictor ignores the threshold, so this plugin drops text-prompt objects scoring below "
+            "it; clicked and boxed objects are always kept.",
+    "transformers": "SAM 3 (transformers): the detector's score threshold for new objects (the threshold for "
+                    "starting a track keeps the model's margin above it); clicked and boxed objects are always kept.",
+}
+
+
+def _threshold_help(params: dict[str, Any]) -> str:
+    backend = params.get("backend") or DEFAULTS.backend
+    if backend == "local":
+        return _THRESHOLD_HELP[params.get("engine") or "sam3.1"]
+    return "fal: sent as the endpoint's detection threshold; text-prompt objects scoring below it are not found."
+
+
 def _output_inputs(ctx: Any, inputs: types.Object) -> None:
     params = ctx.params
     inputs.view("output_header", types.Header(label="Output"))
@@ -222,7 +240,8 @@ def _output_inputs(ctx: Any, inputs: types.Object) -> None:
     name = params.get("label_field") or DEFAULTS.label_field
     if ctx.dataset is not None and ctx.dataset.has_frame_field(name) and not params.get("refine"):
         inputs.view("overwrite", types.Warning(label=f"frames.{name} exists and will be replaced on the target videos"))
-    inputs.float("detection_threshold", label="Detection threshold", default=DEFAULTS.detection_threshold, min=0.0, max=1.0)
+    inputs.float("detection_threshold", label="Detection threshold", default=DEFAULTS.detection_threshold, min=0.0,
+                 max=1.0, description=_threshold_help(params))
     inputs.int("max_num_objects", label="Max objects", default=DEFAULTS.max_num_objects, min=1, max=128)
     inputs.int("min_mask_area", label="Drop masks smaller than (pixels)", default=DEFAULTS.min_mask_area, min=0)
     inputs.int("min_track_frames", label="Drop tracks shorter than (frames)", default=DEFAULTS.min_track_frames, min=1)

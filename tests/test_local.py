@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import tempfile
 from collections import Counter
 from pathlib import Path
 
@@ -17,8 +18,9 @@ from sam_backend import synthetic
 from sam_backend.backends.base import CancelToken, VideoSource, get_backend
 from sam_backend.backends.local import BACKEND, EngineUnavailable, LocalOutOfMemory
 from sam_backend.backends.local.chunking import StoredObject, match_tracks, plan_chunks
-from sam_backend.backends.local.fake_predictor import ContractFakePredictor
-from sam_backend.backends.local.meta import _filter_request
+from sam_backend.backends.local.fake_predictor import ContractFakePredictor, fake_sam3_module
+from sam_backend.backends.local.meta import _filter_request, resolve_checkpoint
+from sam_backend.backends.local.meta_build import BPE_FILE, build_predictor, patch_init_state
 from sam_backend.errors import Cancelled, InvalidRequest, SamError
 from sam_backend.types import FrameRange, SegmentRequest
 from sam_backend.video import probe
@@ -26,8 +28,30 @@ from sam_backend.video import probe
 ROOT = Path(__file__).resolve().parents[1]
 
 
+_CHECKPOINTS: list[Path] = []
+
+
+def checkpoint_dir() -> Path:
+    """A folder with stand-in checkpoints and the tokenizer vocabulary (the fake builder only
+    checks they exist, as torch.load and the tokenizer would)."""
+    if not _CHECKPOINTS:
+        folder = Path(tempfile.mkdtemp(prefix="sam31-ckpt-"))
+        for name in ("sam3.1_multiplex.pt", "sam3.pt", BPE_FILE):
+            (folder / name).write_bytes(b"stand-in")
+        _CHECKPOINTS.append(folder)
+    return _CHECKPOINTS[0]
+
+
 def fake_backend(fake: ContractFakePredictor, **options):
-    return get_backend("local", engine="sam3.1", predictor_factory=lambda config, max_num_objects: fake, **options)
+    """The local backend on the fake, reached through the engine's real builder call (argument
+    filtering and the #544 workaround included) against builders with upstream's signatures."""
+    module = fake_sam3_module(fake)
+
+    def factory(config, max_num_objects):
+        return build_predictor(config, resolve_checkpoint(config), max_num_objects, module)
+
+    options.setdefault("engine", fake.version)
+    return get_backend("local", checkpoint=str(checkpoint_dir()), predictor_factory=factory, **options)
 
 
 def source(path: Path) -> VideoSource:
@@ -136,8 +160,13 @@ def test_points_and_boxes_keep_their_object_ids_across_chunks(small_video) -> No
     assert not any("bounding_boxes" in r or "text" in r for r in prompts)
     starts = [r for r in fake.requests if r["type"] == "start_session"]
     assert starts and all(r["resource_path"] == ("PIL images", 40 if i == 0 else 16) for i, r in enumerate(starts))
-    # The second chunk (frames 32-47) carried both objects over as boxes on its first frame.
-    assert any(r["obj_id"] == 5 and r["point_labels"] == [2, 3] and r["frame_index"] == 0 for r in prompts)
+    # The second chunk (frames 32-47) carried both objects over from the overlap (chunk frames
+    # 0-7) as box + a click inside, and every propagation named its start frame: a session with
+    # only tracker prompts has no detector output to start from ("No prompts are received").
+    seeds = [r for r in prompts if r["point_labels"] == [2, 3, 1] and r["frame_index"] < 8]
+    assert sorted(r["obj_id"] for r in seeds) == [5, 7]
+    runs = [r for r in fake.requests if r["type"] == "propagate_in_video"]
+    assert [r["start_frame_index"] for r in runs] == [10, min(r["frame_index"] for r in seeds)]
 
 
 def test_frame_range_keeps_the_videos_own_frame_indices(small_video) -> None:
@@ -318,3 +347,112 @@ def test_importing_the_local_backend_loads_no_torch() -> None:
             "assert 'torch' not in sys.modules and 'transformers' not in sys.modules\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     assert out.returncode == 0, out.stderr
+
+
+# ---- what the real predictor refuses, the fake refuses (issue 12) ------------------------
+
+
+def test_builder_gets_only_the_arguments_the_real_builders_take() -> None:
+    """build_sam3_predictor passes **kwargs down to builders without **kwargs: load_from_HF and
+    device (which the multiplex builder and Sam3VideoPredictor.__init__ reject) must not go."""
+    from sam_backend.backends.local.config import LocalConfig
+
+    for version in ("sam3.1", "sam3"):
+        fake = ContractFakePredictor(version=version)
+        module = fake_sam3_module(fake)
+        with pytest.raises(TypeError, match="load_from_HF"):  # the fake is as strict as upstream
+            module.build_sam3_predictor(checkpoint_path=str(checkpoint_dir() / "sam3.pt"), version=version,
+                                        use_fa3=False, load_from_HF=False)
+        config = LocalConfig(engine=version, checkpoint=checkpoint_dir(), device="cpu")
+        assert build_predictor(config, resolve_checkpoint(config), 5, module) is fake
+        (built,) = fake.builds
+        assert built["checkpoint_path"].endswith("sam3.1_multiplex.pt" if version == "sam3.1" else "sam3.pt")
+        if version == "sam3.1":  # flash-attn 3 is not installed here: use_fa3 must be off, not ImportError
+            assert built["use_fa3"] is False and built["max_num_objects"] == 5
+
+
+def test_sam31_session_starts_despite_upstream_issue_544(small_video) -> None:
+    """SAM 3.1's start_session always forwards offload_state_to_cpu; its model's init_state
+    does not take it. The engine wraps the model's init_state; unwrapped, the fake fails."""
+    from PIL import Image
+
+    bare = ContractFakePredictor(version="sam3.1")
+    with pytest.raises(TypeError, match="offload_state_to_cpu"):
+        bare.handle_request({"type": "start_session", "resource_path": [Image.new("RGB", (8, 8))]})
+    path, _ = small_video
+    fake = ContractFakePredictor(version="sam3.1")
+    with fake_backend(fake, chunk_size=48, overlap=4, offload=True) as backend:
+        results = list(backend.segment(source(path), SegmentRequest.build(prompt="red ball")))
+    assert any(fr.objects for fr in results) and fake.sessions_started == 1
+
+
+def test_tracker_only_session_cannot_propagate_without_a_start_frame() -> None:
+    from PIL import Image
+
+    sam3 = ContractFakePredictor(version="sam3")  # SAM 3's request API only refines a detector pass
+    sid = sam3.handle_request({"type": "start_session", "resource_path": [Image.new("RGB", (16, 12))]})["session_id"]
+    with pytest.raises(AssertionError, match="No cached outputs found"):
+        sam3.handle_request({"type": "add_prompt", "session_id": sid, "frame_index": 0, "points": [[0.5, 0.5]],
+                             "point_labels": [1], "obj_id": 1})
+    fake = patch_init_state(ContractFakePredictor(version="sam3.1"))  # the #544 workaround, as the engine does
+    session = fake.handle_request({"type": "start_session", "resource_path": [Image.new("RGB", (16, 12))] * 3})
+    sid = session["session_id"]
+    fake.handle_request({"type": "add_prompt", "session_id": sid, "frame_index": 1, "points": [[0.5, 0.5]],
+                         "point_labels": [1], "obj_id": 1})
+    with pytest.raises(RuntimeError, match="No prompts are received"):
+        list(fake.handle_stream_request({"type": "propagate_in_video", "session_id": sid}))
+    frames = [item["frame_index"] for item in fake.handle_stream_request(
+        {"type": "propagate_in_video", "session_id": sid, "start_frame_index": 1})]
+    assert frames == [1, 2, 0]
+
+
+@pytest.mark.parametrize("version", ["sam3", "sam3.1"])
+def test_detection_threshold_drops_low_scores_in_both_versions(small_video, version: str) -> None:
+    """SAM 3 ignores output_prob_thresh (the fake too): the engine applies the threshold."""
+    path, _ = small_video
+    counts = {}
+    for threshold in (0.3, 0.5):
+        fake = ContractFakePredictor(version=version, text_score=0.4)
+        with fake_backend(fake, chunk_size=48, overlap=4) as backend:
+            results = list(backend.segment(source(path), SegmentRequest.build(prompt="red ball",
+                                                                              detection_threshold=threshold)))
+        counts[threshold] = sum(len(fr.objects) for fr in results)
+    assert counts[0.3] > 0 and counts[0.5] == 0, counts
+
+
+def test_threads_share_one_predictor_and_take_turns(small_video) -> None:
+    import threading
+
+    path, _ = small_video
+    fake = ContractFakePredictor()
+    errors: list[BaseException] = []
+    with fake_backend(fake, chunk_size=20, overlap=6) as backend:
+        def one() -> None:
+            try:
+                list(backend.segment(source(path), SegmentRequest.build(prompt="red ball")))
+            except BaseException as exc:  # noqa: BLE001 - reported below
+                errors.append(exc)
+
+        threads = [threading.Thread(target=one) for _ in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    assert not errors, errors
+    assert len(fake.builds) == 1  # one model for the device, not one per thread
+    assert fake.most_live_sessions == 1 and fake.sessions_started == 4 * 3
+
+
+def test_carried_objects_come_from_the_overlap_frame_where_they_are_most_visible() -> None:
+    from sam_backend.backends.local.backend import _seeds
+    from sam_backend.backends.local.chunking import Chunk
+
+    def stored(area: int) -> StoredObject:
+        m = np.zeros((10, 10), bool)
+        m.flat[:area] = True
+        return StoredObject(mask_ops.encode_rle(m), 1.0, None)
+
+    # Object 3 is hidden on the chunk's first frame (20) and largest on 22; text objects stay out.
+    tail = {21: {3: stored(4)}, 22: {3: stored(9), 4: StoredObject(stored(5).rle, 0.9, "ball")}, 23: {3: stored(2)}}
+    (seed,) = _seeds(tail, Chunk(index=1, start=20, stop=40, emit_from=24))
+    assert (seed.obj_id, seed.frame, int(seed.mask.sum())) == (3, 2, 9)

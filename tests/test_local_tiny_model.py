@@ -116,13 +116,30 @@ def _check_frames(results, shape: tuple[int, int], frames: int) -> None:
 
 def test_text_prompt_runs_the_real_video_model(tiny_backend, tiny_video) -> None:
     path, _ = tiny_video
-    request = SegmentRequest.build(prompt="red ball", detection_threshold=0.0, max_num_objects=2)
+    # The request's budget covers a re-detection per chunk: with random weights the same object
+    # need not overlap itself across chunks enough to be stitched (the model keeps 2 per chunk).
+    request = SegmentRequest.build(prompt="red ball", detection_threshold=0.0, max_num_objects=4)
     run = tiny_backend.segment(VideoSource(info=probe(path), path=path), request)
     results = list(run)
     _check_frames(results, (72, 96), 10)
     assert run.record.model == "sam3 (transformers)" and run.record.backend == "local"
     assert {o.label for fr in results for o in fr.objects} == {"red ball"}
     assert 1 <= len({o.track_id for fr in results for o in fr.objects}) <= 4  # 2 chunks, at most 2 objects each
+
+
+def _prompt_encoder_inputs(backend) -> list[dict]:
+    """Records what the real tracker's prompt encoder receives (points, labels, boxes)."""
+    calls: list[dict] = []
+    encoder = backend.engine.tracker_model.prompt_encoder
+
+    def hook(module, args, kwargs) -> None:
+        names = ("input_points", "input_labels", "input_boxes", "input_masks")
+        given = dict(zip(names, args)) | {k: v for k, v in kwargs.items() if k in names}
+        calls.append({k: (v.detach().clone() if v is not None else None) for k, v in given.items()})
+
+    handle = encoder.register_forward_pre_hook(hook, with_kwargs=True)
+    calls.append({"handle": handle})
+    return calls
 
 
 def test_box_and_points_with_two_object_ids_run_the_real_tracker(tiny_backend, tiny_video) -> None:
@@ -132,11 +149,64 @@ def test_box_and_points_with_two_object_ids_run_the_real_tracker(tiny_backend, t
         point_prompts=[{"x": 60, "y": 30, "label": 1, "object_id": 2, "frame_index": 3},
                        {"x": 70, "y": 60, "label": 0, "object_id": 2, "frame_index": 3}],
     )
-    results = list(tiny_backend.segment(VideoSource(info=probe(path), path=path), request))
+    calls = _prompt_encoder_inputs(tiny_backend)
+    try:
+        results = list(tiny_backend.segment(VideoSource(info=probe(path), path=path), request))
+    finally:
+        calls.pop(0)["handle"].remove()
     _check_frames(results, (72, 96), 10)
     for fr in results:  # two chunks (0-5, 4-9): ids carried across by the previous chunk's masks
         assert [o.track_id for o in fr.objects] == [1, 2], fr.frame_index
         assert [o.label for o in fr.objects] == ["object_1", "object_2"]
+    # What the model received, normalised by its input size (112): each pixel given must
+    # arrive where it is in the 96x72 frame (points at pixel centres, box corners as given,
+    # box as corner points labelled 2 and 3 before the clicks), for each object.
+    prompted = []
+    for call in calls:
+        points, labels = call.get("input_points"), call.get("input_labels")
+        if points is None or labels is None:
+            continue
+        for obj_points, obj_labels in zip(points.reshape(-1, points.shape[-2], 2), labels.reshape(-1, labels.shape[-1])):
+            keep = obj_labels != -10  # padding (none here)
+            prompted.append(((obj_points[keep] / IMAGE).tolist(), obj_labels[keep].tolist()))
+    box = ([[10 / 96, 20 / 72], [40 / 96, 50 / 72]], [2, 3])
+    clicks = ([[60.5 / 96, 30.5 / 72], [70.5 / 96, 60.5 / 72]], [1, 0])
+    for want in (box, clicks):
+        assert any(got_labels == want[1] and np.allclose(got, want[0], atol=1e-4) for got, got_labels in prompted), (
+            want, prompted)
+
+
+def test_detection_threshold_changes_what_is_kept(tiny_backend, tiny_video) -> None:
+    """Random weights score about 0.25: kept at threshold 0, none at 0.5 (the model's
+    detector threshold is the request's, per run)."""
+    path, _ = tiny_video
+    counts = {}
+    for threshold in (0.0, 0.5):
+        request = SegmentRequest.build(prompt="red ball", detection_threshold=threshold, max_num_objects=4)
+        results = list(tiny_backend.segment(VideoSource(info=probe(path), path=path), request))
+        counts[threshold] = sum(len(fr.objects) for fr in results)
+    assert counts[0.0] >= 10 and counts[0.5] == 0, counts
+    model = tiny_backend.engine.video_model
+    assert (model.score_threshold_detection, model.new_det_thresh) == (0.0, 0.0)  # restored after each run
+
+
+def test_text_masks_do_not_overlap_and_duplicates_are_suppressed(tiny_backend, tiny_video) -> None:
+    """The processor's own post-processing runs (non-overlapping masks per prompt), and NMS
+    runs without the hub kernel."""
+    from transformers.models.sam3_video import modeling_sam3_video
+
+    path, _ = tiny_video
+    request = SegmentRequest.build(prompt="red ball", detection_threshold=0.0, max_num_objects=4)
+    results = list(tiny_backend.segment(VideoSource(info=probe(path), path=path), request))
+    for fr in results:
+        if len(fr.objects) > 1:
+            stacked = np.stack([o.mask for o in fr.objects]).sum(axis=0)
+            assert stacked.max() <= 1, f"overlapping masks on frame {fr.frame_index}"
+    nms = modeling_sam3_video.cv_utils_kernel
+    assert nms, "NMS would be skipped (no kernel)"
+    ious = torch.tensor([[1.0, 0.9, 0.0], [0.9, 1.0, 0.0], [0.0, 0.0, 1.0]])
+    kept = nms.generic_nms(ious, torch.tensor([0.5, 0.8, 0.3]), 0.5, use_iou_matrix=True)
+    assert kept.tolist() == [1, 2]
 
 
 def test_writer_stores_what_the_real_model_produced(tiny_backend, tiny_video, make_dataset) -> None:
@@ -144,7 +214,7 @@ def test_writer_stores_what_the_real_model_produced(tiny_backend, tiny_video, ma
 
     path, _ = tiny_video
     ds = make_dataset(path)
-    report = segment_videos(ds, prompt="blue box", detection_threshold=0.0, max_num_objects=2,
+    report = segment_videos(ds, prompt="blue box", detection_threshold=0.0, max_num_objects=4,
                             label_field="tiny", backend=tiny_backend)
     assert report.failed == {} and report.frames == 10 and report.detections >= 10
     sample = ds.first()
@@ -163,7 +233,7 @@ def test_segment_operator_runs_the_local_backend(tiny_model_dir: Path, tiny_vide
     ds = make_dataset(path)
     result = foo.get_operator("@sam31/video/segment_video")(
         ds.view(), "blue box", backend="local", engine="transformers", model=str(tiny_model_dir), device="cpu",
-        detection_threshold=0.0, max_num_objects=2, label_field="local_op")
+        detection_threshold=0.0, max_num_objects=4, label_field="local_op")
     assert result.error is None, result.error
     ds.reload()
     sample = ds.first()

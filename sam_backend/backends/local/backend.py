@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -45,6 +46,7 @@ class LocalBackend:
         self.config = config
         self._engine = engine
         self._predictor_factory = predictor_factory
+        self._engine_lock = threading.Lock()  # samples run on several threads: build one engine
         if engine is None:
             self._preflight()
 
@@ -61,16 +63,17 @@ class LocalBackend:
 
     @property
     def engine(self) -> Engine:
-        if self._engine is None:
-            if self.config.engine == "transformers":
-                from .hf import TransformersEngine
+        with self._engine_lock:
+            if self._engine is None:
+                if self.config.engine == "transformers":
+                    from .hf import TransformersEngine
 
-                self._engine = TransformersEngine(self.config)
-            else:
-                from .meta import MetaEngine
+                    self._engine = TransformersEngine(self.config)
+                else:
+                    from .meta import MetaEngine
 
-                self._engine = MetaEngine(self.config, predictor_factory=self._predictor_factory)
-        return self._engine
+                    self._engine = MetaEngine(self.config, predictor_factory=self._predictor_factory)
+            return self._engine
 
     def close(self) -> None:
         if self._engine is not None:
@@ -154,8 +157,7 @@ class LocalBackend:
                 concepts=tuple(request.concepts),
                 visual=tuple(dataclasses.replace(p, frame=p.frame - chunk.start) for p in prompts
                              if chunk.start <= p.frame < chunk.stop),
-                seeds=tuple(Seed(gid, 0, obj.mask()) for gid, obj in sorted(tail.get(chunk.start, {}).items())
-                            if obj.concept is None),
+                seeds=_seeds(tail, chunk),
                 detection_threshold=request.detection_threshold,
                 max_num_objects=request.max_num_objects,
             )
@@ -218,6 +220,22 @@ class LocalBackend:
         previous = {p: {g: o for g, o in tail.get(p, {}).items() if o.concept is not None} for p in overlap}
         current = {p: {local: o for (kind, local), o in results.get(p, {}).items() if kind == "t"} for p in overlap}
         return match_tracks(previous, current, self.config.stitch_iou)
+
+
+def _seeds(tail: dict[int, dict[int, StoredObject]], chunk: Chunk) -> tuple[Seed, ...]:
+    """Each point/box object the previous chunk saw on the overlap, on the overlap frame where
+    its mask was largest (most visible; an object hidden on the chunk's first frame is still
+    carried over, and a frame with only stray pixels of it is not chosen)."""
+    best: dict[int, tuple[int, int, np.ndarray]] = {}
+    for pos in sorted(tail):
+        if chunk.start <= pos < chunk.emit_from:
+            for gid, obj in tail[pos].items():
+                if obj.concept is None:
+                    mask = obj.mask()
+                    area = int(mask.sum())
+                    if area > best.get(gid, (-1, 0, mask))[0]:
+                        best[gid] = (area, pos, mask)
+    return tuple(Seed(gid, pos - chunk.start, mask) for gid, (_, pos, mask) in sorted(best.items()))
 
 
 def _store(objects: list[RawObject]) -> dict[tuple[str, int], StoredObject]:

@@ -1,17 +1,22 @@
 """SAM 3 through ``transformers`` (CPU or GPU): ``Sam3VideoModel`` for text concepts,
 ``Sam3TrackerVideoModel`` for points and boxes with object ids.
 
-The models, their inference sessions and propagation are transformers' own code. The
-few lines of pre/post-processing that transformers keeps in its processor classes are
-done here with plain torch, because those processors need torchvision (whose PyPI builds
-do not load beside a CPU-only torch); each helper names the processor method it mirrors.
-torch and transformers are imported only when this engine is built.
+The models, their inference sessions and propagation are transformers' own code, and so is
+the text path's post-processing (``Sam3VideoProcessor.postprocess_outputs``: hidden
+objects, non-overlapping masks) and its NMS, both made to run without torchvision or a hub
+download (:mod:`.hf_post`). The pre-processing and the tracker's mask resizing are a few
+lines of plain torch, because the processors need torchvision (whose PyPI builds do not
+load beside a CPU-only torch); each helper names the processor method it mirrors.
+One chunk runs at a time per engine (its lock): the samples of a run share its models and
+the per-run thresholds set on them. torch and transformers are imported only when this
+engine is built.
 """
 
 from __future__ import annotations
 
 import importlib.util
 import json
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -23,6 +28,7 @@ from ..base import CancelToken
 from .config import ENV_MODEL, LocalConfig
 from .engine import ChunkJob, RawObject, Seed
 from .errors import INSTALL_TRANSFORMERS, EngineUnavailable
+from .hf_post import install_nms, postprocess_outputs
 
 _TEXT_MAX_LENGTH = 32  # Sam3VideoProcessor.add_text_prompt pads every prompt to 32 tokens
 _DEFAULT_MEAN_STD = (0.5, 0.5, 0.5)  # SAM 3's normalisation (Meta's loader and Sam3ImageProcessor)
@@ -66,6 +72,8 @@ class TransformersEngine:
         self._tracker_model: Any = None
         self._tokenizer: Any = None
         self._mean_std: tuple[tuple[float, ...], tuple[float, ...]] | None = None
+        self._lock = threading.RLock()  # the samples of a run share this engine and its models
+        install_nms()  # NMS without the hub-fetched kernel (else duplicate objects)
 
     def close(self) -> None:
         self._video_model = self._tracker_model = self._tokenizer = None
@@ -155,7 +163,9 @@ class TransformersEngine:
 
     def run_chunk(self, job: ChunkJob, cancel: CancelToken) -> Iterator[tuple[int, list[RawObject]]]:
         torch = self._torch
-        with torch.inference_mode():
+        # One chunk at a time on this engine's models: the per-run thresholds are set on the
+        # shared model (see _thresholds), which must not change under another thread's run.
+        with self._lock, torch.inference_mode():
             if job.concepts:
                 yield from self._text(job, cancel)
             if job.visual or job.seeds:
@@ -183,15 +193,13 @@ class TransformersEngine:
                                                          max_frame_num_to_track=len(job.frames)):
                 if cancel.cancelled:
                     raise Cancelled("run cancelled; propagation stopped")
-                hidden = set(out.suppressed_obj_ids or ()) | set(session.hotstart_removed_obj_ids)
-                ids = [i for i in sorted(out.obj_id_to_mask) if i not in hidden]
+                # The processor's own post-processing: upsampling, suppressed and hot-start
+                # removed objects hidden, non-overlapping masks within each prompt.
+                post = postprocess_outputs(session, out)
                 objects = []
-                if ids:
-                    low = torch.cat([out.obj_id_to_mask[i] for i in ids], dim=0)[:, None]
-                    masks = self._to_video_size(low, job.height, job.width)
-                    for k, obj_id in enumerate(ids):
-                        concept = session.prompts[session.obj_id_to_prompt_id[obj_id]]
-                        objects.append(RawObject(int(obj_id), float(out.obj_id_to_score.get(obj_id, 0.0)), masks[k], concept))
+                for k, obj_id in enumerate(post["object_ids"].tolist()):
+                    concept = session.prompts[session.obj_id_to_prompt_id[obj_id]]
+                    objects.append(RawObject(int(obj_id), float(post["scores"][k]), post["masks"][k].cpu().numpy(), concept))
                 yield int(out.frame_idx), objects
 
     def _visual(self, job: ChunkJob, cancel: CancelToken) -> Iterator[tuple[int, list[RawObject]]]:
@@ -255,7 +263,8 @@ class TransformersEngine:
 
 
 class _thresholds:
-    """Per-run detection settings on a shared model, restored afterwards.
+    """Per-run detection settings on a shared model, restored afterwards; entered only under
+    the engine's lock, so no other thread's run sees them.
 
     ``detection_threshold`` becomes the detector's score threshold; the threshold for
     starting a new track keeps its distance above it from the model's config (0.7 vs 0.5

@@ -1,0 +1,200 @@
+"""The Meta engine driven through Meta's real ``sam3`` code (the PyPI package, SAM 3) on CPU.
+
+The PyPI ``sam3`` pins numpy<2.4 and needs torchvision, which clash with this project's
+environment, so scripts/setup.sh installs it in a second virtualenv (``$VIRTUAL_ENV/sam3-venv``)
+and ``test_real_sam3_suite`` runs this same file there in a subprocess; inside that venv the
+tests below run directly. On CI a missing sam3 venv is a failure, not a skip.
+
+What is real: the builder (``build_sam3_video_predictor`` -> ``Sam3VideoPredictorMultiGPU``
+-> ``Sam3VideoPredictor.__init__`` -> ``build_sam3_video_model``, every module built at full
+size), the request dispatcher, sessions, the frame loaders (PIL list and JPEG folder), text
+prompting, the tracker API (click and box encoding, mask inputs, consolidation, processing
+order, non-overlap constraints, resizing to video size, hole filling) and output
+post-processing. What stands in (tests/test_local_sam3_standins.py): the
+CUDA calls (mapped to CPU), the weights (``load_state_dict``; nothing can be downloaded),
+and the network forwards: the detector-and-tracker step of a text session
+(``_det_track_one_frame``) and, in the tracker, the image encoder (``_get_image_feature``),
+the SAM heads with memory attention (``track_step``) and the memory encoder
+(``_encode_new_memory``). The stand-ins see by colour, like the contract fake.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+IN_SAM3_VENV = importlib.util.find_spec("sam3") is not None and importlib.util.find_spec("torchvision") is not None
+
+
+def sam3_python() -> Path | None:
+    """The sam3 test venv's python (made by scripts/setup.sh), if present."""
+    for base in (Path(sys.prefix), ROOT / ".venv"):
+        candidate = base / "sam3-venv" / "bin" / "python"
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+if not IN_SAM3_VENV:
+    def test_real_sam3_suite() -> None:
+        """Runs this file in the sam3 venv; every test there must pass, none may skip."""
+        python = sam3_python()
+        if python is None:
+            message = "the sam3 test venv is missing: run '. scripts/setup.sh' (it makes $VIRTUAL_ENV/sam3-venv)"
+            if os.environ.get("CI"):
+                pytest.fail(message)
+            pytest.skip(message)
+        env = {**os.environ, "PYTHONPATH": str(ROOT), "USE_PERFLIB": "0"}
+        env.pop("VIRTUAL_ENV", None)
+        out = subprocess.run([str(python), "-m", "pytest", str(Path(__file__)), "-q", "--noconftest", "-p",
+                              "no:cacheprovider", "-x"], capture_output=True, text=True, cwd=ROOT, env=env, timeout=1500)
+        tail = out.stdout[-6000:] + out.stderr[-2000:]
+        assert out.returncode == 0, tail
+        summary = out.stdout.strip().splitlines()[-1]
+        assert " passed" in summary and "skipped" not in summary and "failed" not in summary, tail
+
+
+if IN_SAM3_VENV:
+    from test_local_sam3_standins import BACKEND_OPTIONS, make_backend, run_request, write_scene  # noqa: E402
+
+    @pytest.fixture(scope="module")
+    def backend(tmp_path_factory: pytest.TempPathFactory):
+        with make_backend(tmp_path_factory.mktemp("ckpt")) as backend:
+            yield backend
+
+    @pytest.fixture(scope="module")
+    def scene(tmp_path_factory: pytest.TempPathFactory):
+        return write_scene(tmp_path_factory.mktemp("video") / "scene.mp4", frames=48)
+
+    def test_builder_runs_and_predictor_is_the_real_one(backend) -> None:
+        from sam3.model.sam3_video_predictor import Sam3VideoPredictor
+
+        predictor = backend.engine._shared(BACKEND_OPTIONS["max_num_objects"]).predictor
+        assert isinstance(predictor, Sam3VideoPredictor)
+        assert sum(p.numel() for p in predictor.model.parameters()) > 5e8  # the full-size network was built
+
+    def test_text_prompt_through_real_sessions(backend, scene) -> None:
+        path, gt = scene
+        results = run_request(backend, path, prompt="red ball, blue box")
+        assert [fr.frame_index for fr in results] == list(range(48))
+        ids = _best_ids(results, gt, ["red ball", "blue box"])
+        assert all(len(v) == 1 for v in ids.values()), ids
+        labels = {o.track_id: o.label for fr in results for o in fr.objects}
+        assert labels[next(iter(ids["red ball"]))] == "red ball"
+
+    def test_points_and_boxes_through_the_real_tracker(backend, scene) -> None:
+        path, gt = scene
+        red = gt.mask("red ball", 20)
+        ys, xs = np.nonzero(red)
+        bx0, by0, bx1, by1 = _box(gt.mask("blue box", 30))
+        results = run_request(backend, path, point_prompts=[
+            {"x": int(np.median(xs)), "y": int(np.median(ys)), "label": 1, "object_id": 5, "frame_index": 20}],
+            box_prompts=[{"x_min": bx0, "y_min": by0, "x_max": bx1, "y_max": by1, "object_id": 7, "frame_index": 30}])
+        ids = _best_ids(results, gt, ["red ball", "blue box"])
+        assert set(ids["red ball"]) == {5}  # found (>= 95% of frames) both ways from frame 20
+        assert set(ids["blue box"]) == {7}
+
+    def test_garbage_point_coordinates_fail(backend, scene) -> None:
+        """A click on the background must not find the red ball (the prompt matters)."""
+        path, gt = scene
+        results = run_request(backend, path, point_prompts=[{"x": 2, "y": 2, "label": 1, "object_id": 5,
+                                                             "frame_index": 20}])
+        assert not any(o.track_id == 5 and _iou(o.mask, gt.mask("red ball", fr.frame_index)) > 0.5
+                       for fr in results for o in fr.objects if gt.mask("red ball", fr.frame_index) is not None)
+
+    def test_threshold_drops_text_objects_sam3_would_keep(backend, scene) -> None:
+        """SAM 3's predictor ignores output_prob_thresh (the stand-in detector scores 0.9)."""
+        path, _ = scene
+        kept = run_request(backend, path, prompt="red ball", detection_threshold=0.5)
+        dropped = run_request(backend, path, prompt="red ball", detection_threshold=0.95)
+        assert any(fr.objects for fr in kept) and not any(fr.objects for fr in dropped)
+
+    def test_two_samples_at_once_share_one_model(backend, scene) -> None:
+        import threading
+
+        from test_local_sam3_standins import LOADED, cpu_mode
+
+        path, gt = scene
+        backend.engine._shared(BACKEND_OPTIONS["max_num_objects"])  # built (once) before the samples start
+        builds = len(LOADED)
+        outcomes: list = []
+
+        def one() -> None:
+            try:
+                with cpu_mode():  # no CUDA here: each thread maps it to the CPU itself
+                    outcomes.append(run_request(backend, path, prompt="blue box"))
+            except BaseException as exc:  # noqa: BLE001 - asserted below
+                outcomes.append(exc)
+
+        threads = [threading.Thread(target=one) for _ in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert len(LOADED) == builds  # no second model built
+        for results in outcomes:
+            assert not isinstance(results, BaseException), results
+            assert len(_best_ids(results, gt, ["blue box"])["blue box"]) == 1
+
+    def test_600_frames_in_chunks_keep_one_id_per_object(backend, tmp_path: Path) -> None:
+        path, gt = write_scene(tmp_path / "long.mp4", frames=600)
+        results = run_request(backend, path, prompt="green ball, blue box", chunk_size=100, overlap=24)
+        assert [fr.frame_index for fr in results] == list(range(600))
+        ids = _best_ids(results, gt, ["green ball", "blue box"])
+        assert all(len(v) == 1 for v in ids.values()), ids
+        assert len({next(iter(v)) for v in ids.values()}) == 2
+
+    def test_clicks_and_boxes_carried_across_chunks_as_masks(backend, scene) -> None:
+        """Three chunks; objects carried over as masks from the overlap (the tracker route)."""
+        path, gt = scene
+        frame = min(f for f in gt.frames_visible("red ball") if f in gt.frames_visible("green ball")
+                    and gt.mask("green ball", f).sum() >= 30 and gt.mask("red ball", f).sum() >= 30)
+        ys, xs = np.nonzero(gt.mask("red ball", frame))
+        bx0, by0, bx1, by1 = _box(gt.mask("green ball", frame))
+        results = run_request(backend, path, chunk_size=20, overlap=6, point_prompts=[
+            {"x": int(np.median(xs)), "y": int(np.median(ys)), "label": 1, "object_id": 3, "frame_index": frame}],
+            box_prompts=[{"x_min": bx0, "y_min": by0, "x_max": bx1, "y_max": by1, "object_id": 4,
+                          "frame_index": frame}])
+        ids = _best_ids(results, gt, ["red ball", "green ball"])
+        assert set(ids["red ball"]) == {3}
+        assert set(ids["green ball"]) == {4}
+
+    def _box(mask: np.ndarray) -> tuple[int, int, int, int]:
+        ys, xs = np.nonzero(mask)
+        return int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1
+
+    def _iou(a: np.ndarray, b: np.ndarray | None) -> float:
+        if b is None:
+            return 0.0
+        union = np.logical_or(a, b).sum()
+        return float(np.logical_and(a, b).sum() / union) if union else 0.0
+
+    def _best_ids(results, gt, names) -> dict[str, dict[int, int]]:
+        """Per ground-truth object: how often each track id was its best match (IoU > 0.5).
+        The object must be matched on at least 95% of the frames where it shows 30 pixels or
+        more: the stand-ins see frames resampled 160x120 -> 1008x1008 -> back (the model's
+        input size), and a ball half hidden behind another can drop to a sliver there."""
+        from collections import Counter
+
+        found: dict[str, Counter] = {n: Counter() for n in names}
+        for fr in results:
+            for name in names:
+                truth = gt.mask(name, fr.frame_index)
+                if truth is None or truth.sum() < 30:
+                    continue
+                best = max(fr.objects, key=lambda o: _iou(o.mask, truth), default=None)
+                if best is not None and _iou(best.mask, truth) > 0.5:
+                    found[name][best.track_id] += 1
+        for name in names:
+            assert sum(found[name].values()) >= 0.95 * _visible(gt, name), (name, dict(found[name]), _visible(gt, name))
+        return {n: dict(c) for n, c in found.items()}
+
+    def _visible(gt, name: str) -> int:
+        return sum(1 for f in gt.frames_visible(name) if gt.mask(name, f).sum() >= 30)
