@@ -4,6 +4,7 @@
 set -euo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 export SAM31_SETUP_BROWSER="${SAM31_SETUP_BROWSER:-0}"  # the demo needs no browser
+export SAM31_SETUP_SAM3="${SAM31_SETUP_SAM3:-0}"  # nor the sam3 test environment (setup for the tests adds it)
 # shellcheck source=setup.sh
 . "$repo/scripts/setup.sh"
 cd "$repo"
