@@ -283,8 +283,10 @@ CHILD = textwrap.dedent("""
     config = FalConfig(key=key, queue_url=base + "/queue", rest_url=base + "/rest", cdn_url=base + "/cdn",
                        journal_path=journal, poll_initial_s=0.02, poll_max_s=0.2)
     with FalBackend(config) as backend:
-        segment_videos(fo.load_dataset(name), prompt=sys.argv[5], label_field="sam", backend=backend, concurrency=2)
-    print("finished")
+        report = segment_videos(fo.load_dataset(name), prompt=sys.argv[5], label_field="sam", backend=backend,
+                                concurrency=2)
+    print("finished", report.failed or "")
+    raise SystemExit(1 if report.failed else 0)
 """)
 
 
@@ -345,6 +347,27 @@ def test_sigkill_mid_run_then_resume_pays_once_and_labels_everything(make_datase
     info = ds.get_field("frames.sam").info["sam31_video"]
     assert info["run_id"] == run.run_id and sorted(info["request_ids"]) == sorted(ds.values("id"))
     assert sum(info["billable_units"].values()) == R * sum(by_path[p].scene.frame_count for p in ds.values("filepath"))
+
+
+def test_two_processes_segmenting_the_same_field_pay_once(make_dataset, clips: list[Clip], tmp_path: Path) -> None:
+    """Two real processes, one journal, the same videos and field, started together: each
+    request is claimed in the journal atomically, the second process follows the first's
+    requests instead of submitting them again, and both finish with exact labels."""
+    ds = make_dataset(*[p for p, _ in clips], persistent=True)
+    journal_path = tmp_path / "journal.sqlite3"
+    # Slow uploads keep both processes between "nothing journaled yet" and their submits
+    # at the same time: the race the journal's claim has to settle.
+    slow_uploads = FaultPlan(FaultRule("upload", slow(4.0)))
+    with EmulatorServer(EmulatorConfig(service_time_s=1.0, workers=16, faults=slow_uploads)) as emu:
+        args = [sys.executable, "-c", CHILD, ds.name, emu.key, emu.base_url, str(journal_path), PROMPT]
+        children = [subprocess.Popen(args, env=dict(os.environ), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                    for _ in range(2)]
+        outputs = [child.communicate(timeout=240) for child in children]
+        assert [child.returncode for child in children] == [0, 0], outputs
+        assert emu.stats.uploads > len(clips)  # both processes were in the window (each uploaded)
+        assert len(emu.stats.submits) == len(clips) * R  # one submit per request, whichever process sent it
+        assert sorted(emu.stats.submit_count_by_payload.values()) == [1] * len(clips) * R
+    check_all(ds, clips)
 
 
 # --------------------------------------------------------------------------- features

@@ -4,6 +4,7 @@ from it (poll, reuse, or refuse to resend an uncertain submit)."""
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import threading
 import time
@@ -234,3 +235,55 @@ def test_cli_status_resume_and_frame_ranges(tmp_path: Path, capsys: pytest.Captu
     assert _frames("100:").stop is None
     with pytest.raises(argparse.ArgumentTypeError):
         _frames("10")
+
+
+def test_claims_are_atomic_and_name_their_owner(tmp_path) -> None:
+    import os
+    import socket
+    from concurrent.futures import ThreadPoolExecutor
+
+    from sam_backend.backends.fal.journal import owner_id
+
+    path = tmp_path / "j.sqlite3"
+    journals = [Journal(path) for _ in range(8)]  # eight connections, as eight processes would have
+    try:
+        def claim(j: Journal):
+            return j.claim(work_key="ds/s/sam", request_hash="h1", endpoint="e", payload={"n": 1})
+
+        with ThreadPoolExecutor(8) as pool:
+            results = list(pool.map(claim, journals))
+        winners = [entry for entry, mine in results if mine]
+        assert len(winners) == 1 and winners[0].owner == owner_id()  # exactly one may submit
+        assert {entry.id for entry, _ in results} == {winners[0].id}  # the others got that entry
+        assert winners[0].owner_alive()
+
+        journals[0].mark(winners[0].id, RequestState.REJECTED, "fal refused it")
+        again, mine = claim(journals[1])
+        assert mine and again.id != winners[0].id  # a refused submit may be claimed anew
+
+        dead = dataclasses.replace(again, owner=f"{socket.gethostname()}:{2**22 + 12345}")
+        far = dataclasses.replace(again, owner="elsewhere:1", updated_at=time.time() - 3600)
+        near = dataclasses.replace(again, owner="elsewhere:1", updated_at=time.time())
+        assert not dead.owner_alive() and not far.owner_alive() and near.owner_alive()
+        assert os.getpid() == int(again.owner.rsplit(":", 1)[1])
+    finally:
+        for j in journals:
+            j.close()
+
+
+def test_an_old_journal_gets_the_owner_column(tmp_path) -> None:
+    import sqlite3
+
+    path = tmp_path / "old.sqlite3"
+    with sqlite3.connect(path) as db:  # the schema before claims existed
+        db.execute("CREATE TABLE requests (id INTEGER PRIMARY KEY AUTOINCREMENT, work_key TEXT, request_hash TEXT NOT NULL,"
+                   " endpoint TEXT NOT NULL, state TEXT NOT NULL, request_id TEXT, status_url TEXT, response_url TEXT,"
+                   " cancel_url TEXT, payload TEXT NOT NULL, webhook_url TEXT, frame_indices TEXT, result BLOB,"
+                   " billable_units REAL, error TEXT, created_at REAL NOT NULL, updated_at REAL NOT NULL)")
+        db.execute("INSERT INTO requests (work_key, request_hash, endpoint, state, payload, created_at, updated_at)"
+                   " VALUES ('k', 'h', 'e', 'submitted', '{}', 1, 1)")
+    with Journal(path) as journal:
+        [entry] = journal.entries()
+        assert entry.owner is None and entry.state is RequestState.SUBMITTED
+        _, mine = journal.claim(work_key="k", request_hash="h", endpoint="e", payload={})
+        assert not mine  # the old in-flight request is followed, not resubmitted

@@ -3,12 +3,23 @@ is resumed from it: every video labelled, no payload submitted twice."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import fiftyone.operators as foo
 import pytest
 
 from sam_backend.backends.base import CancelToken
+from sam_backend.emulator import EmulatorConfig, EmulatorServer
 from sam_backend.errors import Cancelled
 from sam_backend.fiftyone_io import segment_videos, status
+
+
+@pytest.fixture
+def emulator() -> Iterator[EmulatorServer]:
+    """Jobs held in the queue for 3 status polls (a test knob): the cancel below always
+    reaches a queued job, not one that the toy model already finished."""
+    with EmulatorServer(EmulatorConfig(queue_steps=3)) as server:
+        yield server
 
 
 def test_resume_an_interrupted_run_from_the_operator(make_dataset, small_video, scene_video, emulator, tmp_path,

@@ -69,6 +69,9 @@ from .uploads import FalStorage
 
 log = logging.getLogger(__name__)
 
+# How long to wait for another process's submit of the same request (same journal) to
+# be answered: a submit takes seconds; longer means that process is stuck.
+OTHER_SUBMIT_WAIT_S = 120.0
 # Each poll waits this much longer than the one before (up to poll_max_s): a 2 s job costs
 # about 5 status calls, a 10 min one about 400 instead of fal-client's 6,000.
 POLL_GROWTH = 1.5
@@ -311,26 +314,50 @@ class FalBackend:
     def _one_request(self, r: _Request, get_url: Callable[[], str], work_key: str | None,
                      on_progress: ProgressCallback | None, cancel: CancelToken) -> None:
         with self._slots:
-            cancel.raise_if_cancelled()
-            handle = None
-            if r.entry is not None and r.entry.state is RequestState.SUBMITTED:
-                handle = r.entry.handle()
-                report(on_progress, Progress("submit", f"{r.planned.key}: resuming request {handle.request_id} "
-                                                       "from the journal", request_id=handle.request_id))
-            else:
-                r.entry = None
             while True:
-                if r.entry is None:
+                cancel.raise_if_cancelled()
+                entry = r.entry
+                if entry is not None and entry.state is RequestState.SUBMITTING:
+                    entry = r.entry = self._await_other_submit(entry, r.planned.key, on_progress, cancel)
+                if entry is not None and entry.state in HAS_RESULT and entry.has_result:
+                    r.stored = self.journal.result(entry.id)
+                    return
+                if entry is not None and entry.state is RequestState.SUBMITTED:
+                    handle = entry.handle()
+                    report(on_progress, Progress("submit", f"{r.planned.key}: following request {handle.request_id} "
+                                                           "from the journal", request_id=handle.request_id))
+                else:
                     r.entry, handle = self._submit_new(r, get_url(), work_key, cancel)
+                    if handle is None:  # another process holds this request: follow its entry
+                        continue
                     report(on_progress, Progress("submit", f"{r.planned.key}: submitted to {handle.endpoint}",
                                                  request_id=handle.request_id))
-                assert handle is not None
+                assert r.entry is not None
                 try:
                     r.stored = self._wait_and_fetch(r.entry, handle, r.planned.key, on_progress, cancel)
                     return
                 except EndpointNotFound as exc:  # accepted, then "no such app" at status/result
                     self._endpoint_missing(r.entry, exc)
-                    r.entry, handle = None, None
+                    r.entry = None
+
+    def _await_other_submit(self, entry: Entry, key: str, on_progress: ProgressCallback | None,
+                            cancel: CancelToken) -> Entry | None:
+        """Another live process is submitting this very request (same journal): wait for
+        its answer instead of paying again. None: it ended without a request, submit anew."""
+        report(on_progress, Progress("submit", f"{key}: another process is submitting this request; waiting for it"))
+        deadline = time.monotonic() + OTHER_SUBMIT_WAIT_S
+        while entry.state is RequestState.SUBMITTING and entry.owner_alive() and time.monotonic() < deadline:
+            if cancel.wait(0.2):
+                cancel.raise_if_cancelled()
+            entry = self.journal.get(entry.id)
+        if entry.state in (RequestState.SUBMITTING, RequestState.UNCERTAIN):
+            raise SubmitUncertain(
+                f"another process claimed this request and did not get fal's answer: {entry.describe()} in "
+                f"{self.journal.location}. It was not resent; check your fal dashboard, then resume with "
+                "resubmit_uncertain=True (CLI: sam31-video resume --resubmit-uncertain) to submit it again")
+        if entry.state is RequestState.SUBMITTED or (entry.state in HAS_RESULT and entry.has_result):
+            return entry
+        return None  # rejected, failed, cancelled or expired there: a new attempt here
 
     def _endpoint_missing(self, entry: Entry, exc: EndpointNotFound) -> None:
         """fal has no such app: nothing was billed; later requests skip it."""
@@ -350,13 +377,18 @@ class FalBackend:
             raise EndpointNotFound(chain[-1], detail=f"nor any fallback ({', '.join(chain)})")
         return chain[-1]
 
-    def _submit_new(self, r: _Request, url: str, work_key: str | None, cancel: CancelToken) -> tuple[Entry, RequestHandle]:
+    def _submit_new(self, r: _Request, url: str, work_key: str | None,
+                    cancel: CancelToken) -> tuple[Entry, RequestHandle | None]:
+        """Claim the request in the journal (atomic across processes) and submit it; when
+        another process claimed it first, its entry and no handle."""
         while True:
             cancel.raise_if_cancelled()
             current = self._endpoint_for(r.planned.endpoints)
             body = endpoint_table.build_body(endpoint_table.endpoint(current), url, **r.planned.fields)
-            entry = self.journal.begin(work_key=work_key, request_hash=r.rhash, endpoint=current, payload=body,
-                                       webhook_url=self.config.webhook_url)
+            entry, mine = self.journal.claim(work_key=work_key, request_hash=r.rhash, endpoint=current, payload=body,
+                                             webhook_url=self.config.webhook_url)
+            if not mine:
+                return entry, None
             try:
                 return entry, self._submit(entry, body)
             except EndpointNotFound as exc:
@@ -373,6 +405,8 @@ class FalBackend:
             return entry if entry.has_result else None  # a pruned old result: submit anew
         if entry.state is RequestState.SUBMITTED:
             return entry
+        if entry.state is RequestState.SUBMITTING and entry.owner_alive():
+            return entry  # another process is submitting it right now: wait for it (_one_request)
         if entry.state in (RequestState.SUBMITTING, RequestState.UNCERTAIN):
             if self.config.resubmit_uncertain:
                 self.journal.release(entry.id)

@@ -27,6 +27,7 @@ import dataclasses
 import enum
 import json
 import os
+import socket
 import sqlite3
 import threading
 import time
@@ -64,7 +65,8 @@ CREATE TABLE IF NOT EXISTS requests (
     billable_units REAL,
     error TEXT,
     created_at REAL NOT NULL,
-    updated_at REAL NOT NULL
+    updated_at REAL NOT NULL,
+    owner TEXT
 );
 CREATE INDEX IF NOT EXISTS requests_by_work ON requests (work_key, request_hash);
 CREATE INDEX IF NOT EXISTS requests_by_state ON requests (state);
@@ -151,6 +153,23 @@ class Entry:
     created_at: float
     updated_at: float
     has_result: bool
+    owner: str | None = None  # "host:pid" of the process that claimed the submit
+
+    def owner_alive(self, *, lease_s: float = 600.0) -> bool:
+        """Whether the process that claimed this submit may still be sending it: alive on
+        this host, or (another host) heard from within ``lease_s``."""
+        if not self.owner:
+            return False
+        host, _, pid = self.owner.rpartition(":")
+        if host != socket.gethostname():
+            return time.time() - self.updated_at < lease_s
+        try:
+            os.kill(int(pid), 0)
+        except (ProcessLookupError, ValueError):
+            return False
+        except PermissionError:
+            return True
+        return True
 
     def handle(self) -> RequestHandle:
         if not (self.request_id and self.status_url and self.response_url and self.cancel_url):
@@ -184,6 +203,11 @@ class RunInfo:
         return out
 
 
+def owner_id() -> str:
+    """Who claims a submit ("host:pid"): a second process sharing the journal waits for it while it lives."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
 def _pack(obj: Any) -> bytes:
     return zlib.compress(json.dumps(obj, separators=(",", ":")).encode(), 3)
 
@@ -213,6 +237,9 @@ class Journal:
                 self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
             self._db.executescript(_SCHEMA)
+            columns = {row["name"] for row in self._db.execute("PRAGMA table_info(requests)")}
+            if "owner" not in columns:  # a journal written before claims existed
+                self._db.execute("ALTER TABLE requests ADD COLUMN owner TEXT")
             self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
         if self.path is not None:
             self.prune()
@@ -259,6 +286,36 @@ class Journal:
         )
         assert entry_id is not None
         return self.get(entry_id)
+
+    def claim(self, *, work_key: str | None, request_hash: str, endpoint: str, payload: dict[str, Any],
+              webhook_url: str | None = None) -> tuple[Entry, bool]:
+        """Atomically (across processes sharing this file): the newest entry for this unit
+        of work and request when it is in flight or has a result, else a new ``submitting``
+        entry owned by this process. True when the caller now owns the submit."""
+        now = time.time()
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")  # takes the write lock: no other claim in between
+            try:
+                row = None
+                if work_key is not None:
+                    row = self._db.execute(
+                        f"SELECT {_ENTRY_COLUMNS} FROM requests WHERE work_key = ? AND request_hash = ? "
+                        "ORDER BY id DESC LIMIT 1", (work_key, request_hash)).fetchone()
+                if row is not None and (RequestState(row["state"]) in OPEN_STATES
+                                        or (RequestState(row["state"]) in HAS_RESULT and row["has_result"])):
+                    self._db.execute("COMMIT")
+                    return _entry(row), False
+                cur = self._db.execute(
+                    "INSERT INTO requests (work_key, request_hash, endpoint, state, payload, webhook_url, created_at,"
+                    " updated_at, owner) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (work_key, request_hash, endpoint, RequestState.SUBMITTING.value, json.dumps(payload), webhook_url,
+                     now, now, owner_id()))
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+        assert cur.lastrowid is not None
+        return self.get(cur.lastrowid), True
 
     def submitted(self, entry_id: int, handle: RequestHandle) -> Entry:
         """fal accepted the submit: record its id and URLs (before waiting on it)."""
@@ -429,7 +486,7 @@ class Journal:
 
 _ENTRY_COLUMNS = (
     "id, work_key, request_hash, endpoint, state, request_id, status_url, response_url, cancel_url, payload,"
-    " webhook_url, frame_indices, billable_units, error, created_at, updated_at, result IS NOT NULL AS has_result"
+    " webhook_url, frame_indices, billable_units, error, created_at, updated_at, result IS NOT NULL AS has_result, owner"
 )
 
 
@@ -441,5 +498,5 @@ def _entry(row: sqlite3.Row) -> Entry:
         webhook_url=row["webhook_url"],
         frame_indices=json.loads(row["frame_indices"]) if row["frame_indices"] is not None else None,
         billable_units=row["billable_units"], error=row["error"], created_at=row["created_at"],
-        updated_at=row["updated_at"], has_result=bool(row["has_result"]),
+        updated_at=row["updated_at"], has_result=bool(row["has_result"]), owner=row["owner"],
     )
