@@ -171,8 +171,7 @@ class FalBackend:
     def plan(self, request: SegmentRequest) -> list[PlannedRequest]:
         """The fal requests one video with ``request`` becomes (see planner.py)."""
         c = self.config
-        objects = [c.preferred_objects_endpoint, c.objects_endpoint] if c.preferred_objects_endpoint else [c.objects_endpoint]
-        return plan(request, visual_endpoint=c.endpoint, objects_endpoints=objects, text_mode=c.text_mode,
+        return plan(request, visual_endpoint=c.endpoint, objects_endpoints=c.objects_endpoints, text_mode=c.text_mode,
                     fallbacks=c.fallback_endpoints, render=c.render_overlay)
 
     def estimate_cost(self, video: VideoInfo, request: SegmentRequest) -> CostEstimate:
@@ -341,9 +340,9 @@ class FalBackend:
                     r.entry = None
 
     def _await_other_submit(self, entry: Entry, key: str, on_progress: ProgressCallback | None,
-                            cancel: CancelToken) -> Entry | None:
+                            cancel: CancelToken) -> Entry:
         """Another live process is submitting this very request (same journal): wait for
-        its answer instead of paying again. None: it ended without a request, submit anew."""
+        its answer instead of paying again, and return the entry as it then stands."""
         report(on_progress, Progress("submit", f"{key}: another process is submitting this request; waiting for it"))
         deadline = time.monotonic() + OTHER_SUBMIT_WAIT_S
         while entry.state is RequestState.SUBMITTING and entry.owner_alive() and time.monotonic() < deadline:
@@ -355,9 +354,7 @@ class FalBackend:
                 f"another process claimed this request and did not get fal's answer: {entry.describe()} in "
                 f"{self.journal.location}. It was not resent; check your fal dashboard, then resume with "
                 "resubmit_uncertain=True (CLI: sam31-video resume --resubmit-uncertain) to submit it again")
-        if entry.state is RequestState.SUBMITTED or (entry.state in HAS_RESULT and entry.has_result):
-            return entry
-        return None  # rejected, failed, cancelled or expired there: a new attempt here
+        return entry  # submitted or done there: followed; rejected, failed or expired: a new attempt here
 
     def _endpoint_missing(self, entry: Entry, exc: EndpointNotFound) -> None:
         """fal has no such app: nothing was billed; later requests skip it."""

@@ -139,6 +139,11 @@ class FalConfig(BaseModel):
                                  + ", ".join(sorted(k for k in cls.model_fields if k != "key")))
         return cls(**options)  # type: ignore[arg-type]
 
+    @property
+    def objects_endpoints(self) -> tuple[str, ...]:
+        """Where text concepts go in instance mode, in the order they are tried."""
+        return tuple(e for e in (self.preferred_objects_endpoint, self.objects_endpoint) if e)
+
     @model_validator(mode="after")
     def _known_endpoints(self) -> FalConfig:
         check_key(self.key.get_secret_value())

@@ -89,8 +89,7 @@ def _requests(backend: FalBackend, scene: synthetic.Scene, gt: synthetic.GroundT
             {"x_min": bx0, "y_min": by0, "x_max": bx1, "y_max": by1, "object_id": 1, "frame_index": box_frame}]},
             "object_1", 1), (_BOX_TARGET,)),
     ]
-    objects = [e for e in (c.preferred_objects_endpoint, c.objects_endpoint) if e]
-    out.append(("instances", PlannedRequest("check:instances", "concept_instances", tuple(dict.fromkeys(objects)),
+    out.append(("instances", PlannedRequest("check:instances", "concept_instances", c.objects_endpoints,
                                             {"detection_threshold": 0.5, "prompt": _INSTANCES[0]}, _INSTANCES[0]),
                 _INSTANCES[1]))
     return out
@@ -120,7 +119,7 @@ def estimate(backend: FalBackend) -> tuple[float | None, str]:
     planned = [PlannedRequest(k, "object", e, {}, "") for k, e in
                [("text", (backend.config.endpoint,)), ("point", (backend.config.endpoint,)),
                 ("box", (backend.config.endpoint,)),
-                ("instances", (backend.config.preferred_objects_endpoint or backend.config.objects_endpoint,))]]
+                ("instances", backend.config.objects_endpoints[:1])]]
     return plan_cost(planned, CHECK_FRAMES)
 
 
