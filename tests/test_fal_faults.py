@@ -297,7 +297,10 @@ def test_sigkill_mid_run_then_resume_pays_once_and_labels_everything(make_datase
     paths = [clips[i % 3][0] for i in range(5)]
     ds = make_dataset(*paths, persistent=True)
     journal_path = tmp_path / "journal.sqlite3"
-    with EmulatorServer(EmulatorConfig(queue_steps=0, service_time_s=1.0, workers=4)) as emu:
+    # Each request stays IN_PROGRESS for 3 s with a worker for every in-flight request: the
+    # kill point (all 6 requests of samples 3 and 4 submitted, none answered) then lasts
+    # long enough for this loop to see it on a loaded machine (1 s missed it under CI).
+    with EmulatorServer(EmulatorConfig(queue_steps=0, service_time_s=3.0, workers=6)) as emu:
         child = subprocess.Popen([sys.executable, "-c", CHILD, ds.name, emu.key, emu.base_url, str(journal_path), PROMPT],
                                  env=dict(os.environ), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         try:
