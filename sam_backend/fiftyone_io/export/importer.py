@@ -7,6 +7,10 @@ nothing per video. ``index`` = the track id in the file, ``label`` = the categor
 ``confidence`` = the file's score (``default_score`` when the file has none: FiftyOne
 stores a number). Every frame listed in the file gets a ``Detections``, empty where it
 has no object; frames the file does not list are left as they are.
+
+The whole import is checked before anything is written (see :meth:`ImportedVideo.check`):
+a file with one bad annotation writes nothing, and the error names the file, the video,
+the frame and the annotation. Only ``frames.<label_field>`` is ever written.
 """
 
 from __future__ import annotations
@@ -81,6 +85,11 @@ def import_tracks(
             problems.append(f"{video.name}: labels on frame number {last + 1}, the video has {meta.total_frame_count} frames")
     if problems:
         raise InvalidRequest(problems)
+    # All or nothing across videos: every object of every matched video is checked (RLE
+    # sizes and sums, polygons, boxes, scores, ids) before the first write, so a bad
+    # annotation in the last video cannot leave the first ones imported.
+    for video in matches:
+        video.check(default_score)
     writer = FrameLabelWriter(dataset, label_field)
     total = sum(len(v.frames) for v in matches)
     done = 0

@@ -6,6 +6,11 @@ compressed or uncompressed RLE or polygons; track ids from ``track_id`` or
 ``video_id`` / ``frame_id`` (CocoVID), or else from the folder and the number in each
 image's file name (``<video>/00012.jpg``, YouTube-VIS style). Masks are decoded lazily,
 one frame at a time, when the frames are written.
+
+Nothing read is trusted: :meth:`ImportedVideo.check` validates every object (RLE counts and
+size against the frame, polygons, boxes, scores, track ids) without decoding masks, so an
+import can refuse a bad file before it writes anything, with an error naming the file,
+video, frame and annotation.
 """
 
 from __future__ import annotations
@@ -19,6 +24,9 @@ from typing import Any
 
 import numpy as np
 
+import math
+
+from ... import coco_rle
 from ... import masks as mask_ops
 from ...errors import InvalidRequest
 from ...types import FrameResult, TrackedObject
@@ -26,6 +34,9 @@ from . import coco, ytvis
 from .polygons import rasterize_coco
 
 _NUMBER = re.compile(r"(\d+)(?!.*\d)")
+# Track ids become fo.Detection.index (an int in MongoDB) and MOTS ids (class*1000 + id):
+# the same range the fal decoder accepts, so a file cannot smuggle in -1 or 2**70.
+MAX_TRACK_ID = 2**31 - 1
 
 
 @dataclasses.dataclass
@@ -35,6 +46,7 @@ class RawObject:
     score: float | None
     segmentation: Any  # RLE dict, polygon list, or None
     bbox: list[float] | None
+    where: str = ""  # "image 7, annotation 31": where it is in the file, for errors
 
 
 @dataclasses.dataclass(eq=False)  # compared and hashed by identity (used as a dict key)
@@ -49,6 +61,17 @@ class ImportedVideo:
     height: int
     fps: float
     frames: dict[int, list[RawObject]] = dataclasses.field(default_factory=dict)  # 0-based index -> objects
+    source: str = ""  # the labels file, for errors
+
+    def check(self, default_score: float) -> None:
+        """Raise :class:`InvalidRequest` (naming file, video, frame and annotation) on the
+        first object that cannot be written as it is; decodes no mask."""
+        for index in sorted(self.frames):
+            for obj in self.frames[index]:
+                problem = _problem(obj, self.height, self.width, default_score)
+                if problem:
+                    raise InvalidRequest(f"{self.source}: video {self.name!r}, frame index {index} (FiftyOne frame "
+                                         f"{index + 1}), {obj.where or 'an object'}: {problem}")
 
     def frame_results(self, default_score: float) -> Iterator[FrameResult]:
         for index in sorted(self.frames):
@@ -78,7 +101,37 @@ def _decode_segmentation(segmentation: Any, height: int, width: int) -> np.ndarr
         return np.zeros((height, width), bool)
     if isinstance(segmentation, list):
         return rasterize_coco(segmentation, height, width)
-    return mask_ops.decode_rle(segmentation)
+    return coco_rle.decode(segmentation, height, width)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _problem(obj: RawObject, height: int, width: int, default_score: float) -> str | None:
+    """What makes ``obj`` unwritable, or None. Mirrors what decoding and writing need."""
+    if not 0 <= obj.track_id <= MAX_TRACK_ID:
+        return f"track id {obj.track_id} is not in 0..{MAX_TRACK_ID}"
+    seg = obj.segmentation
+    if isinstance(seg, list) and seg:
+        for i, polygon in enumerate(seg):
+            if (not isinstance(polygon, list) or len(polygon) < 6 or len(polygon) % 2
+                    or not all(_is_number(v) for v in polygon)):
+                return (f"polygon {i} is not a flat list of at least 3 (x, y) pairs of finite numbers "
+                        f"({coco_rle._short(polygon)})")
+    elif seg:
+        try:
+            coco_rle.check(seg, height, width)
+        except coco_rle.CocoRleError as exc:
+            return f"RLE mask: {exc}"
+    if obj.bbox is not None:
+        if not isinstance(obj.bbox, list) or len(obj.bbox) != 4 or not all(_is_number(v) for v in obj.bbox):
+            return f"bbox {coco_rle._short(obj.bbox)} is not [x, y, width, height] of finite numbers"
+        if obj.bbox[2] < 0 or obj.bbox[3] < 0:
+            return f"bbox {obj.bbox} has a negative width or height"
+    if obj.score is not None and not _is_number(obj.score):
+        return f"score {coco_rle._short(obj.score)} is not a finite number"
+    return None
 
 
 def _frame_from_name(file_name: str) -> int | None:
@@ -111,10 +164,15 @@ def read_labels(path: str | Path, fmt: str | None = None) -> ImportedFile:
         raise InvalidRequest(f"{file} is not a COCO or YouTube-VIS file (top level is not an object)")
     if not fmt:
         fmt = "coco" if "images" in data else "ytvis" if "videos" in data else ""
-    if fmt == "coco":
-        return _read_coco(data, file)
-    if fmt == "ytvis":
-        return _read_ytvis(data, file)
+    if fmt in ("coco", "ytvis"):
+        try:
+            read = _read_coco(data, file) if fmt == "coco" else _read_ytvis(data, file)
+        except (AttributeError, KeyError, IndexError, TypeError, ValueError) as exc:
+            # A missing key or a wrong type deep in the file: say which file, not a traceback.
+            raise InvalidRequest(f"{file} is not a valid {fmt} file: {type(exc).__name__} {exc}") from None
+        for video in read.videos:
+            video.source = str(file)
+        return read
     raise InvalidRequest(f"{file}: neither COCO ('images') nor YouTube-VIS ('videos'); pass the format")
 
 
@@ -162,7 +220,8 @@ def _read_coco(data: dict[str, Any], file: Path) -> ImportedFile:
             untracked += 1
             track = ann["id"]
         video.frames[index].append(RawObject(int(track), cats.get(int(ann["category_id"]), str(ann["category_id"])),
-                                             ann.get("score"), ann.get("segmentation"), ann.get("bbox")))
+                                             ann.get("score"), ann.get("segmentation"), ann.get("bbox"),
+                                             f"image {ann['image_id']}, annotation {ann.get('id')}"))
     if untracked:
         notes.append(f"{untracked} annotations carry no track_id/instance_id: their annotation id became the track id")
     return ImportedFile("coco", list(videos.values()), notes)
@@ -192,5 +251,6 @@ def _read_ytvis(data: dict[str, Any], file: Path) -> ImportedFile:
             if segmentation is None:
                 continue
             score = scores[position] if scores[position] is not None else ann.get("score")
-            video.frames[frame_ids[position]].append(RawObject(track, label, score, segmentation, bboxes[position]))
+            video.frames[frame_ids[position]].append(RawObject(
+                track, label, score, segmentation, bboxes[position], f"annotation {ann.get('id')} (segmentations[{position}])"))
     return ImportedFile("ytvis", list(videos.values()), [])

@@ -1,0 +1,208 @@
+"""Importing COCO / YouTube-VIS files we did not write: every RLE is checked strictly
+(counts sum to exactly H*W, size equals the video's frame size, well formed) and the
+import is all or nothing across videos, with errors naming file, video, frame and
+annotation. Real files, real MongoDB, the real importer."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import fiftyone as fo
+import numpy as np
+import pytest
+from pycocotools import mask as mask_utils
+
+from sam_backend import coco_rle, masks as mask_ops, video
+from sam_backend.errors import InvalidRequest
+from sam_backend.fiftyone_io.export import export_tracks, import_tracks
+from sam_backend.fiftyone_io.writer import FrameLabelWriter
+from test_writer import truth_frames
+
+H, W = 120, 160  # small_video's frame size (not square: a swapped size is caught)
+
+# ---------------------------------------------------------------------------------------
+# The strict checker on its own
+
+
+def _random_masks(seed: int, n: int = 20) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    out = [np.zeros((H, W), bool), np.ones((H, W), bool)]
+    for _ in range(n):
+        out.append(rng.random((H, W)) < rng.uniform(0.01, 0.9))
+    return out
+
+
+def test_compressed_counts_match_pycocotools_run_lengths() -> None:
+    for mask in _random_masks(7):
+        rle = mask_ops.encode_rle(mask)
+        runs = coco_rle.compressed_counts(rle["counts"])
+        assert sum(runs) == H * W
+        # pycocotools' own uncompressed form of the same mask, run for run
+        assert np.array_equal(coco_rle.decode({"size": [H, W], "counts": runs}, H, W), mask)
+        assert np.array_equal(coco_rle.decode(rle, H, W), mask)
+
+
+def _short_by(rle_counts: list[int], pixels: int) -> list[int]:
+    counts = list(rle_counts)
+    counts[-1] -= pixels
+    return counts
+
+
+@pytest.mark.parametrize("case, match", [
+    ({"size": [H, W], "counts": [5, 10, H * W - 35]}, "sum to 19180 pixels but a 160x120 frame has 19200"),
+    ({"size": [H, W], "counts": [5, 10, H * W - 5]}, "sum to 19210"),
+    ({"size": [1, 1], "counts": [0, 1]}, "size is 1x1 .* but the frame is 160x120"),
+    ({"size": [W, H], "counts": [H * W]}, "size is 120x160 .* but the frame is 160x120"),
+    ({"size": [H, W], "counts": [H * W, -3, 3]}, "not a non-negative integer"),
+    ({"size": [H, W], "counts": [True, H * W - 1]}, "not a non-negative integer"),
+    ({"size": [H, W], "counts": "zz~~"}, "not a compressed RLE character"),
+    ({"size": [H, W], "counts": "0"}, "sum to 0"),
+    ({"size": [H, W], "counts": "Q"}, "end in the middle of a run"),  # 'Q' has the "more" bit set
+    ({"size": [H], "counts": [H * W]}, "not \\[height, width\\]"),
+    ({"size": [H, W]}, "an object with 'size' and 'counts'"),
+    ({"size": [H, W], "counts": 42}, "compressed string or a list"),
+])
+def test_checker_refuses_every_malformed_rle(case, match) -> None:
+    with pytest.raises(coco_rle.CocoRleError, match=match):
+        coco_rle.check(case, H, W)
+
+
+def test_checker_refuses_a_compressed_string_one_pixel_short() -> None:
+    mask = _random_masks(3, 1)[-1]
+    good = mask_ops.encode_rle(mask)
+    runs = coco_rle.compressed_counts(good["counts"])
+    short = mask_utils.frPyObjects({"size": [H, W], "counts": _short_by(runs, 1)}, H, W)
+    with pytest.raises(coco_rle.CocoRleError, match="sum to 19199"):
+        coco_rle.check({"size": [H, W], "counts": short["counts"].decode()}, H, W)
+
+
+# ---------------------------------------------------------------------------------------
+# The importer, end to end
+
+
+@pytest.fixture(scope="module")
+def four_videos(small_video, tmp_path_factory) -> list[Path]:
+    folder = tmp_path_factory.mktemp("four")
+    paths = []
+    for name in ("v1", "v2", "v3", "v4"):
+        paths.append(folder / f"{name}.mp4")
+        shutil.copyfile(small_video[0], paths[-1])
+    return paths
+
+
+@pytest.fixture
+def exported(four_videos, small_video, tmp_path):
+    """Four labelled videos, a field 'keep' already holding labels on all four, and their
+    COCO export (frames referred to by video, no images)."""
+    frames = truth_frames(small_video[1])
+    info = video.probe(four_videos[0])
+    ds = fo.Dataset()
+    ds.add_samples([fo.Sample(filepath=str(p)) for p in four_videos])
+    for sample_id in ds.values("id"):
+        FrameLabelWriter(ds, "sam").write_sample(sample_id, iter(frames), info)
+        FrameLabelWriter(ds, "back").write_sample(sample_id, iter(frames[:5]), info)  # what a failed import must keep
+    export_tracks(ds, "sam", "coco", tmp_path / "coco", frames="video")
+    yield ds, tmp_path / "coco" / "labels.json"
+    ds.delete()
+
+
+def _frame_docs(ds: fo.Dataset) -> list[dict]:
+    docs = list(ds._frame_collection.find({}, {"last_modified_at": 0}).sort([("_sample_id", 1), ("frame_number", 1)]))
+    return docs
+
+
+def _bad_annotation(labels: Path, video_name: str, frame_id: int, edit) -> int:
+    """Apply ``edit`` to the first annotation of ``video_name`` on ``frame_id``; its id."""
+    data = json.loads(labels.read_text())
+    vid = next(v["id"] for v in data["videos"] if v["name"] == video_name)
+    image = next(i for i in data["images"] if i["video_id"] == vid and i["frame_id"] == frame_id)
+    ann = next(a for a in data["annotations"] if a["image_id"] == image["id"])
+    edit(ann)
+    labels.write_text(json.dumps(data))
+    return ann["id"], image["id"]
+
+
+def _uncompressed_short(ann: dict) -> None:
+    runs = coco_rle.compressed_counts(ann["segmentation"]["counts"])
+    ann["segmentation"]["counts"] = _short_by(runs, 20)  # 19,180 of 19,200 pixels: the reported case
+
+
+def test_a_short_rle_in_the_fourth_video_writes_nothing_to_any_video(exported) -> None:
+    ds, labels = exported
+    ann_id, image_id = _bad_annotation(labels, "v4", 17, _uncompressed_short)
+    before = _frame_docs(ds)
+    with pytest.raises(InvalidRequest) as info:
+        import_tracks(ds, labels, "back")
+    message = str(info.value)
+    assert str(labels) in message and "video 'v4'" in message and "frame index 17 (FiftyOne frame 18)" in message
+    assert f"image {image_id}, annotation {ann_id}" in message and "sum to 19180 pixels" in message
+    assert _frame_docs(ds) == before  # videos 1-3 untouched, 'back' and 'sam' as they were
+    with pytest.raises(InvalidRequest):
+        import_tracks(ds, labels, "fresh")
+    assert not ds.has_frame_field("fresh")  # no half-written new field either
+
+
+def test_an_rle_of_another_size_is_refused_not_stretched(exported) -> None:
+    ds, labels = exported
+    tiny = mask_ops.encode_rle(np.ones((1, 1), bool))
+    ann_id, _ = _bad_annotation(labels, "v3", 40, lambda a: a.update(segmentation=tiny))
+    with pytest.raises(InvalidRequest, match=rf"video 'v3', frame index 40 .*annotation {ann_id}: RLE mask: size is 1x1"):
+        import_tracks(ds, labels, "fresh")
+    assert not ds.has_frame_field("fresh")
+
+
+@pytest.mark.parametrize("edit, match", [
+    (lambda a: a["segmentation"].update(counts=a["segmentation"]["counts"] + "~~"), "not a compressed RLE character"),
+    (lambda a: a.update(track_id=-1), "track id -1 is not in 0..2147483647"),
+    (lambda a: a.update(track_id=2**70), "track id 1180591620717411303424"),
+    (lambda a: a.update(bbox=[1, 2, 3]), "bbox \\[1, 2, 3\\] is not"),
+    (lambda a: a.update(segmentation=[[1, 2, 3, 4]]), "polygon 0 is not a flat list"),
+    (lambda a: a.update(score="high"), "score 'high' is not a finite number"),
+])
+def test_malformed_annotations_are_refused_with_where_they_are(exported, edit, match) -> None:
+    ds, labels = exported
+    ann_id, image_id = _bad_annotation(labels, "v2", 3, edit)
+    before = _frame_docs(ds)
+    with pytest.raises(InvalidRequest, match=rf"video 'v2', frame index 3 .*image {image_id}, annotation {ann_id}: .*{match}"):
+        import_tracks(ds, labels, "back")
+    assert _frame_docs(ds) == before
+
+
+def test_a_file_missing_required_keys_is_a_clear_error(exported) -> None:
+    ds, labels = exported
+    data = json.loads(labels.read_text())
+    del data["annotations"][5]["category_id"]
+    labels.write_text(json.dumps(data))
+    with pytest.raises(InvalidRequest, match=r"labels.json is not a valid coco file: KeyError 'category_id'"):
+        import_tracks(ds, labels, "fresh")
+
+
+def test_ytvis_short_rle_names_video_frame_and_annotation(exported, tmp_path) -> None:
+    ds, _ = exported
+    export_tracks(ds, "sam", "ytvis", tmp_path / "yt", frames="video")
+    labels = tmp_path / "yt" / "instances.json"
+    data = json.loads(labels.read_text())
+    vid = next(v["id"] for v in data["videos"] if v["name"] == "v4")
+    ann = next(a for a in data["annotations"] if a["video_id"] == vid)
+    position = next(i for i, s in enumerate(ann["segmentations"]) if s)
+    seg = ann["segmentations"][position]
+    seg["counts"] = _short_by(coco_rle.compressed_counts(seg["counts"]), 20)
+    labels.write_text(json.dumps(data))
+    before = _frame_docs(ds)
+    with pytest.raises(InvalidRequest, match=rf"video 'v4', frame index {position} .*annotation {ann['id']} "
+                                             rf"\(segmentations\[{position}\]\): RLE mask: counts sum to 19180"):
+        import_tracks(ds, labels, "back")
+    assert _frame_docs(ds) == before
+
+
+def test_a_good_file_still_imports_every_video(exported) -> None:
+    ds, labels = exported
+    report = import_tracks(ds, labels, "fresh")
+    assert report.videos == 4 and report.frames == 4 * 48
+    for sample in ds.select_fields(["frames.sam", "frames.fresh"]):
+        for number, frame in sample.frames.items():
+            a = {d.index: d.mask for d in frame.sam.detections}
+            b = {d.index: d.mask for d in frame.fresh.detections}
+            assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
