@@ -58,6 +58,29 @@ def test_old_written_results_are_pruned(tmp_path: Path) -> None:
         assert journal.get(kept.id).has_result
 
 
+def test_reopening_keeps_stored_results_until_their_retention_ends(tmp_path: Path) -> None:
+    """Opening a journal prunes only results older than the retention (30 days): a result
+    written a minute ago, or 29 days ago, is still there after reopening (a rerun of that
+    job then costs nothing); one 31 days old is dropped, its row kept."""
+    path = tmp_path / "j.sqlite3"
+    result = {"payload": {"frames": [{"frame_index": 3, "objects": [{"track_id": 7, "rle": "5 2"}]}]}, "attachments": {}}
+    with Journal(path) as journal:
+        ids = []
+        for key in ("fresh", "old", "ancient"):
+            entry = journal.begin(work_key=f"ds/{key}/sam", request_hash="h", endpoint="e", payload={})
+            journal.completed(entry.id, result, 2.0)
+            journal.written(entry.id)
+            ids.append(entry.id)
+        now = time.time()
+        journal._execute("UPDATE requests SET updated_at = ? WHERE id = ?", (now - 29 * 24 * 3600, ids[1]))
+        journal._execute("UPDATE requests SET updated_at = ? WHERE id = ?", (now - 31 * 24 * 3600, ids[2]))
+    with Journal(path) as journal:
+        fresh, old, ancient = (journal.get(i) for i in ids)
+        assert fresh.has_result and journal.result(fresh.id) == result
+        assert old.has_result and journal.result(old.id) == result
+        assert not ancient.has_result and ancient.state is RequestState.WRITTEN and ancient.billable_units == 2.0
+
+
 def test_latest_attempt_wins_and_filters(tmp_path: Path) -> None:
     with Journal(None) as journal:
         a = journal.begin(work_key="ds/s1/sam", request_hash="h", endpoint="e", payload={})

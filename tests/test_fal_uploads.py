@@ -6,8 +6,10 @@ across runs with its expiry and liveness check. (300 MiB: bench/bench_fal_multip
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import random
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -126,3 +128,43 @@ def test_a_part_answered_without_etag_is_an_error(tmp_path: Path) -> None:
     with FalClient(cfg, transport=httpx.MockTransport(handler), sleep=lambda s: None, rng=random.Random(0)) as client:
         with pytest.raises(UnexpectedResponse, match="without an ETag"):
             FalStorage(client).upload(path)
+
+
+def test_multipart_complete_lists_the_parts_in_ascending_order_with_their_own_etags(tmp_path: Path) -> None:
+    """fal's storage (S3-style) wants the parts of ``complete`` in ascending part order,
+    each with the ETag its PUT answered. The emulator reassembles by number whatever the
+    order, so this checks the request our client sends. Parts finish out of order (the
+    first one is answered last) and each ETag differs."""
+    path = tmp_path / "big.bin"
+    path.write_bytes(os.urandom(4 * 5 * MiB + 123))  # 5 parts of 5 MiB, the last one short
+    completes: list[dict] = []
+    first_part_may_answer = threading.Event()
+    answered: list[int] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        url = request.url.path
+        if url.endswith("/storage/auth/token"):
+            return httpx.Response(200, json={"token": "t", "token_type": "Bearer", "base_url": "https://cdn.test",
+                                             "expires_at": "2099-01-01T00:00:00+00:00"})
+        if url.endswith("/files/upload/multipart"):
+            return httpx.Response(200, json={"access_url": "https://cdn.test/files/k/big.bin", "uploadId": "u"})
+        if url.endswith("/complete"):
+            completes.append(json.loads(request.content))
+            return httpx.Response(200, json={"access_url": "https://cdn.test/files/k/big.bin"})
+        number = int(url.rsplit("/", 1)[1])
+        if number == 1:
+            first_part_may_answer.wait(10)  # part 1 answers after all the others
+        answered.append(number)
+        if len(answered) == 4:
+            first_part_may_answer.set()
+        return httpx.Response(200, headers={"ETag": f'"etag-{number}-{hashlib.sha256(request.content).hexdigest()[:8]}"'})
+
+    cfg = FalConfig(key="k:s", queue_url="https://queue.test", rest_url="https://rest.test", cdn_url="https://cdn.test",
+                    multipart_threshold_bytes=MiB, multipart_part_bytes=5 * MiB, multipart_concurrency=5)
+    data = path.read_bytes()
+    with FalClient(cfg, transport=httpx.MockTransport(handler), sleep=lambda s: None, rng=random.Random(0)) as client:
+        FalStorage(client).upload(path)
+    assert answered[-1] == 1  # the parts really finished out of order
+    expected = [{"partNumber": n, "etag": f'"etag-{n}-{hashlib.sha256(data[(n - 1) * 5 * MiB:n * 5 * MiB]).hexdigest()[:8]}"'}
+                for n in range(1, 6)]
+    assert completes == [{"parts": expected}]

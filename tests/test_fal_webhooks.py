@@ -69,6 +69,22 @@ def test_tampered_or_stale_deliveries_are_refused(tamper, message: str) -> None:
         verifier.verify(headers, body)
 
 
+def test_timestamps_from_the_future_are_refused_like_stale_ones() -> None:
+    """A delivery stamped 301 s ahead is as untrusted as one 301 s old (a verifier that
+    only checks age would accept a replay window that never closes); 299 s either way,
+    and exactly now, are accepted. The clock is not NOW itself, so "ahead" is real."""
+    key = Ed25519PrivateKey.generate()
+    clock = NOW + 1234
+    verifier = WebhookVerifier([raw_public(key)], now=lambda: clock, seen=lambda request_id: True)
+    for skew in (301, 3600, 10**6):
+        with pytest.raises(InvalidWebhook, match=f"{skew} s away from now"):
+            verifier.verify(signed(key, BODY, timestamp=clock + skew), BODY)
+    with pytest.raises(InvalidWebhook, match="301 s away from now"):
+        verifier.verify(signed(key, BODY, timestamp=clock - 301), BODY)
+    for skew in (299, -299, 0):
+        assert verifier.verify(signed(key, BODY, timestamp=clock + skew), BODY).timestamp == clock + skew
+
+
 def test_wrong_key_user_and_body_request_id() -> None:
     key, other = Ed25519PrivateKey.generate(), Ed25519PrivateKey.generate()
     with pytest.raises(InvalidWebhook, match="does not match"):

@@ -329,6 +329,23 @@ def test_match_tracks_follows_masks_not_ids() -> None:
     assert match_tracks(previous, other_concept, 0.5) == {}
 
 
+def test_match_tracks_honours_its_iou_threshold() -> None:
+    """Two 10x10 squares 4 px apart on both overlap frames: summed IoU = 60/140 = 0.43.
+    They are the same track at a threshold of 0.4 and different tracks at 0.5 (the
+    default); a third, disjoint object never matches at any threshold."""
+    def square(x0: int) -> StoredObject:
+        m = np.zeros((20, 60), bool)
+        m[4:14, x0:x0 + 10] = True
+        return StoredObject(mask_ops.encode_rle(m), 0.9, "ball")
+
+    previous = {10: {5: square(10), 8: square(45)}, 11: {5: square(11), 8: square(45)}}
+    current = {10: {2: square(14), 3: square(30)}, 11: {2: square(15), 3: square(30)}}
+    assert match_tracks(previous, current, 0.4) == {2: 5}
+    assert match_tracks(previous, current, 0.42) == {2: 5}
+    assert match_tracks(previous, current, 0.43) == {}
+    assert match_tracks(previous, current, 0.5) == {}
+
+
 def test_request_keys_are_filtered_to_the_installed_signature() -> None:
     class OldPredictor:
         def add_prompt(self, session_id, frame_idx, text=None, points=None, point_labels=None, obj_id=None):
