@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from sam_backend import masks as mask_ops
-from sam_backend import synthetic, video
+from sam_backend import video
 from sam_backend.backends.base import CancelToken, VideoSource
 from sam_backend.backends.fal import FalBackend
 from sam_backend.backends.fal.journal import RequestState
