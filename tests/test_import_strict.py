@@ -15,7 +15,7 @@ import pytest
 from pycocotools import mask as mask_utils
 
 from sam_backend import coco_rle, masks as mask_ops, video
-from sam_backend.errors import InvalidRequest
+from sam_backend.errors import Cancelled, InvalidRequest
 from sam_backend.fiftyone_io.export import export_tracks, import_tracks
 from sam_backend.fiftyone_io.writer import FrameLabelWriter
 from test_writer import truth_frames
@@ -206,3 +206,51 @@ def test_a_good_file_still_imports_every_video(exported) -> None:
             a = {d.index: d.mask for d in frame.sam.detections}
             b = {d.index: d.mask for d in frame.fresh.detections}
             assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+
+
+def _cancel_at_video(n: int):
+    def progress(p) -> None:
+        if p.video_index == n:
+            raise Cancelled("import cancelled")
+    return progress
+
+
+@pytest.mark.parametrize("field", ["back", "fresh"])
+def test_an_import_stopped_after_some_videos_puts_the_field_back_everywhere(exported, field) -> None:
+    """Not a bad file: the import stops (here the user cancels through the progress
+    callback) after videos 1 and 2 were written. Both get their old values back, frame
+    modification times included; a field that did not exist does not exist afterwards."""
+    ds, labels = exported
+    before = list(ds._frame_collection.find({}).sort([("_sample_id", 1), ("frame_number", 1)]))
+    with pytest.raises(Cancelled):
+        import_tracks(ds, labels, field, progress=_cancel_at_video(2))
+    after = list(ds._frame_collection.find({}).sort([("_sample_id", 1), ("frame_number", 1)]))
+    changed = [(b["frame_number"], k, b.get(k), a.get(k)) for b, a in zip(before, after) for k in set(b) | set(a)
+               if b.get(k) != a.get(k)]
+    assert len(after) == len(before) and not changed, changed[:3]
+    assert ds.has_frame_field(field) == (field == "back")
+    assert not [c for c in ds._frame_collection.database.list_collection_names() if c.startswith("sam31_field_backup_")]
+    report = import_tracks(ds, labels, field)  # and it still imports afterwards
+    assert report.videos == 4
+
+
+def test_frames_an_import_created_are_removed_when_it_stops(four_videos, small_video, tmp_path) -> None:
+    """Videos with no frame documents yet: the import creates them; stopped in the third
+    video, the first two have none again."""
+    frames = truth_frames(small_video[1])
+    info = video.probe(four_videos[0])
+    src = fo.Dataset()
+    src.add_samples([fo.Sample(filepath=str(p)) for p in four_videos])
+    for sample_id in src.values("id"):
+        FrameLabelWriter(src, "sam").write_sample(sample_id, iter(frames), info)
+    export_tracks(src, "sam", "coco", tmp_path / "coco", frames="video")
+    src.delete()
+    ds = fo.Dataset()
+    ds.add_samples([fo.Sample(filepath=str(p)) for p in four_videos])
+    try:
+        with pytest.raises(Cancelled):
+            import_tracks(ds, tmp_path / "coco", "sam", progress=_cancel_at_video(2))
+        assert ds._frame_collection.count_documents({}) == 0 and not ds.has_frame_field("sam")
+        assert ds.count("frames") == 0
+    finally:
+        ds.delete()

@@ -10,7 +10,9 @@ has no object; frames the file does not list are left as they are.
 
 The whole import is checked before anything is written (see :meth:`ImportedVideo.check`):
 a file with one bad annotation writes nothing, and the error names the file, the video,
-the frame and the annotation. Only ``frames.<label_field>`` is ever written.
+the frame and the annotation. Only ``frames.<label_field>`` is ever written, and if the
+import stops after some videos were written (a cancel raised by ``progress``, a database
+error), :class:`FieldBackup` puts that field back as it was on every video.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import fiftyone as fo
 from ...errors import InvalidRequest
 from ...types import VideoInfo
 from ..writer import FrameLabelWriter, check_label_field
+from .field_backup import FieldBackup
 from .readers import ImportedVideo, read_labels
 from .report import ExportProgress
 
@@ -93,17 +96,21 @@ def import_tracks(
     writer = FrameLabelWriter(dataset, label_field)
     total = sum(len(v.frames) for v in matches)
     done = 0
-    for i, (video, (sample_id, meta)) in enumerate(matches.items()):
-        if progress is not None:
-            progress(ExportProgress(done, total, i, len(matches), video.name))
-        info = VideoInfo(width=video.width, height=video.height, frame_count=meta.total_frame_count or 0,
-                         fps=meta.frame_rate or video.fps, duration=meta.duration or 0.0)
-        stats = writer.write_sample(sample_id, video.frame_results(default_score), info)
-        report.videos += 1
-        report.frames += stats.frames
-        report.objects += stats.detections
-        report.tracks += len(stats.tracks)
-        done += len(video.frames)
+    # Anything that still stops the import after some videos were written (a cancel from
+    # ``progress``, a database error) puts the field back on all of them.
+    with FieldBackup(dataset, label_field, [sample_id for sample_id, _ in matches.values()]) as backup:
+        for i, (video, (sample_id, meta)) in enumerate(matches.items()):
+            if progress is not None:
+                progress(ExportProgress(done, total, i, len(matches), video.name))
+            info = VideoInfo(width=video.width, height=video.height, frame_count=meta.total_frame_count or 0,
+                             fps=meta.frame_rate or video.fps, duration=meta.duration or 0.0)
+            stats = writer.write_sample(sample_id, video.frame_results(default_score), info)
+            report.videos += 1
+            report.frames += stats.frames
+            report.objects += stats.detections
+            report.tracks += len(stats.tracks)
+            done += len(video.frames)
+        backup.commit()
     if progress is not None and matches:
         progress(ExportProgress(done, total, len(matches) - 1, len(matches), ""))
     report.seconds = time.monotonic() - start

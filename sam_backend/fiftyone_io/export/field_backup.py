@@ -1,0 +1,94 @@
+"""Undo for a write that spans several videos (an import): the frame field's values on
+those videos are copied aside server-side before the first write, and put back if the
+whole operation does not finish.
+
+The writer is all or nothing per video; this makes an import all or nothing across
+videos too, also when the failure is not in the file (a cancel from the progress
+callback, a database error in the fourth video). Only the named field (and the frames'
+``last_modified_at``) is restored; frame documents the import created are removed, as
+they hold nothing else. The copy lives in its own collection, dropped at the end.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable
+
+from bson import ObjectId
+
+import fiftyone as fo
+import fiftyone.core.frame as fofr
+import fiftyone.core.odm as foo
+import fiftyone.core.sample as fos
+
+BACKUP_PREFIX = "sam31_field_backup_"
+
+
+class FieldBackup:
+    """``with FieldBackup(dataset, field, sample_ids) as backup: ...; backup.commit()``:
+    leaving the block without ``commit()`` restores the field on every sample that was
+    passed, as it was on entry."""
+
+    def __init__(self, dataset: fo.Dataset, field: str, sample_ids: Iterable[str]) -> None:
+        self.dataset, self.field = dataset, field
+        self.sample_ids = [ObjectId(s) for s in sample_ids]
+        db = foo.get_db_conn()
+        self._frames = db[dataset._frame_collection_name]
+        self._backup = db[f"{BACKUP_PREFIX}{uuid.uuid4().hex}"]
+        self._field_existed = dataset.get_frame_field_schema().get(field) is not None
+        self._committed = False
+
+    def __enter__(self) -> FieldBackup:
+        field = self.field
+        # A new field is removed from the schema on restore, which FiftyOne does by touching
+        # every frame of the dataset: then every frame's modification time is kept.
+        scope = {"_sample_id": {"$in": self.sample_ids}} if self._field_existed else {}
+        self._frames.aggregate([
+            {"$match": scope},
+            {"$project": {
+                "_id": 1, "_sample_id": 1, "last_modified_at": 1,
+                "had": {"$ne": [{"$type": f"${field}"}, "missing"]}, "value": f"${field}",
+            }},
+            {"$out": self._backup.name},
+        ])
+        return self
+
+    def commit(self) -> None:
+        self._committed = True
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            if not self._committed:
+                self._restore()
+        finally:
+            self._backup.drop()
+
+    def _restore(self) -> None:
+        field, frames = self.field, self._frames.name
+        if not self._field_existed and self.dataset.get_frame_field_schema().get(field) is not None:
+            self.dataset.delete_frame_field(field)  # no frame held it before: drop it everywhere
+        # Frames that held the field: their old value and modification time back.
+        self._backup.aggregate([
+            {"$match": {"had": True}},
+            {"$project": {"_id": 1, field: "$value", "last_modified_at": 1}},
+            {"$merge": {"into": frames, "on": "_id", "whenMatched": "merge", "whenNotMatched": "discard"}},
+        ])
+        # Frames that existed without it: remove what the import set.
+        self._backup.aggregate([
+            {"$match": {"had": False}},
+            {"$project": {"_id": 1, "last_modified_at": 1}},
+            {"$merge": {"into": frames, "on": "_id", "whenNotMatched": "discard", "whenMatched": [
+                {"$unset": field}, {"$set": {"last_modified_at": "$$new.last_modified_at"}}]}},
+        ])
+        # Frames the import created: they hold nothing but the imported field.
+        created = [d["_id"] for d in self._frames.aggregate([
+            {"$match": {"_sample_id": {"$in": self.sample_ids}}},
+            {"$lookup": {"from": self._backup.name, "localField": "_id", "foreignField": "_id", "as": "old"}},
+            {"$match": {"old": {"$size": 0}}},
+            {"$project": {"_id": 1}},
+        ])]
+        if created:
+            self._frames.delete_many({"_id": {"$in": created}})
+        ids = [str(s) for s in self.sample_ids]
+        fos.Sample._reload_docs(self.dataset._sample_collection_name, sample_ids=ids, hard=True)
+        fofr.Frame._reload_docs(self.dataset._frame_collection_name, sample_ids=ids, hard=True)
