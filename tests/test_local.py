@@ -346,6 +346,25 @@ def test_match_tracks_honours_its_iou_threshold() -> None:
     assert match_tracks(previous, current, 0.5) == {}
 
 
+def test_the_backend_stitches_chunks_with_its_configured_iou() -> None:
+    """The backend hands its ``stitch_iou`` setting to the matcher. (End to end the fake
+    segmenter draws identical masks on the overlap, IoU 1.0, so this goes through the
+    backend's stitching step with the 0.43-IoU pair of the test above.)"""
+    def square(x0: int) -> StoredObject:
+        m = np.zeros((20, 60), bool)
+        m[4:14, x0:x0 + 10] = True
+        return StoredObject(mask_ops.encode_rle(m), 0.9, "ball")
+
+    chunk = plan_chunks(40, 12, 2)[1]  # positions 10-21, emitted from 12: overlap 10, 11
+    tail = {10: {5: square(10)}, 11: {5: square(11)}}
+    results = {10: {("t", 2): square(14)}, 11: {("t", 2): square(15)}, 12: {("t", 2): square(16)}}
+    mapped = {}
+    for stitch_iou in (0.4, 0.5):
+        with fake_backend(ContractFakePredictor(), stitch_iou=stitch_iou) as backend:
+            mapped[stitch_iou] = backend._stitch(chunk, tail, results)
+    assert mapped == {0.4: {2: 5}, 0.5: {}}
+
+
 def test_request_keys_are_filtered_to_the_installed_signature() -> None:
     class OldPredictor:
         def add_prompt(self, session_id, frame_idx, text=None, points=None, point_labels=None, obj_id=None):
