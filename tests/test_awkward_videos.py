@@ -92,6 +92,10 @@ def segmented(awkward: dict[str, Path]) -> fo.Dataset:
     report = segment_videos(ds, prompt=PROMPT, label_field="sam", backend="emulator")
     assert report.failed == {}
     assert len(report.done) == len(awkward)
+    for name in ("edit list.mp4", "corrupt.mp4", "truncated.mp4"):  # the user is told which count was used
+        info = probe(awkward[name])
+        assert any(w.startswith(f"{name}: the file says {info.container_frame_count} frames but {info.frame_count} decode")
+                   for w in report.warnings), report.warnings
     yield ds
     ds.delete()
 

@@ -253,6 +253,11 @@ def _frame_count_warnings(samples: fo.core.collections.SampleCollection, jobs: S
     counts = dict(zip(samples.values("id"), samples.values("metadata.total_frame_count")))
     warnings = []
     for job in jobs:
+        if job.info.container_disagrees:
+            warnings.append(f"{job.path.name}: the file says {job.info.container_frame_count} frames but "
+                            f"{job.info.frame_count} decode (an edit list, or a damaged or truncated file); labels "
+                            f"are on the {job.info.frame_count} decoded frames, as FiftyOne's reader numbers them")
+            continue
         fiftyone_count = counts.get(job.sample_id)
         if job.info.variable_frame_rate or (fiftyone_count is not None and fiftyone_count != job.info.frame_count):
             warnings.append(
