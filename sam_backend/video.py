@@ -70,7 +70,7 @@ def probe(path: str | os.PathLike[str]) -> VideoInfo:
     if not path.is_file():
         raise VideoError(f"video not found: {path}")
     stat = path.stat()
-    return _probe_cached(str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+    return _probe_cached(str(path), stat.st_size, stat.st_mtime_ns)
 
 
 @functools.lru_cache(maxsize=512)
