@@ -26,6 +26,7 @@ from sam_backend.fiftyone_io.click_prompts import (
     prompts_on_frame,
     remove_label,
 )
+from sam_backend.fiftyone_io.video_info import sample_video
 
 MODES = {"pos": "click on the object", "neg": "click NOT on the object", "box": "box: two corners"}
 # One colour per object id (cycled), so clicks and boxes of one object match.
@@ -137,7 +138,7 @@ class PromptPanel(foo.Panel):
             state.error = str(exc)
             return
         state.scale, state.width, state.height = image.scale, image.width, image.height
-        state.frame_count = sample.metadata.total_frame_count
+        state.frame_count = sample_video(sample).frame_count  # decoded frames, not the container's count
         prompts = prompts_on_frame(sample, state.frame)
         ctx.panel.data.frame_plot = _traces(image, prompts, state.corner)
         state.summary = _summary(prompts, state)

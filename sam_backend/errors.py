@@ -19,6 +19,16 @@ Misuse (wrong argument types, calling methods in the wrong order) stays builtin
 from __future__ import annotations
 
 
+def shorten(value: object, limit: int = 60) -> str:
+    """``value`` for an error message: its repr, cut to ``limit`` characters with its full
+    length said, so a pasted 100 KB prompt does not come back whole in the message."""
+    text = value if isinstance(value, str) else repr(value)
+    if len(text) <= limit:
+        return repr(text) if isinstance(value, str) else text
+    head = repr(text[:limit]) if isinstance(value, str) else text[:limit]
+    return f"{head}... ({len(text):,} characters)"
+
+
 class SamError(Exception):
     """Root of every error raised on purpose by sam_backend."""
 

@@ -19,7 +19,7 @@ from typing import Annotated, Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from .errors import InvalidRequest
+from .errors import InvalidRequest, shorten
 
 
 # Constrained scalars shared by the wire request and the options objects built on it.
@@ -27,6 +27,11 @@ DetectionThreshold = Annotated[float, Field(ge=0.0, le=1.0)]
 MaxNumObjects = Annotated[int, Field(ge=1, le=128)]
 DEFAULT_DETECTION_THRESHOLD = 0.5
 DEFAULT_MAX_NUM_OBJECTS = 16
+# SAM 3 reads each concept as a short noun phrase: its text encoder keeps 32 tokens
+# (sam3 0.1.4, model/text_encoder_ve.py, VETextEncoder context_length=32), so longer text
+# is cut off by the model anyway; and every concept is a paid request on fal.
+MAX_CONCEPT_CHARS = 200
+MAX_PROMPT_CHARS = 1000
 
 
 class _Wire(BaseModel):
@@ -77,6 +82,16 @@ class VideoInfo(BaseModel):
     codec: str = ""
     variable_frame_rate: bool = False
     size_bytes: int = 0
+    # What the container claims (packets), when it differs from decoding: edit lists,
+    # truncated and corrupt files. None = not probed.
+    container_frame_count: int | None = None
+    # Display rotation in degrees; width/height above already have it applied, as the
+    # decoder and the App's player both apply it.
+    rotation: int = 0
+
+    @property
+    def container_disagrees(self) -> bool:
+        return self.container_frame_count is not None and self.container_frame_count != self.frame_count
 
 
 class FrameRange(BaseModel):
@@ -131,10 +146,17 @@ class SegmentRequest(_Wire):
 
     @model_validator(mode="after")
     def _has_a_prompt(self) -> SegmentRequest:
+        if len(self.prompt) > MAX_PROMPT_CHARS:
+            raise ValueError(f"prompt {shorten(self.prompt)} is too long: at most {MAX_PROMPT_CHARS} characters, "
+                             "comma-separated short noun phrases like 'person, dog'")
         parts = [p.strip() for p in self.prompt.split(",")]
+        long = [p for p in parts if len(p) > MAX_CONCEPT_CHARS]
+        if long:
+            raise ValueError(f"concept {shorten(long[0])} is too long: at most {MAX_CONCEPT_CHARS} characters "
+                             "(SAM reads a short noun phrase such as 'red car')")
         if self.prompt.strip() and any(not p for p in parts):
             raise ValueError(
-                f"prompt {self.prompt!r} has an empty concept between commas; "
+                f"prompt {shorten(self.prompt)} has an empty concept between commas; "
                 "write concepts like 'red ball, blue box'"
             )
         if not self.prompt.strip() and not self.point_prompts and not self.box_prompts:
@@ -224,7 +246,7 @@ def describe_validation_error(exc: ValidationError) -> list[str]:
         for part in err["loc"]:
             loc += f"[{part}]" if isinstance(part, int) else (f".{part}" if loc else str(part))
         msg = err["msg"].removeprefix("Value error, ")
-        got = f" (got {err['input']!r})" if err["type"] != "value_error" and "input" in err else ""
+        got = f" (got {shorten(err['input'])})" if err["type"] != "value_error" and "input" in err else ""
         lines.append(f"{loc}: {msg}{got}" if loc else f"{msg}{got}")
     return lines
 

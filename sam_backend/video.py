@@ -43,6 +43,12 @@ def _passthrough_flags() -> tuple[str, ...]:
     return ("-fps_mode", "passthrough") if "-fps_mode" in out else ("-vsync", "0")
 
 
+def _one_line(stderr: str) -> str:
+    """ffmpeg's error lines as one line, without its '[demuxer @ 0x...]' prefixes."""
+    lines = [line.split("] ", 1)[-1].strip() if line.startswith("[") else line.strip() for line in stderr.splitlines()]
+    return "; ".join(dict.fromkeys(line for line in lines if line))
+
+
 def _rate(text: str | None) -> float:
     try:
         value = Fraction(text or "0")
@@ -52,21 +58,35 @@ def _rate(text: str | None) -> float:
 
 
 def probe(path: str | os.PathLike[str]) -> VideoInfo:
-    """Size, exact frame count (packets counted by demuxing, no decode) and frame rate."""
+    """Size as decoded (rotation applied), exact decoded frame count and frame rate.
+
+    The frame count is what decoding yields (``frame_count``), the count FiftyOne's own
+    reader reaches; the container's packet count is kept as ``container_frame_count``.
+    They differ on edit lists, truncated and corrupt files, where the packet count names
+    frames no decoder ever produces. Results are cached per file version (path, size,
+    mtime), since decoding a long video to count its frames takes seconds.
+    """
     path = Path(path)
     if not path.is_file():
         raise VideoError(f"video not found: {path}")
+    stat = path.stat()
+    return _probe_cached(str(path), stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=512)
+def _probe_cached(path: str, size: int, mtime_ns: int) -> VideoInfo:
+    del size, mtime_ns  # cache keys only: a rewritten file is probed again
     _, ffprobe = require_ffmpeg()
     cmd = [
         ffprobe, "-v", "error", "-select_streams", "v:0", "-count_packets",
         "-show_entries",
         "stream=width,height,codec_name,avg_frame_rate,r_frame_rate,nb_read_packets,duration"
         ":stream_side_data=rotation:format=duration,size",
-        "-of", "json", str(path),
+        "-of", "json", path,
     ]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
-        raise VideoError(f"cannot read video {path}: {proc.stderr.strip() or 'ffprobe failed'}")
+        raise VideoError(f"cannot read video {path}: {_one_line(proc.stderr) or 'ffprobe failed'}")
     data = json.loads(proc.stdout or "{}")
     streams = data.get("streams") or []
     if not streams:
@@ -82,17 +102,33 @@ def probe(path: str | os.PathLike[str]) -> VideoInfo:
         width, height = height, width
     avg, nominal = _rate(s.get("avg_frame_rate")), _rate(s.get("r_frame_rate"))
     duration = float(s.get("duration") or fmt.get("duration") or 0.0)
+    decoded = count_decoded_frames(path)
+    if decoded == 0:
+        raise VideoError(f"cannot read video {path}: no frame decodes")
     return VideoInfo(
         width=width,
         height=height,
-        frame_count=int(s.get("nb_read_packets") or 0),
+        frame_count=decoded,
+        container_frame_count=int(s.get("nb_read_packets") or 0),
         fps=avg or nominal,
         duration=duration,
         codec=s.get("codec_name", ""),
+        rotation=rotation,
         # ffprobe's own hint: the nominal rate differs from the average one.
         variable_frame_rate=bool(avg and nominal and abs(avg - nominal) > 1e-3 * nominal),
-        size_bytes=int(fmt.get("size") or path.stat().st_size),
+        size_bytes=int(fmt.get("size") or Path(path).stat().st_size),
     )
+
+
+def count_decoded_frames(path: str | os.PathLike[str]) -> int:
+    """How many frames decoding ``path`` yields, decoded exactly as :func:`iter_frames`
+    does (passthrough, no pixel conversion or output): ffmpeg's own final frame counter."""
+    ffmpeg, _ = require_ffmpeg()
+    cmd = [ffmpeg, "-v", "quiet", "-nostdin", "-nostats", "-i", str(path), "-map", "0:v:0",
+           *_passthrough_flags(), "-f", "null", "-progress", "pipe:1", "-"]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    counts = [line.partition("=")[2] for line in proc.stdout.splitlines() if line.startswith("frame=")]
+    return int(counts[-1]) if counts and counts[-1].strip().isdigit() else 0
 
 
 def iter_frames(path: str | os.PathLike[str], info: VideoInfo | None = None, *, gray: bool = False) -> Iterator[np.ndarray]:
@@ -128,7 +164,7 @@ def iter_frames(path: str | os.PathLike[str], info: VideoInfo | None = None, *, 
             proc.stderr.close()
         rc = proc.wait()
     if rc != 0:
-        raise VideoError(f"ffmpeg failed decoding {path}: {stderr.strip()}")
+        raise VideoError(f"ffmpeg failed decoding {path}: {_one_line(stderr)}")
 
 
 def read_frame(path: str | os.PathLike[str], frame_index: int, info: VideoInfo | None = None) -> np.ndarray:
@@ -148,7 +184,7 @@ def read_frame(path: str | os.PathLike[str], frame_index: int, info: VideoInfo |
     proc = subprocess.run(cmd, capture_output=True)
     size = info.width * info.height * 3
     if proc.returncode != 0 or len(proc.stdout) != size:
-        raise VideoError(f"ffmpeg could not decode frame {frame_index} of {path}: {proc.stderr.decode(errors='replace').strip()}")
+        raise VideoError(f"ffmpeg could not decode frame {frame_index} of {path}: {_one_line(proc.stderr.decode(errors='replace'))}")
     return np.frombuffer(proc.stdout, np.uint8).reshape(info.height, info.width, 3)
 
 
@@ -176,7 +212,7 @@ def encode_rgb_frames(frames: Iterator[np.ndarray], path: str | os.PathLike[str]
         stderr = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
         rc = proc.wait()
     if rc != 0:
-        raise VideoError(f"ffmpeg failed writing {path}: {stderr.strip()}")
+        raise VideoError(f"ffmpeg failed writing {path}: {_one_line(stderr)}")
 
 
 def trim_video(src: str | os.PathLike[str], dst: str | os.PathLike[str], frames: range, info: VideoInfo | None = None,
@@ -207,7 +243,7 @@ def trim_video(src: str | os.PathLike[str], dst: str | os.PathLike[str], frames:
     ]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
-        raise VideoError(f"ffmpeg failed trimming {src} to frames {frames.start}..{last}: {proc.stderr.strip()}")
+        raise VideoError(f"ffmpeg failed trimming {src} to frames {frames.start}..{last}: {_one_line(proc.stderr)}")
     out = probe(dst)
     if out.frame_count != len(frames):
         raise VideoError(f"trimming {src} to {len(frames)} frames produced {out.frame_count}; not sending it")

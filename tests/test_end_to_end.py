@@ -160,7 +160,11 @@ def test_missing_key_and_unreadable_video_fail_before_spending(make_dataset, sce
     bad = make_dataset(junk)
     calls = sum(emulator.stats.calls_by_route.values())
     with pytest.raises(InvalidRequest, match=r"sample .*: cannot read video .*broken\.mp4"):
-        segment_videos(bad, prompt=PROMPT, backend=fal_backend)
+        segment_videos(bad, prompt=PROMPT, backend=fal_backend, skip_failures=False)
+    # by default the unreadable video is that video's failure, reported like any other
+    report = segment_videos(bad, prompt=PROMPT, backend=fal_backend)
+    assert list(report.failed) == [bad.first().id] and "cannot read video" in report.failed[bad.first().id]
+    assert report.done == []
     assert sum(emulator.stats.calls_by_route.values()) == calls
     assert not bad.has_frame_field("sam")
 

@@ -20,8 +20,10 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from ..errors import Cancelled, SamError
-from ..types import FrameRange
+from pydantic import ValidationError
+
+from ..errors import Cancelled, InvalidRequest, SamError, shorten
+from ..types import FrameRange, describe_validation_error
 
 
 def _frames(text: str) -> FrameRange:
@@ -33,9 +35,13 @@ def _frames(text: str) -> FrameRange:
         start = int(parts[0]) if parts[0] else 0
         stop = int(parts[1]) if parts[1] else None
         step = int(parts[2]) if len(parts) == 3 and parts[2] else 1
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"bad frame range {shorten(text)}: START, STOP and STEP must be whole numbers, "
+                                         "e.g. 0:300 or 100::2") from None
+    try:
         return FrameRange(start=start, stop=stop, step=step)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"bad frame range {text!r}: {exc}") from None
+    except ValidationError as exc:
+        raise argparse.ArgumentTypeError(f"bad frame range {shorten(text)}: {'; '.join(describe_validation_error(exc))}") from None
 
 
 def _show(p: Any) -> None:
@@ -71,6 +77,9 @@ class _Interrupts:
 def _print_report(report: Any, field: str) -> int:
     billed = f", {report.billed_units:g} billed units" if report.billed_units is not None else ""
     cost = f", estimated ${report.estimated_usd:.2f}" if report.estimated_usd is not None else ""
+    if report.records and all(r.backend == "emulator" for r in report.records.values()):
+        billed, cost = "", ", free (offline emulator" + (f"; fal would charge about ${report.estimated_usd:.2f})"
+                                                          if report.estimated_usd is not None else ")")
     run = f" (run {report.run_id})" if report.run_id else ""
     print(f"{len(report.done)}/{report.samples} videos, {report.frames} frames, {sum(report.tracks.values())} tracks "
           f"-> frames.{field}{cost}{billed} ({report.seconds:.1f} s){run}")
@@ -80,11 +89,10 @@ def _print_report(report: Any, field: str) -> int:
 
 
 def _segment(args: argparse.Namespace) -> int:
-    import fiftyone as fo
 
     from .segment import segment_videos
 
-    dataset = fo.load_dataset(args.dataset)
+    dataset = load_dataset(args.dataset)
     backend_options: dict[str, Any] = {}
     if args.endpoint:
         backend_options["endpoint"] = args.endpoint
@@ -98,8 +106,19 @@ def _segment(args: argparse.Namespace) -> int:
         report = segment_videos(dataset, prompt=args.prompt, label_field=args.field, backend=args.backend,
                                 detection_threshold=args.threshold, max_num_objects=args.max_objects,
                                 concurrency=args.concurrency, frames=args.frames, url_field=args.url_field,
-                                backend_options=backend_options, progress=_show, cancel=interrupts.token)
+                                prompt_fields=args.prompt_field or [], backend_options=backend_options, progress=_show, cancel=interrupts.token)
     return _print_report(report, args.field)
+
+
+def load_dataset(name: str) -> Any:
+    """The dataset, or an InvalidRequest naming it and the datasets there are."""
+    import fiftyone as fo
+
+    if not fo.dataset_exists(name):
+        names = fo.list_datasets()
+        listed = ", ".join(names[:10]) + (f" and {len(names) - 10} more" if len(names) > 10 else "")
+        raise InvalidRequest(f"no FiftyOne dataset named {shorten(name)} (datasets here: {listed or 'none'})")
+    return fo.load_dataset(name)
 
 
 def _resume(args: argparse.Namespace) -> int:
@@ -167,7 +186,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     sub.add_parser("import", help="import COCO or YouTube-VIS tracks into frame labels", add_help=False)
     seg = sub.add_parser("segment", help="segment every video of a FiftyOne dataset")
     seg.add_argument("dataset")
-    seg.add_argument("--prompt", required=True, help="comma-separated concepts, e.g. 'person, dog'")
+    seg.add_argument("--prompt", default="", help="comma-separated concepts, e.g. 'person, dog'")
+    seg.add_argument("--prompt-field", action="append", default=None, metavar="FIELD",
+                     help="frame field whose boxes/clicks (Detections, Keypoints, Polylines) are prompts; repeatable")
     seg.add_argument("--field", default="sam")
     seg.add_argument("--backend", default="fal")
     seg.add_argument("--threshold", type=float, default=0.5)

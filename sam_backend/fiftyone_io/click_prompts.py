@@ -21,10 +21,17 @@ from collections.abc import Sequence
 
 import fiftyone as fo
 
-from ..coords import frame_index_from_number, pixel_box, pixel_point, relative_box, relative_point
+from ..coords import (
+    frame_index_from_number,
+    pixel_box,
+    pixel_point,
+    relative_box,
+    relative_point,
+)
 from ..errors import InvalidRequest
 from ..video import probe, read_frame
 from .annotate import DEFAULT_BOXES_FIELD
+from .video_info import sample_video
 
 DEFAULT_POINTS_FIELD = "sam_points"
 _KINDS = {fo.Keypoints: "keypoints", fo.Detections: "detections"}
@@ -143,14 +150,8 @@ def prompts_on_frame(sample: fo.Sample, frame_number: int, *, points_field: str 
 
 
 def _size(sample: fo.Sample) -> tuple[int, int, int]:
-    if sample.media_type != "video":
-        raise InvalidRequest(f"sample {sample.id} is not a video")
-    if not getattr(sample.metadata, "total_frame_count", None):
-        sample.compute_metadata()
-    meta = sample.metadata
-    if meta is None or not meta.frame_width:
-        raise InvalidRequest(f"cannot read video {sample.filepath}")
-    return int(meta.frame_width), int(meta.frame_height), int(meta.total_frame_count)
+    info = sample_video(sample)  # decoded size and count: the App shows rotated video rotated
+    return info.width, info.height, info.frame_count
 
 
 def _check_frame(frame_number: int, count: int) -> None:

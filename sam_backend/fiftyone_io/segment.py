@@ -27,7 +27,7 @@ import fiftyone as fo
 
 from .. import video as video_ops
 from ..backends.base import Backend, CancelToken, get_backend
-from ..errors import InvalidRequest, VideoError
+from ..errors import InvalidRequest, VideoError, shorten
 from ..types import SegmentRequest, VideoInfo
 from .options import DEFAULT_CONCURRENCY, SampleProgress, SegmentOptions, SegmentReport
 from .plan import SamplePlan, plan_sample
@@ -75,16 +75,17 @@ def segment_collection(samples: fo.core.collections.SampleCollection, opts: Segm
              secrets: Mapping[str, str] | None, progress: Callable[[SampleProgress], None] | None,
              cancel: CancelToken | None, run_id: str | None = None) -> SegmentReport:
     start = time.monotonic()
-    if samples.media_type != "video":
-        raise ValueError(f"segment_videos needs video samples; this collection has media_type={samples.media_type!r}")
+    _check_collection(samples, opts)
     dataset = samples._dataset
-    check_label_field(dataset, opts.label_field)
     # Per-video prompts (from labels, or a refine) are checked per video in _prepare.
     request = None if opts.per_sample_prompts else opts.request()
-    jobs = _prepare(samples, request, opts)
+    jobs, unreadable = _prepare(samples, request, opts)
     skipped = already_written(opts.run_key, jobs)
     jobs = [dataclasses.replace(j, index=i) for i, j in enumerate(j for j in jobs if j.sample_id not in skipped)]
-    report = SegmentReport(label_field=opts.label_field, samples=len(jobs), skipped=sorted(skipped))
+    report = SegmentReport(label_field=opts.label_field, samples=len(jobs) + len(unreadable), skipped=sorted(skipped),
+                           failed=dict(unreadable))
+    for sample_id, message in unreadable.items():
+        logger.warning("skipping sample %s: %s", sample_id, message)
     backend_options = dict(opts.backend_options)
     if opts.render_video and opts.backend in ("fal", "emulator"):
         backend_options.setdefault("render_overlay", True)  # the RLE endpoints draw nothing unless asked
@@ -121,6 +122,25 @@ def segment_collection(samples: fo.core.collections.SampleCollection, opts: Segm
     return report
 
 
+def _check_collection(samples: fo.core.collections.SampleCollection, opts: SegmentOptions) -> None:
+    """What the run needs from the collection itself, checked before anything is probed."""
+    dataset = samples._dataset
+    if len(samples) == 0:
+        raise InvalidRequest(f"nothing to segment: this view of {dataset.name!r} has no samples")
+    if samples.media_type != "video":
+        raise InvalidRequest(f"segment needs video samples; {dataset.name!r} has media_type={samples.media_type!r}")
+    try:
+        check_label_field(dataset, opts.label_field)
+    except ValueError as exc:
+        raise InvalidRequest(str(exc)) from None
+    frame_fields = dataset.get_frame_field_schema() or {}
+    missing = [f for f in opts.prompt_fields if f.removeprefix("frames.") not in frame_fields]
+    if missing:
+        known = sorted(n for n in frame_fields if n not in ("id", "frame_number", "created_at", "last_modified_at"))
+        raise InvalidRequest(f"prompt field(s) {', '.join(shorten(f) for f in missing)} are not frame fields of "
+                             f"{dataset.name!r} (its frame fields: {', '.join(known) or 'none'})")
+
+
 def _record_run(journal: Any, dataset: fo.Dataset, opts: SegmentOptions, jobs: Sequence[Job], run_id: str | None) -> str:
     if run_id is not None:
         from ..backends.fal.journal import RunState
@@ -155,10 +175,15 @@ def _probe_all(paths: Sequence[str]) -> list[VideoInfo | VideoError]:
         return list(pool.map(one, paths))
 
 
-def _prepare(samples: fo.core.collections.SampleCollection, request: SegmentRequest | None, opts: SegmentOptions) -> list[Job]:
+def _prepare(samples: fo.core.collections.SampleCollection, request: SegmentRequest | None,
+             opts: SegmentOptions) -> tuple[list[Job], dict[str, str]]:
     """Probe every video and check its request against it, before anything is spent.
-    ``request`` is the run's request, or None when each video gets its own (see plan.py)."""
-    jobs, problems = [], []
+    ``request`` is the run's request, or None when each video gets its own (see plan.py).
+
+    Returns the jobs and, with ``skip_failures``, the videos that cannot be read (sample id
+    -> why): those fail alone, like any other per-video failure. Bad prompts, and
+    unreadable videos without ``skip_failures``, refuse the whole run."""
+    jobs, problems, unreadable = [], [], {}
     ids, paths = samples.values("id"), samples.values("filepath")
     urls = samples.values(opts.url_field) if opts.url_field else [None] * len(ids)
     refine = opts.refine()
@@ -176,7 +201,10 @@ def _prepare(samples: fo.core.collections.SampleCollection, request: SegmentRequ
                 request.check_against(info, opts.frames)
                 plan = SamplePlan(request, opts.frames, {})
         except VideoError as exc:
-            problems.append(f"sample {sample_id}: {exc}")
+            if opts.skip_failures:
+                unreadable[sample_id] = str(exc)
+            else:
+                problems.append(f"sample {sample_id}: {exc}")
             continue
         except InvalidRequest as exc:
             problems.extend(f"sample {sample_id} ({Path(filepath).name}): {p}" for p in exc.problems)
@@ -187,7 +215,7 @@ def _prepare(samples: fo.core.collections.SampleCollection, request: SegmentRequ
         jobs.append(Job(len(jobs), sample_id, Path(filepath), info, url, plan))
     if problems:
         raise InvalidRequest(problems)
-    return jobs
+    return jobs, unreadable
 
 
 class _Background:
@@ -225,6 +253,11 @@ def _frame_count_warnings(samples: fo.core.collections.SampleCollection, jobs: S
     counts = dict(zip(samples.values("id"), samples.values("metadata.total_frame_count")))
     warnings = []
     for job in jobs:
+        if job.info.container_disagrees:
+            warnings.append(f"{job.path.name}: the file says {job.info.container_frame_count} frames but "
+                            f"{job.info.frame_count} decode (an edit list, or a damaged or truncated file); labels "
+                            f"are on the {job.info.frame_count} decoded frames, as FiftyOne's reader numbers them")
+            continue
         fiftyone_count = counts.get(job.sample_id)
         if job.info.variable_frame_rate or (fiftyone_count is not None and fiftyone_count != job.info.frame_count):
             warnings.append(

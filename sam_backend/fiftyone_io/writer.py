@@ -38,6 +38,7 @@ import fiftyone.utils.image as foui
 
 from .. import masks as mask_ops
 from ..coords import frame_number_from_index, relative_box
+from ..owners import current_owner, owner_alive
 from ..types import FrameResult, TrackedObject, VideoInfo
 
 STAGING_COLLECTION = "sam31_staging"
@@ -45,7 +46,8 @@ _SCHEMA_LOCK = threading.Lock()
 # Frames per insert into the staging collection: big enough to amortise round trips,
 # small enough that a batch of 1080p masks stays in the tens of MB.
 BATCH_FRAMES = 128
-# Staged documents older than this belong to crashed runs and are swept.
+# Staged documents older than this belong to crashed runs and are swept (those of a run
+# killed on this host go at once: their owner process is gone).
 STALE_AFTER = dt.timedelta(days=1)
 
 
@@ -138,8 +140,9 @@ class FrameLabelWriter:
         self._frames = db[dataset._frame_collection_name]
         self._samples = db[dataset._sample_collection_name]
         self._staging = db[STAGING_COLLECTION]
+        self._owner = current_owner()
         self._staging.create_index([("run", 1), ("frame_number", 1)])
-        self._staging.delete_many({"staged_at": {"$lt": _utcnow() - STALE_AFTER}})
+        sweep_staging(self._staging)
 
     def write_sample(self, sample_id: str, frames: Iterable[FrameResult], info: VideoInfo,
                      policy: WritePolicy = WritePolicy()) -> WriteStats:
@@ -184,6 +187,7 @@ class FrameLabelWriter:
         ]
         return {
             "run": run,
+            "owner": self._owner,
             "staged_at": _utcnow(),
             "_id": ObjectId(),  # becomes the frame document's id if the frame is new
             "_sample_id": sample_oid,
@@ -234,6 +238,21 @@ def _remove_other_runs(run_dir: Path) -> None:
     for other in run_dir.parent.iterdir():
         if other != run_dir and other.is_dir():
             shutil.rmtree(other, ignore_errors=True)
+
+
+def sweep_staging(staging: Any) -> None:
+    """Delete staged documents of killed runs: their process on this host is gone, or (any
+    host) they are older than STALE_AFTER. Live runs' documents are left alone."""
+    dead = [o for o in staging.distinct("owner") if owner_alive(o) is False]
+    staging.delete_many({"$or": [{"owner": {"$in": dead}}, {"staged_at": {"$lt": _utcnow() - STALE_AFTER}}]})
+
+
+def writing_now(dataset: fo.Dataset, sample_id: str) -> bool:
+    """Whether a live run has frames of this sample staged (it may be publishing them)."""
+    staging = foo.get_db_conn()[STAGING_COLLECTION]
+    owners = staging.distinct("owner", {"_sample_id": ObjectId(sample_id), "_dataset_id": dataset._doc.id,
+                                        "staged_at": {"$gte": _utcnow() - STALE_AFTER}})
+    return any(owner_alive(o) is not False for o in owners)
 
 
 def check_label_field(dataset: fo.Dataset, label_field: str) -> None:

@@ -4,8 +4,9 @@ The export is an iterator of :class:`ExportProgress` events (``ExportRun``), so 
 operator can report progress without threads and stop by closing it; ``export_tracks``
 drains it for SDK and CLI use. Files are written into a hidden sibling folder that is
 renamed to ``output_dir`` only when everything succeeded: a failed or cancelled export
-leaves no half-written dataset behind, and an earlier export in ``output_dir`` survives
-until the new one is complete.
+leaves no half-written dataset behind, and an earlier export in ``output_dir`` is swapped
+for the new one in one step (publish.py). Each video's frames are read as one consistent
+version: a segment run publishing that video meanwhile stops the export (source.py).
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ import datetime as dt
 import logging
 import shutil
 import time
-import uuid
 from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
 from typing import Any
@@ -30,8 +30,9 @@ from .coco import CocoWriter
 from .frames import iter_images, save_image
 from .mot import MotsWriter, MotWriter
 from .options import MASK_FORMATS, ExportOptions
+from .publish import new_staging, publish, sweep
 from .report import ExportProgress, ExportReport
-from .source import ExportPlan, iter_frames, plan_export
+from .source import ExportPlan, FrameSnapshot, iter_frames, plan_export
 from .yolo import YoloWriter
 from .ytvis import YtvisWriter
 
@@ -83,8 +84,8 @@ class ExportRun:
         start = time.monotonic()
         report = ExportReport(opts.format, opts.label_field, out, skipped=dict(plan.skipped), warnings=list(plan.warnings))
         out.parent.mkdir(parents=True, exist_ok=True)
-        staging = out.parent / f".{out.name}.partial-{uuid.uuid4().hex[:8]}"
-        staging.mkdir()
+        sweep(out)
+        staging = new_staging(out)
         published = False
         try:
             writer = WRITERS[opts.format](staging, opts, plan.categories, report)
@@ -92,6 +93,8 @@ class ExportRun:
             for i, video in enumerate(plan.videos):
                 yield ExportProgress(done, total, i, len(plan.videos), video.name)
                 writer.begin_video(video)
+                snapshot = FrameSnapshot(self.samples._dataset, video, opts.label_field)
+                snapshot.begin(self.cancel)
                 images = iter_images(video) if writer.images else None
                 try:
                     for frame in iter_frames(self.samples, video, opts.label_field, masks=opts.format in MASK_FORMATS):
@@ -110,6 +113,7 @@ class ExportRun:
                 finally:
                     if images is not None:
                         images.close()
+                snapshot.end()
                 writer.end_video(video)
             writer.close()
             report.videos, report.tracks = len(plan.videos), len(tracks)
@@ -120,8 +124,7 @@ class ExportRun:
                 problems = check_output_dir(out, overwrite=True)  # again: it may have changed meanwhile
                 if problems:
                     raise InvalidRequest(problems)
-                shutil.rmtree(out)  # empty, or an earlier export (it holds the manifest)
-            staging.rename(out)
+            publish(staging, out)  # an earlier export there is swapped out atomically
             published = True
         finally:
             if not published:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -27,6 +28,7 @@ from pymongo.errors import OperationFailure
 from ... import video as video_ops
 from ...coords import frame_index_from_number, pixel_box
 from ...errors import InvalidRequest, VideoError
+from ..writer import writing_now
 from .options import MASK_FORMATS, TRACK_FORMATS, ExportOptions
 from .tracks import Categories, ExportFrame, ExportObject, VideoRef, sequence_names
 
@@ -38,6 +40,8 @@ MOTS_ID_LIMIT = 1000
 # Frames read per query: a chunk's compressed masks stay in the tens of MB even for
 # 1080p videos with dozens of objects, and there are few round trips.
 _CHUNK_FRAMES = 256
+# How long an export waits for a segment run that is writing a video it needs.
+WAIT_FOR_WRITER_S = 30.0
 
 
 @dataclasses.dataclass
@@ -215,6 +219,42 @@ def _view_frames(samples: fo.core.collections.SampleCollection, video: VideoRef,
                 continue
             objects = [_object(dict(zip(keys, det)), video.width, video.height, masks) for det in zip(*per_key)]
             yield ExportFrame(frame_index_from_number(number), objects)
+
+
+class FrameSnapshot:
+    """Makes sure one video's frames are read as one version of the field.
+
+    A segment run stages a video's frames, publishes them in one ``$merge``, stamps the
+    sample's ``last_modified_at`` and only then deletes its staged documents (writer.py).
+    So if nothing of this video is staged when reading starts, and after reading nothing
+    is staged and the sample's stamp is unchanged, no publish overlapped the read: one
+    that started before would still be staged at the start, one that started after would
+    still be staged, or would have changed the stamp, at the end.
+    """
+
+    def __init__(self, dataset: fo.Dataset, video: VideoRef, field: str, *, wait_s: float = WAIT_FOR_WRITER_S) -> None:
+        self.dataset, self.video, self.field, self.wait_s = dataset, video, field, wait_s
+        self._stamp: Any = None
+
+    def begin(self, cancel: Any = None) -> None:
+        deadline = time.monotonic() + self.wait_s
+        while writing_now(self.dataset, self.video.sample_id):
+            if time.monotonic() >= deadline:
+                raise InvalidRequest(f"{self.video.name}: a segment run is writing frames.{self.field} of this video "
+                                     f"right now; export again when it has finished (waited {self.wait_s:.0f} s)")
+            if cancel is not None:
+                cancel.raise_if_cancelled()
+            time.sleep(0.2)
+        self._stamp = self._sample_stamp()
+
+    def end(self) -> None:
+        if writing_now(self.dataset, self.video.sample_id) or self._sample_stamp() != self._stamp:
+            raise InvalidRequest(f"{self.video.name}: frames.{self.field} changed while it was being exported (a "
+                                 "segment run wrote this video); nothing was published: export again")
+
+    def _sample_stamp(self) -> Any:
+        doc = self.dataset._sample_collection.find_one({"_id": ObjectId(self.video.sample_id)}, {"last_modified_at": 1})
+        return None if doc is None else doc.get("last_modified_at")
 
 
 def _object(det: dict[str, Any], width: int, height: int, masks: bool) -> ExportObject:

@@ -1,0 +1,102 @@
+"""The ``segment`` command's answers to bad input: one line naming the bad value, exit
+code 2, nothing written and nothing sent; an unreadable video among good ones is reported
+and skipped (exit code 1) while the others are labelled. Real MongoDB, real ffmpeg, the
+emulator backend over loopback HTTP."""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+
+import fiftyone as fo
+import pytest
+
+from sam_backend import synthetic
+from sam_backend.fiftyone_io.cli import main
+
+Clip = tuple[Path, synthetic.GroundTruth]
+
+
+def run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    """Exit code, the last line of stderr, and all of stdout (argparse exits via SystemExit)."""
+    try:
+        rc = main(argv)
+    except SystemExit as exc:
+        rc = int(exc.code or 0)
+    out, err = capsys.readouterr()
+    assert "Traceback" not in err
+    lines = [line for line in err.splitlines() if line.strip()]
+    return rc, lines[-1] if lines else "", out
+
+
+@pytest.fixture
+def dataset(make_dataset, small_video: Clip) -> fo.Dataset:
+    ds = make_dataset(small_video[0])
+    ds.add_sample_field("note", fo.EmbeddedDocumentField, embedded_doc_type=fo.Classification)
+    ds.add_frame_field("clicks", fo.EmbeddedDocumentField, embedded_doc_type=fo.Keypoints)
+    return ds
+
+
+def refused(argv: list[str], capsys: pytest.CaptureFixture[str], *named: str) -> str:
+    rc, line, _ = run(argv, capsys)
+    assert rc == 2, line
+    for value in named:
+        assert value in line, (value, line)
+    assert len(line) < 400, line
+    return line
+
+
+def test_missing_dataset(capsys: pytest.CaptureFixture[str]) -> None:
+    name = f"no-such-{uuid.uuid4().hex[:6]}"
+    refused(["segment", name, "--prompt", "ball", "--backend", "emulator"], capsys, repr(name), "no FiftyOne dataset")
+
+
+def test_output_field_that_cannot_hold_tracks(dataset: fo.Dataset, capsys: pytest.CaptureFixture[str]) -> None:
+    base = ["segment", dataset.name, "--prompt", "red ball", "--backend", "emulator"]
+    refused([*base, "--field", "note"], capsys, "'note'", "sample-level field")
+    refused([*base, "--field", "clicks"], capsys, "frames.clicks", "Keypoints")
+    assert not dataset.has_frame_field("sam")
+
+
+def test_frame_ranges(dataset: fo.Dataset, capsys: pytest.CaptureFixture[str]) -> None:
+    base = ["segment", dataset.name, "--prompt", "red ball", "--backend", "emulator"]
+    line = refused([*base, "--frames", "7:3"], capsys, "'7:3'", "empty")
+    assert "pydantic" not in line and "type=" not in line
+    refused([*base, "--frames", "x:3"], capsys, "'x:3'", "whole numbers")
+    refused([*base, "--frames", "0:10:0"], capsys, "'0:10:0'", "step")
+
+
+def test_huge_prompts_are_refused_without_echo_or_writes(dataset: fo.Dataset, capsys: pytest.CaptureFixture[str]) -> None:
+    base = ["segment", dataset.name, "--backend", "emulator"]
+    refused([*base, "--prompt", "x" * 120_000], capsys, "120,000 characters", "too long")
+    one_concept = "red ball, " + "y" * 300
+    refused([*base, "--prompt", one_concept], capsys, "concept 'yyy", "300 characters")
+    # 9 MB once wrote its labels and then failed storing the run's description
+    refused([*base, "--prompt", "z" * 9_000_000], capsys, "9,000,000 characters")
+    assert not dataset.has_frame_field("sam")
+
+
+def test_prompt_field_that_does_not_exist(dataset: fo.Dataset, capsys: pytest.CaptureFixture[str]) -> None:
+    refused(["segment", dataset.name, "--prompt-field", "boxez", "--backend", "emulator"], capsys,
+            "'boxez'", "clicks")
+
+
+def test_empty_dataset(make_dataset, capsys: pytest.CaptureFixture[str]) -> None:
+    ds = make_dataset()
+    refused(["segment", ds.name, "--prompt", "ball", "--backend", "emulator"], capsys, repr(ds.name), "no samples")
+
+
+def test_unreadable_video_is_reported_and_skipped(make_dataset, small_video: Clip, tmp_path: Path,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    junk = tmp_path / "broken clip.mp4"
+    junk.write_bytes(b"\x00\x00\x00\x18ftypmp42 not really a video")
+    ds = make_dataset(small_video[0], junk)
+    rc, line, out = run(["segment", ds.name, "--prompt", "red ball", "--backend", "emulator"], capsys)
+    assert rc == 1  # the run went on; one video failed
+    bad_id = ds.match({"filepath": str(junk)}).first().id
+    assert line.startswith(f"FAILED {bad_id}: cannot read video {junk}") and "\n" not in line
+    assert "1/2 videos" in out
+    good = ds.match({"filepath": str(small_video[0])}).first()
+    assert sum(len(f.sam.detections) for f in good.frames.values() if f.sam is not None) > 0
+    # the emulator is free: no "estimated $" as if fal had been paid
+    assert "free (offline emulator; fal would charge about $" in out and "estimated $" not in out
