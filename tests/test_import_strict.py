@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
 from pathlib import Path
 
 import fiftyone as fo
@@ -18,6 +19,7 @@ from sam_backend import coco_rle, masks as mask_ops, video
 from sam_backend.errors import Cancelled, InvalidRequest
 from sam_backend.fiftyone_io.export import export_tracks, import_tracks
 from sam_backend.fiftyone_io.writer import FrameLabelWriter
+from sam_backend.types import FrameResult, TrackedObject
 from test_writer import truth_frames
 
 H, W = 120, 160  # small_video's frame size (not square: a swapped size is caught)
@@ -252,5 +254,37 @@ def test_frames_an_import_created_are_removed_when_it_stops(four_videos, small_v
             import_tracks(ds, tmp_path / "coco", "sam", progress=_cancel_at_video(2))
         assert ds._frame_collection.count_documents({}) == 0 and not ds.has_frame_field("sam")
         assert ds.count("frames") == 0
+    finally:
+        ds.delete()
+
+
+def test_a_rotated_video_imports_its_own_export_and_refuses_the_container_size(small_video, tmp_path) -> None:
+    """A phone video stored 160x120 with a 90° rotation flag is shown 120x160 (FiftyOne's
+    metadata still says 160x120). Its own export imports back exactly; an RLE of the
+    container's size is refused naming the displayed size."""
+    rotated = tmp_path / "rotated.mp4"
+    subprocess.run(["ffmpeg", "-v", "error", "-y", "-i", str(small_video[0]), "-c", "copy",
+                    "-metadata:s:v:0", "rotate=90", str(rotated)], check=True)
+    info = video.probe(rotated)
+    assert (info.width, info.height) == (120, 160)
+    ds = fo.Dataset()
+    ds.add_sample(fo.Sample(filepath=str(rotated)))
+    try:
+        ds.compute_metadata()
+        assert (ds.first().metadata.frame_width, ds.first().metadata.frame_height) == (160, 120)  # the container's
+        tall = np.zeros((160, 120), bool)
+        tall[100:150, 10:30] = True  # in the part only the rotated frame has
+        FrameLabelWriter(ds, "sam").write_sample(ds.first().id, iter([
+            FrameResult(2, [TrackedObject(5, "tall", 0.7, tall, mask_ops.tight_box(tall))])]), info)
+        export_tracks(ds, "sam", "coco", tmp_path / "coco", frames="video")
+        report = import_tracks(ds, tmp_path / "coco", "back")
+        assert report.videos == 1
+        [det] = ds.first().frames[3].back.detections
+        assert det.index == 5 and det.bounding_box == pytest.approx([10 / 120, 100 / 160, 20 / 120, 50 / 160])
+        labels = tmp_path / "coco" / "labels.json"
+        wide = mask_ops.encode_rle(np.zeros((120, 160), bool))
+        _bad_annotation(labels, "rotated", 2, lambda a: a.update(segmentation=wide))
+        with pytest.raises(InvalidRequest, match=r"size is 160x120 \(width x height\) but the frame is 120x160"):
+            import_tracks(ds, labels, "again")
     finally:
         ds.delete()

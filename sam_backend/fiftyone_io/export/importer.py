@@ -24,7 +24,8 @@ from pathlib import Path
 
 import fiftyone as fo
 
-from ...errors import InvalidRequest
+from ... import video as video_ops
+from ...errors import InvalidRequest, VideoError
 from ...types import VideoInfo
 from ..writer import FrameLabelWriter, check_label_field
 from .field_backup import FieldBackup
@@ -78,14 +79,16 @@ def import_tracks(
     if len(missing):
         missing.compute_metadata()
     matches = _match(samples, data.videos, report)
+    shown = {video: _shown(path, meta, video.name, report) for video, (_, meta, path) in matches.items()}
     problems = []
-    for video, (sample_id, meta) in matches.items():
-        if (meta.frame_width, meta.frame_height) != (video.width, video.height):
+    for video, info in shown.items():
+        # Sizes as decoded and shown by the App (rotation applied), as the exporter writes them.
+        if (info.width, info.height) != (video.width, video.height):
             problems.append(f"{video.name}: the file says {video.width}x{video.height}, the video is "
-                            f"{meta.frame_width}x{meta.frame_height}")
+                            f"{info.width}x{info.height}")
         last = max(video.frames, default=-1)
-        if meta.total_frame_count and last >= meta.total_frame_count:
-            problems.append(f"{video.name}: labels on frame number {last + 1}, the video has {meta.total_frame_count} frames")
+        if info.frame_count and last >= info.frame_count:
+            problems.append(f"{video.name}: labels on frame number {last + 1}, the video has {info.frame_count} frames")
     if problems:
         raise InvalidRequest(problems)
     # All or nothing across videos: every object of every matched video is checked (RLE
@@ -98,13 +101,11 @@ def import_tracks(
     done = 0
     # Anything that still stops the import after some videos were written (a cancel from
     # ``progress``, a database error) puts the field back on all of them.
-    with FieldBackup(dataset, label_field, [sample_id for sample_id, _ in matches.values()]) as backup:
-        for i, (video, (sample_id, meta)) in enumerate(matches.items()):
+    with FieldBackup(dataset, label_field, [sample_id for sample_id, _, _ in matches.values()]) as backup:
+        for i, (video, (sample_id, _, _)) in enumerate(matches.items()):
             if progress is not None:
                 progress(ExportProgress(done, total, i, len(matches), video.name))
-            info = VideoInfo(width=video.width, height=video.height, frame_count=meta.total_frame_count or 0,
-                             fps=meta.frame_rate or video.fps, duration=meta.duration or 0.0)
-            stats = writer.write_sample(sample_id, video.frame_results(default_score), info)
+            stats = writer.write_sample(sample_id, video.frame_results(default_score), shown[video])
             report.videos += 1
             report.frames += stats.frames
             report.objects += stats.detections
@@ -117,16 +118,33 @@ def import_tracks(
     return report
 
 
+def _shown(path: str, meta: fo.VideoMetadata, name: str, report: ImportReport) -> VideoInfo:
+    """Frame size and count as decoded (the project's one source of truth: FiftyOne's
+    metadata reads the container, which is wrong for rotated video); FiftyOne's metadata
+    only when the file cannot be decoded here."""
+    try:
+        return video_ops.probe(path)
+    except VideoError as exc:
+        if meta is None or not meta.frame_width:
+            raise InvalidRequest(f"{name}: {exc}") from None
+        report.notes.append(f"{name}: video not readable ({exc}); frame size and count taken from FiftyOne's metadata")
+        return VideoInfo(width=meta.frame_width, height=meta.frame_height, frame_count=meta.total_frame_count or 0,
+                         fps=meta.frame_rate or 0.0, duration=meta.duration or 0.0)
+
+
+Match = tuple[str, fo.VideoMetadata, str]  # sample id, FiftyOne's metadata, file path
+
+
 def _match(samples: fo.core.collections.SampleCollection, videos: list[ImportedVideo],
-           report: ImportReport) -> dict[ImportedVideo, tuple[str, fo.VideoMetadata]]:
+           report: ImportReport) -> dict[ImportedVideo, Match]:
     ids, paths, metas = samples.values(["id", "filepath", "metadata"])
-    by_path = {p: (i, m) for i, p, m in zip(ids, paths, metas)}
-    by_file: dict[str, list[tuple[str, fo.VideoMetadata]]] = {}
-    by_stem: dict[str, list[tuple[str, fo.VideoMetadata]]] = {}
+    by_path = {p: (i, m, p) for i, p, m in zip(ids, paths, metas)}
+    by_file: dict[str, list[Match]] = {}
+    by_stem: dict[str, list[Match]] = {}
     for i, p, m in zip(ids, paths, metas):
-        by_file.setdefault(Path(p).name, []).append((i, m))
-        by_stem.setdefault(Path(p).stem, []).append((i, m))
-    matches: dict[ImportedVideo, tuple[str, fo.VideoMetadata]] = {}
+        by_file.setdefault(Path(p).name, []).append((i, m, p))
+        by_stem.setdefault(Path(p).stem, []).append((i, m, p))
+    matches: dict[ImportedVideo, Match] = {}
     taken: set[str] = set()
     for video in videos:
         found = by_path.get(video.filepath) if video.filepath else None
