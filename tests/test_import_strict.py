@@ -6,8 +6,13 @@ annotation. Real files, real MongoDB, the real importer."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
 import subprocess
+import sys
+import textwrap
+import time
 from pathlib import Path
 
 import fiftyone as fo
@@ -288,3 +293,48 @@ def test_a_rotated_video_imports_its_own_export_and_refuses_the_container_size(s
             import_tracks(ds, labels, "again")
     finally:
         ds.delete()
+
+
+KILLED_IMPORT = textwrap.dedent("""
+    import sys, time
+    from pathlib import Path
+    import fiftyone as fo
+    from sam_backend.fiftyone_io.export import import_tracks
+
+    name, labels, marker = sys.argv[1:4]
+
+    def progress(event):
+        if event.video_index == 2:  # videos 1 and 2 are written: wait to be killed
+            Path(marker).touch()
+            time.sleep(60)
+
+    import_tracks(fo.load_dataset(name), labels, "back", progress=progress)
+""")
+
+
+def test_an_import_killed_midway_is_rolled_back_by_the_next_one(exported, tmp_path) -> None:
+    """SIGKILL after two of four videos were imported: those two hold the new labels and
+    the copy of the old ones is left behind. The next import (into any field) first puts
+    the killed one's field back as it was, then does its own work."""
+    ds, labels = exported
+    ds.persistent = True
+    before = _frame_docs(ds)
+    marker = tmp_path / "killed-here"
+    child = subprocess.Popen([sys.executable, "-c", KILLED_IMPORT, ds.name, str(labels), str(marker)],
+                             env=dict(os.environ), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 60
+        while not marker.exists():
+            assert child.poll() is None, child.communicate()
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        child.send_signal(signal.SIGKILL)
+        child.wait(10)
+    finally:
+        if child.poll() is None:
+            child.kill()
+    assert _frame_docs(ds) != before  # the premise: the kill left two videos half-imported
+    report = import_tracks(ds, labels, "other")
+    assert any("killed midway" in n and f"{ds.name}/back" in n for n in report.notes)
+    assert [{k: v for k, v in d.items() if k != "other"} for d in _frame_docs(ds)] == before
+    assert not [c for c in ds._frame_collection.database.list_collection_names() if c.startswith("sam31_field_backup_")]

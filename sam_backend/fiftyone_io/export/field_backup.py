@@ -7,6 +7,10 @@ videos too, also when the failure is not in the file (a cancel from the progress
 callback, a database error in the fourth video). Only the named field (and the frames'
 ``last_modified_at``) is restored; frame documents the import created are removed, as
 they hold nothing else. The copy lives in its own collection, dropped at the end.
+
+Each copy is registered with its owner process: if that process is killed midway, the
+next import (:func:`recover_killed`) finds the copy, puts the field back as it was before
+the killed import, and drops it.
 """
 
 from __future__ import annotations
@@ -21,7 +25,10 @@ import fiftyone.core.frame as fofr
 import fiftyone.core.odm as foo
 import fiftyone.core.sample as fos
 
+from ...owners import current_owner, owner_alive
+
 BACKUP_PREFIX = "sam31_field_backup_"
+REGISTRY = "sam31_field_backups"  # one document per live copy: whose, of what
 
 
 class FieldBackup:
@@ -29,17 +36,24 @@ class FieldBackup:
     leaving the block without ``commit()`` restores the field on every sample that was
     passed, as it was on entry."""
 
-    def __init__(self, dataset: fo.Dataset, field: str, sample_ids: Iterable[str]) -> None:
+    def __init__(self, dataset: fo.Dataset, field: str, sample_ids: Iterable[str], *, _name: str | None = None,
+                 _field_existed: bool | None = None) -> None:
         self.dataset, self.field = dataset, field
         self.sample_ids = [ObjectId(s) for s in sample_ids]
         db = foo.get_db_conn()
         self._frames = db[dataset._frame_collection_name]
-        self._backup = db[f"{BACKUP_PREFIX}{uuid.uuid4().hex}"]
-        self._field_existed = dataset.get_frame_field_schema().get(field) is not None
+        self._backup = db[_name or f"{BACKUP_PREFIX}{uuid.uuid4().hex}"]
+        self._registry = db[REGISTRY]
+        existed = dataset.get_frame_field_schema().get(field) is not None
+        self._field_existed = existed if _field_existed is None else _field_existed
         self._committed = False
 
     def __enter__(self) -> FieldBackup:
         field = self.field
+        self._registry.insert_one({
+            "_id": self._backup.name, "owner": current_owner(), "dataset": self.dataset.name, "field": field,
+            "field_existed": self._field_existed, "sample_ids": self.sample_ids,
+        })
         # A new field is removed from the schema on restore, which FiftyOne does by touching
         # every frame of the dataset: then every frame's modification time is kept.
         scope = {"_sample_id": {"$in": self.sample_ids}} if self._field_existed else {}
@@ -61,7 +75,11 @@ class FieldBackup:
             if not self._committed:
                 self._restore()
         finally:
-            self._backup.drop()
+            self._drop()
+
+    def _drop(self) -> None:
+        self._backup.drop()
+        self._registry.delete_one({"_id": self._backup.name})
 
     def _restore(self) -> None:
         field, frames = self.field, self._frames.name
@@ -92,3 +110,24 @@ class FieldBackup:
         ids = [str(s) for s in self.sample_ids]
         fos.Sample._reload_docs(self.dataset._sample_collection_name, sample_ids=ids, hard=True)
         fofr.Frame._reload_docs(self.dataset._frame_collection_name, sample_ids=ids, hard=True)
+
+
+def recover_killed() -> list[str]:
+    """Undo imports whose process was killed midway (their copy is still registered and
+    their owner is gone): each field goes back to how it was before. Returns what was
+    restored, as ``dataset/field``."""
+    registry = foo.get_db_conn()[REGISTRY]
+    restored = []
+    for doc in list(registry.find()):
+        if owner_alive(doc.get("owner")) is not False:
+            continue  # running, or on another host
+        if fo.dataset_exists(doc["dataset"]):
+            backup = FieldBackup(fo.load_dataset(doc["dataset"]), doc["field"], [str(s) for s in doc["sample_ids"]],
+                                 _name=doc["_id"], _field_existed=doc["field_existed"])
+            backup._restore()
+            backup._drop()
+            restored.append(f"{doc['dataset']}/{doc['field']}")
+        else:
+            foo.get_db_conn()[doc["_id"]].drop()
+            registry.delete_one({"_id": doc["_id"]})
+    return restored

@@ -18,6 +18,7 @@ error), :class:`FieldBackup` puts that field back as it was on every video.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -28,9 +29,11 @@ from ... import video as video_ops
 from ...errors import InvalidRequest, VideoError
 from ...types import VideoInfo
 from ..writer import FrameLabelWriter, check_label_field
-from .field_backup import FieldBackup
+from .field_backup import FieldBackup, recover_killed
 from .readers import ImportedVideo, read_labels
 from .report import ExportProgress
+
+logger = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass
@@ -96,6 +99,9 @@ def import_tracks(
     # annotation in the last video cannot leave the first ones imported.
     for video in matches:
         video.check(default_score)
+    for undone in recover_killed():  # an import killed midway is rolled back before this one writes
+        report.notes.append(f"an earlier import into {undone} was killed midway; that field was put back as it was")
+        logger.warning(report.notes[-1])
     writer = FrameLabelWriter(dataset, label_field)
     total = sum(len(v.frames) for v in matches)
     done = 0
