@@ -8,7 +8,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
-import signal
 import subprocess
 import sys
 import textwrap
@@ -25,6 +24,8 @@ from sam_backend.fiftyone_io.export.publish import sweep
 from sam_backend.fiftyone_io.writer import STAGING_COLLECTION, FrameLabelWriter, WritePolicy
 from sam_backend.types import FrameResult, TrackedObject
 from sam_backend.video import encode_rgb_frames, probe
+
+from child_process import kill_when
 
 W, H, FRAMES = 320, 240, 600
 
@@ -155,19 +156,7 @@ def test_kill_while_overwrite_replaces_an_export(make_dataset, long_video: Path,
     export_tracks(ds, "sam", "mot", out)
     _write_version(ds, 2)  # the new export would hold track 2
     marker = tmp_path / "deleting"
-    child = subprocess.Popen([sys.executable, "-c", KILLED_EXPORT, ds.name, str(out), str(marker), mode],
-                             env=dict(os.environ), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    try:
-        deadline = time.monotonic() + 60
-        while not marker.exists():
-            assert child.poll() is None, child.communicate()
-            assert time.monotonic() < deadline
-            time.sleep(0.02)
-        child.send_signal(signal.SIGKILL)
-        child.wait(10)
-    finally:
-        if child.poll() is None:
-            child.kill()
+    kill_when(KILLED_EXPORT, ds.name, str(out), str(marker), mode, ready=marker.exists)
     assert list(tmp_path.glob(".export.*"))  # the kill left a hidden folder behind
     if mode == "exchange":
         # killed after the one-step swap, deleting the old export: the new one is complete

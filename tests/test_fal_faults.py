@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import signal
 import subprocess
 import sys
 import textwrap
@@ -38,6 +37,8 @@ from sam_backend.errors import Cancelled
 from sam_backend.fiftyone_io.runs import resume, status
 from sam_backend.fiftyone_io.segment import segment_videos
 from sam_backend.types import FrameRange, PointPrompt
+
+from child_process import kill_when
 
 PROMPT = "red ball, blue box, green ball"
 NAMES = ("red ball", "blue box", "green ball")
@@ -301,28 +302,18 @@ def test_sigkill_mid_run_then_resume_pays_once_and_labels_everything(make_datase
     # kill point (all 6 requests of samples 3 and 4 submitted, none answered) then lasts
     # long enough for this loop to see it on a loaded machine (1 s missed it under CI).
     with EmulatorServer(EmulatorConfig(queue_steps=0, service_time_s=3.0, workers=6)) as emu:
-        child = subprocess.Popen([sys.executable, "-c", CHILD, ds.name, emu.key, emu.base_url, str(journal_path), PROMPT],
-                                 env=dict(os.environ), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        try:
-            deadline = time.monotonic() + 90
-            while True:
-                assert child.poll() is None, child.communicate()
-                assert time.monotonic() < deadline, "child never reached the kill point"
-                if journal_path.exists():
-                    with Journal(journal_path) as journal:
-                        states = [e.state for e in journal.entries()]
-                    # 2 written, the 2 workers each waiting on a submitted request (the
-                    # 5th sample waits for a free worker): no submit is in flight, which
-                    # would leave an entry that may or may not exist at fal.
-                    if states.count(RequestState.WRITTEN) == 2 * R and states.count(RequestState.SUBMITTED) == 2 * R \
-                            and RequestState.SUBMITTING not in states:
-                        break
-                time.sleep(0.02)
-            child.send_signal(signal.SIGKILL)
-            child.wait(10)
-        finally:
-            if child.poll() is None:
-                child.kill()
+        def at_kill_point() -> bool:
+            if not journal_path.exists():
+                return False
+            with Journal(journal_path) as journal:
+                states = [e.state for e in journal.entries()]
+            # 2 written, the 2 workers each waiting on a submitted request (the 5th sample
+            # waits for a free worker): no submit is in flight, which would leave an entry
+            # that may or may not exist at fal.
+            return (states.count(RequestState.WRITTEN) == 2 * R and states.count(RequestState.SUBMITTED) == 2 * R
+                    and RequestState.SUBMITTING not in states)
+
+        kill_when(CHILD, ds.name, emu.key, emu.base_url, str(journal_path), PROMPT, ready=at_kill_point, timeout_s=90)
         assert len(emu.stats.submits) == 4 * R  # 2 written, 2 in flight, 1 never submitted
         with Journal(journal_path) as journal:
             [run] = journal.runs()

@@ -6,13 +6,9 @@ annotation. Real files, real MongoDB, the real importer."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import signal
 import subprocess
-import sys
 import textwrap
-import time
 from pathlib import Path
 
 import fiftyone as fo
@@ -25,6 +21,7 @@ from sam_backend.errors import Cancelled, InvalidRequest
 from sam_backend.fiftyone_io.export import export_tracks, import_tracks
 from sam_backend.fiftyone_io.writer import FrameLabelWriter
 from sam_backend.types import FrameResult, TrackedObject
+from child_process import kill_when
 from test_writer import truth_frames
 
 H, W = 120, 160  # small_video's frame size (not square: a swapped size is caught)
@@ -320,19 +317,7 @@ def test_an_import_killed_midway_is_rolled_back_by_the_next_one(exported, tmp_pa
     ds.persistent = True
     before = _frame_docs(ds)
     marker = tmp_path / "killed-here"
-    child = subprocess.Popen([sys.executable, "-c", KILLED_IMPORT, ds.name, str(labels), str(marker)],
-                             env=dict(os.environ), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    try:
-        deadline = time.monotonic() + 60
-        while not marker.exists():
-            assert child.poll() is None, child.communicate()
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
-        child.send_signal(signal.SIGKILL)
-        child.wait(10)
-    finally:
-        if child.poll() is None:
-            child.kill()
+    kill_when(KILLED_IMPORT, ds.name, str(labels), str(marker), ready=marker.exists)
     assert _frame_docs(ds) != before  # the premise: the kill left two videos half-imported
     report = import_tracks(ds, labels, "other")
     assert any("killed midway" in n and f"{ds.name}/back" in n for n in report.notes)
