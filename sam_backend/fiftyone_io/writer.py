@@ -76,7 +76,7 @@ def _npy_header(shape: tuple[int, ...]) -> bytes:
 def detection_doc(obj: TrackedObject, width: int, height: int, *, mask_path: Path | None = None) -> dict[str, Any]:
     """The document FiftyOne stores for ``fo.Detection(label, bounding_box, mask,
     confidence, index)`` (or with ``mask_path`` instead of ``mask``), key for key."""
-    crop = mask_ops.crop(obj.mask, obj.box)
+    crop = obj.crop
     doc: dict[str, Any] = {
         "_id": ObjectId(),
         "_cls": "Detection",

@@ -7,7 +7,9 @@ by a lock, every write committed at once) with four tables:
   and a hash of everything that determines the output (endpoint, request, video content,
   frame range). A row is written *before* the submit (state ``submitting``), gets fal's
   request id and URLs as soon as fal answers (``submitted``), and the result itself right
-  after completion (``completed``, zlib-compressed JSON), before anything is written to a
+  after completion (``completed``: fal's raw bytes as they arrived, zlib-compressed,
+  written and read back as streams so no result is ever held whole; older journals hold
+  compressed JSON of the parsed result, still read), before anything is written to a
   dataset; ``written`` once the labels are in. A crash at any point leaves a row that says
   what to do next: poll it, write it, or (for ``submitting``/``uncertain``, where fal may
   or may not have the request) ask the user, because resending could bill twice.
@@ -29,11 +31,12 @@ import json
 import os
 import socket
 import sqlite3
+import tempfile
 import threading
 import time
 import uuid
 import zlib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -208,6 +211,74 @@ def owner_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
+# A stored result in the streamed format starts with this, then the attachments (4-byte
+# big-endian length + _pack'ed dict), then fal's raw bytes as one zlib stream.
+RAW_MAGIC = b"SAMRAW1\n"
+# Compressed bytes read from a stored result per step (and per lock hold).
+READ_CHUNK_BYTES = 256 * 1024
+
+
+class ResultSpool:
+    """fal's raw result bytes compressed into a temporary file as they arrive, to be
+    stored by :meth:`Journal.completed_raw` (never all in memory)."""
+
+    def __init__(self) -> None:
+        self._file = tempfile.TemporaryFile(prefix="sam31-result-")
+        self._zip = zlib.compressobj(1)  # level 1: RLE digits still shrink ~3x, at ~10x level 6's speed
+        self.raw_bytes = 0
+        self._done = False
+
+    def write(self, chunk: bytes) -> None:
+        self.raw_bytes += len(chunk)
+        self._file.write(self._zip.compress(chunk))
+
+    def finish(self) -> int:
+        """Flush the compressor; the compressed size."""
+        if not self._done:
+            self._file.write(self._zip.flush())
+            self._done = True
+        return self._file.tell()
+
+    def compressed(self) -> Iterator[bytes]:
+        self.finish()
+        self._file.seek(0)
+        while block := self._file.read(READ_CHUNK_BYTES):
+            yield block
+
+    def chunks(self) -> Iterator[bytes]:
+        """The raw bytes again (e.g. to look at the result before storing it)."""
+        return _inflate(self.compressed())
+
+    def close(self) -> None:
+        self._file.close()
+
+    def __enter__(self) -> ResultSpool:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _inflate(blocks: Iterable[bytes]) -> Iterator[bytes]:
+    unzip = zlib.decompressobj()
+    for block in blocks:
+        data = unzip.decompress(block)
+        if data:
+            yield data
+    tail = unzip.flush()
+    if tail:
+        yield tail
+
+
+@dataclasses.dataclass
+class StoredResult:
+    """A journaled result: its attachments (small, parsed) and ``chunks()``, fal's raw
+    bytes read from the journal piece by piece (each call starts over)."""
+
+    attachments: dict[str, Any]
+    chunks: Callable[[], Iterator[bytes]]
+
+
 def _pack(obj: Any) -> bytes:
     return zlib.compress(json.dumps(obj, separators=(",", ":")).encode(), 3)
 
@@ -331,6 +402,59 @@ class Journal:
         self._update(entry_id, state=RequestState.COMPLETED, result=_pack(result), billable_units=billable_units, error=None)
         return self.get(entry_id)
 
+    def completed_raw(self, entry_id: int, spool: ResultSpool, attachments: dict[str, Any],
+                      billable_units: float | None) -> Entry:
+        """Store a streamed result: copied from ``spool`` into the row piece by piece."""
+        head = _pack(attachments)
+        size = len(RAW_MAGIC) + 4 + len(head) + spool.finish()
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                self._db.execute("UPDATE requests SET result = zeroblob(?) WHERE id = ?", (size, entry_id))
+                with self._db.blobopen("requests", "result", entry_id) as blob:
+                    blob.write(RAW_MAGIC + len(head).to_bytes(4, "big") + head)
+                    for block in spool.compressed():
+                        blob.write(block)
+                self._db.execute(
+                    "UPDATE requests SET state = ?, billable_units = ?, error = NULL, updated_at = ? WHERE id = ?",
+                    (RequestState.COMPLETED.value, billable_units, time.time(), entry_id))
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+        return self.get(entry_id)
+
+    def open_result(self, entry_id: int) -> StoredResult:
+        """The stored result of ``entry_id`` as a stream (either storage format)."""
+        head = b"".join(self._blob_blocks(entry_id, 0, len(RAW_MAGIC) + 4))
+        if not head.startswith(RAW_MAGIC):  # a journal from before streaming: small enough to parse whole
+            stored = self.result(entry_id)
+            raw = json.dumps(stored.get("payload")).encode()
+            return StoredResult(dict(stored.get("attachments") or {}), lambda: iter((raw,)))
+        length = int.from_bytes(head[len(RAW_MAGIC):], "big")
+        start = len(RAW_MAGIC) + 4
+        attachments = _unpack(b"".join(self._blob_blocks(entry_id, start, start + length)))
+        return StoredResult(attachments, lambda: _inflate(self._blob_blocks(entry_id, start + length, None)))
+
+    def _blob_blocks(self, entry_id: int, begin: int, end: int | None) -> Iterator[bytes]:
+        """Bytes [begin, end) of a stored result, one lock hold per block (other threads
+        keep using the journal meanwhile; a blob handle is never held across a yield)."""
+        offset = begin
+        while end is None or offset < end:
+            with self._lock:
+                try:
+                    blob = self._db.blobopen("requests", "result", entry_id, readonly=True)
+                except sqlite3.OperationalError:  # no row, or a NULL result
+                    raise ValueError(f"journal entry {entry_id} has no stored result") from None
+                with blob:
+                    stop = len(blob) if end is None else end
+                    if offset >= stop:
+                        return
+                    blob.seek(offset)
+                    block = blob.read(min(READ_CHUNK_BYTES, stop - offset))
+            offset += len(block)
+            yield block
+
     def mark(self, entry_id: int, state: RequestState, error: str | None = None) -> None:
         self._update(entry_id, state=state, error=error)
 
@@ -358,10 +482,16 @@ class Journal:
         return changed
 
     def result(self, entry_id: int) -> dict[str, Any]:
+        """The stored result parsed whole (``{"payload", "attachments"}``): for tools and
+        small results; the backend reads :meth:`open_result` as a stream."""
         row = self._one("SELECT result FROM requests WHERE id = ?", (entry_id,))
         if row is None or row["result"] is None:
             raise ValueError(f"journal entry {entry_id} has no stored result")
-        return _unpack(row["result"])
+        data = bytes(row["result"])
+        if not data.startswith(RAW_MAGIC):
+            return _unpack(data)
+        stored = self.open_result(entry_id)
+        return {"payload": json.loads(b"".join(stored.chunks())), "attachments": stored.attachments}
 
     def get(self, entry_id: int) -> Entry:
         row = self._one(f"SELECT {_ENTRY_COLUMNS} FROM requests WHERE id = ?", (entry_id,))
