@@ -129,15 +129,12 @@ class DecodedResult:
     def frames(self) -> Iterator[list[CropMask]]:
         """Every frame in order (``frame_count`` of them), each mask decoded into its crop."""
         for index, items in enumerate(self._texts()):
-            out = []
-            for tid, text in items:
-                try:
-                    got = rle_format.decode_crop(text, self.height, self.width, self.layout)
-                except rle_format.RleFormatError as exc:
-                    raise self._unreadable(index, tid, exc) from None
-                if got is not None:
-                    out.append(CropMask(tid, got[0], got[1], self._scores[index]))
-            yield out
+            try:
+                decoded = rle_format.decode_crops([text for _, text in items], self.height, self.width, self.layout)
+            except rle_format.RleFormatError as exc:
+                raise self._unreadable(index, items[getattr(exc, "index", 0)][0], exc) from None
+            score = self._scores[index]
+            yield [CropMask(tid, got[0], got[1], score) for (tid, _), got in zip(items, decoded) if got is not None]
 
     def frame(self, index: int) -> list[FrameMask]:
         if self._materialised is None:

@@ -17,6 +17,7 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 _WS = re.compile(r"[ \t\n\r]*")
+_DELIMITER = re.compile(r"[ \t\n\r,\]}]")
 _DECODER = json.JSONDecoder()
 
 
@@ -67,17 +68,17 @@ class _Reader:
 
     def value(self) -> Any:
         while True:
-            first = self.peek()
+            if self.peek() not in '{["':
+                # A number or literal may be cut by the chunk boundary ("-1" of "-1.5e-3"): it
+                # is whole only once a delimiter (or the end) follows it.
+                while not _DELIMITER.search(self.buf, self.pos) and self.more():
+                    pass
             try:
                 obj, end = _DECODER.raw_decode(self.buf, self.pos)
             except json.JSONDecodeError as exc:
                 if self.more():
                     continue
                 raise JsonStreamError(f"{exc.msg} at character {self.offset + exc.pos}") from None
-            # A number or literal may be cut by the chunk boundary: it is complete only
-            # when something follows it.
-            if end >= len(self.buf) and first not in '{["' and self.more():
-                continue
             self.pos = end
             return obj
 

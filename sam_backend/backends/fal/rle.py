@@ -162,6 +162,63 @@ def decode_crop(text: str, height: int, width: int,
     return np.ascontiguousarray(crop.T), (l0, c0, l1, c1)
 
 
+def decode_crops(texts: list[str], height: int, width: int,
+                 layout: RleLayout = DEFAULT_LAYOUT) -> list[tuple[np.ndarray, tuple[int, int, int, int]] | None]:
+    """:func:`decode_crop` of every mask of one frame at once: the same results, with a
+    dozen numpy calls per frame instead of per mask (the per-call overhead, not the pixels,
+    was the cost at 16 objects). The crops are views into one buffer. Anything unusual (a
+    run wrapping onto the next line, column-major, an invalid string) goes through
+    :func:`decode_crop` one mask at a time, whose error then names the mask
+    (``RleFormatError.index``)."""
+    if layout.order != "row" or len(texts) < 2:
+        return _one_by_one(texts, height, width, layout)
+    parsed = []
+    for text in texts:
+        if not text or text.isspace() or not _ONLY_DIGITS.fullmatch(text):
+            return _one_by_one(texts, height, width, layout)
+        parsed.append(np.fromstring(text, dtype=np.int64, sep=" "))
+    sizes = np.array([v.size for v in parsed])
+    if (sizes % 2).any():
+        return _one_by_one(texts, height, width, layout)
+    values = np.concatenate(parsed)
+    starts, lengths = values[0::2] - layout.base, values[1::2]
+    ends = starts + lengths
+    runs = sizes // 2
+    first_run = np.concatenate(([0], np.cumsum(runs)[:-1]))
+    last_run = first_run + runs - 1
+    inner = np.ones(starts.size, dtype=bool)
+    inner[first_run] = False  # run i vs run i-1 of the same mask only
+    first, last = starts // width, (ends - 1) // width
+    if (lengths.min() <= 0 or starts.min() < 0 or (starts[1:] < ends[:-1])[inner[1:]].any()
+            or ends[last_run].max() > height * width or (first != last).any()):
+        return _one_by_one(texts, height, width, layout)
+    offset = starts - first * width
+    y0, y1 = first[first_run], last[last_run] + 1
+    x0 = np.minimum.reduceat(offset, first_run)
+    x1 = np.maximum.reduceat(offset + lengths, first_run)
+    h, w = y1 - y0, x1 - x0
+    area = h * w
+    base = np.concatenate(([0], np.cumsum(area)[:-1]))
+    mask_of_run = np.repeat(np.arange(len(texts)), runs)
+    local = base[mask_of_run] + (first - y0[mask_of_run]) * w[mask_of_run] + offset - x0[mask_of_run]
+    buf = _fill(int(area.sum()), local, local + lengths)
+    return [(buf[b:b + a].reshape(hh, ww), (int(xa), int(ya), int(xb), int(yb)))
+            for b, a, hh, ww, xa, ya, xb, yb in zip(base.tolist(), area.tolist(), h.tolist(), w.tolist(), x0.tolist(),
+                                                    y0.tolist(), x1.tolist(), y1.tolist())]
+
+
+def _one_by_one(texts: list[str], height: int, width: int,
+                layout: RleLayout) -> list[tuple[np.ndarray, tuple[int, int, int, int]] | None]:
+    out = []
+    for i, text in enumerate(texts):
+        try:
+            out.append(decode_crop(text, height, width, layout))
+        except RleFormatError as exc:
+            exc.index = i  # type: ignore[attr-defined]
+            raise
+    return out
+
+
 def encode(mask: np.ndarray, layout: RleLayout = DEFAULT_LAYOUT) -> str:
     """Bool mask -> RLE string (for tests and ``fal-check``'s ground truth)."""
     flat = (mask if layout.order == "row" else mask.T).reshape(-1).astype(np.int8)
