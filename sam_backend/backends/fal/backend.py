@@ -557,10 +557,12 @@ class FalBackend:
                 with self.client.result_stream(handle, max_bytes=self.config.max_result_bytes) as stream:
                     for chunk in stream.chunks:
                         spool.write(chunk)
-                # Small top-level members only (the long arrays are skipped): which files to fetch now.
-                small = {k: v for k, v in jsonstream.members(spool.chunks(), STREAMED) if not isinstance(v, Iterator)}
-                attachments = {key: read_attachment(self.client.download(url))  # failure leaves 'submitted': a rerun refetches
-                               for key, url in files_to_download(small).items()}
+                attachments = {}
+                if endpoint_table.endpoint(entry.endpoint).output == "union_rle":  # only its 'rle' may be a file
+                    # Small top-level members only (the long arrays are skipped): which files to fetch now.
+                    small = {k: v for k, v in jsonstream.members(spool.chunks(), STREAMED) if not isinstance(v, Iterator)}
+                    attachments = {key: read_attachment(self.client.download(url))  # failure leaves 'submitted'
+                                   for key, url in files_to_download(small).items()}
                 self.journal.completed_raw(entry.id, spool, attachments, stream.billable_units)
         except EndpointNotFound:
             raise

@@ -29,6 +29,7 @@ import dataclasses
 import enum
 import json
 import os
+import queue
 import socket
 import sqlite3
 import tempfile
@@ -101,6 +102,12 @@ CREATE TABLE IF NOT EXISTS run_samples (
 CREATE TABLE IF NOT EXISTS webhook_deliveries (
     request_id TEXT PRIMARY KEY,
     received_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS result_chunks (
+    entry_id INTEGER NOT NULL,
+    seq INTEGER NOT NULL,
+    data BLOB NOT NULL,
+    PRIMARY KEY (entry_id, seq)
 );
 """
 
@@ -211,9 +218,10 @@ def owner_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
-# A stored result in the streamed format starts with this, then the attachments (4-byte
-# big-endian length + _pack'ed dict), then fal's raw bytes as one zlib stream.
-RAW_MAGIC = b"SAMRAW1\n"
+# A stored result in the streamed format: ``result`` holds this, then the attachments
+# (_pack'ed dict); fal's raw bytes are one zlib stream cut into ``result_chunks`` rows (rows
+# of a few hundred KB keep SQLite's memory flat; one big blob went through its page cache).
+RAW_MAGIC = b"SAMRAW2\n"
 # Compressed bytes read from a stored result per step (and per lock hold).
 READ_CHUNK_BYTES = 256 * 1024
 
@@ -268,6 +276,42 @@ def _inflate(blocks: Iterable[bytes]) -> Iterator[bytes]:
     tail = unzip.flush()
     if tail:
         yield tail
+
+
+def _prefetched(blocks: Iterator[bytes], depth: int = 4) -> Iterator[bytes]:
+    """``blocks`` read (blob reads, zlib: both release the GIL) on a thread of their own, a
+    few blocks ahead of the consumer, which meanwhile parses and decodes on another core."""
+    q: queue.Queue[tuple[str, Any]] = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def produce() -> None:
+        try:
+            for block in blocks:
+                while not stop.is_set():
+                    try:
+                        q.put(("data", block), timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            q.put(("end", None))
+        except BaseException as exc:  # noqa: BLE001 - handed to the consumer
+            q.put(("error", exc))
+
+    thread = threading.Thread(target=produce, name="sam31-result-read", daemon=True)
+    thread.start()
+    try:
+        while True:
+            kind, value = q.get()
+            if kind == "end":
+                return
+            if kind == "error":
+                raise value
+            yield value
+    finally:
+        stop.set()
+        thread.join()
 
 
 @dataclasses.dataclass
@@ -404,20 +448,18 @@ class Journal:
 
     def completed_raw(self, entry_id: int, spool: ResultSpool, attachments: dict[str, Any],
                       billable_units: float | None) -> Entry:
-        """Store a streamed result: copied from ``spool`` into the row piece by piece."""
-        head = _pack(attachments)
-        size = len(RAW_MAGIC) + 4 + len(head) + spool.finish()
+        """Store a streamed result: copied from ``spool`` piece by piece, all in one transaction."""
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
-                self._db.execute("UPDATE requests SET result = zeroblob(?) WHERE id = ?", (size, entry_id))
-                with self._db.blobopen("requests", "result", entry_id) as blob:
-                    blob.write(RAW_MAGIC + len(head).to_bytes(4, "big") + head)
-                    for block in spool.compressed():
-                        blob.write(block)
+                self._db.execute("DELETE FROM result_chunks WHERE entry_id = ?", (entry_id,))
+                for seq, block in enumerate(spool.compressed()):
+                    self._db.execute("INSERT INTO result_chunks (entry_id, seq, data) VALUES (?, ?, ?)",
+                                     (entry_id, seq, block))
                 self._db.execute(
-                    "UPDATE requests SET state = ?, billable_units = ?, error = NULL, updated_at = ? WHERE id = ?",
-                    (RequestState.COMPLETED.value, billable_units, time.time(), entry_id))
+                    "UPDATE requests SET result = ?, state = ?, billable_units = ?, error = NULL, updated_at = ? "
+                    "WHERE id = ?", (RAW_MAGIC + _pack(attachments), RequestState.COMPLETED.value, billable_units,
+                                     time.time(), entry_id))
                 self._db.execute("COMMIT")
             except BaseException:
                 self._db.execute("ROLLBACK")
@@ -426,34 +468,26 @@ class Journal:
 
     def open_result(self, entry_id: int) -> StoredResult:
         """The stored result of ``entry_id`` as a stream (either storage format)."""
-        head = b"".join(self._blob_blocks(entry_id, 0, len(RAW_MAGIC) + 4))
+        row = self._one("SELECT result FROM requests WHERE id = ?", (entry_id,))
+        if row is None or row["result"] is None:
+            raise ValueError(f"journal entry {entry_id} has no stored result")
+        head = bytes(row["result"])
         if not head.startswith(RAW_MAGIC):  # a journal from before streaming: small enough to parse whole
-            stored = self.result(entry_id)
+            stored = _unpack(head)
             raw = json.dumps(stored.get("payload")).encode()
             return StoredResult(dict(stored.get("attachments") or {}), lambda: iter((raw,)))
-        length = int.from_bytes(head[len(RAW_MAGIC):], "big")
-        start = len(RAW_MAGIC) + 4
-        attachments = _unpack(b"".join(self._blob_blocks(entry_id, start, start + length)))
-        return StoredResult(attachments, lambda: _inflate(self._blob_blocks(entry_id, start + length, None)))
+        attachments = _unpack(head[len(RAW_MAGIC):])
+        return StoredResult(attachments, lambda: _prefetched(_inflate(self._chunk_rows(entry_id))))
 
-    def _blob_blocks(self, entry_id: int, begin: int, end: int | None) -> Iterator[bytes]:
-        """Bytes [begin, end) of a stored result, one lock hold per block (other threads
-        keep using the journal meanwhile; a blob handle is never held across a yield)."""
-        offset = begin
-        while end is None or offset < end:
-            with self._lock:
-                try:
-                    blob = self._db.blobopen("requests", "result", entry_id, readonly=True)
-                except sqlite3.OperationalError:  # no row, or a NULL result
-                    raise ValueError(f"journal entry {entry_id} has no stored result") from None
-                with blob:
-                    stop = len(blob) if end is None else end
-                    if offset >= stop:
-                        return
-                    blob.seek(offset)
-                    block = blob.read(min(READ_CHUNK_BYTES, stop - offset))
-            offset += len(block)
-            yield block
+    def _chunk_rows(self, entry_id: int) -> Iterator[bytes]:
+        """The compressed pieces of a stored result, one query (and lock hold) each."""
+        seq = 0
+        while True:
+            row = self._one("SELECT data FROM result_chunks WHERE entry_id = ? AND seq = ?", (entry_id, seq))
+            if row is None:
+                return
+            yield bytes(row["data"])
+            seq += 1
 
     def mark(self, entry_id: int, state: RequestState, error: str | None = None) -> None:
         self._update(entry_id, state=state, error=error)
@@ -478,6 +512,9 @@ class Journal:
             "UPDATE requests SET result = NULL WHERE state = ? AND result IS NOT NULL AND updated_at < ?",
             (RequestState.WRITTEN.value, cutoff),
         )
+        # pieces of results pruned above, or orphaned by a crash between their insert and commit
+        self._execute("DELETE FROM result_chunks WHERE entry_id NOT IN "
+                      "(SELECT id FROM requests WHERE result IS NOT NULL)")
         self._execute("DELETE FROM uploads WHERE expires_at < ?", (time.time() if now is None else now,))
         return changed
 
