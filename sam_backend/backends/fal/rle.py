@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal
@@ -69,7 +68,7 @@ ALL_LAYOUTS: tuple[RleLayout, ...] = tuple(RleLayout(order=o, base=b) for o in (
 
 def _values(text: str) -> np.ndarray:
     """The integers of an RLE string, strictly: only non-negative integers separated by whitespace."""
-    if _ONLY_DIGITS.fullmatch(text):  # the common case: numpy's C parser, ~6x faster than split + int
+    if _only_digits(text):  # the common case: numpy's C parser, ~6x faster than split + int
         return np.fromstring(text, dtype=np.int64, sep=" ")
     tokens = text.split()
     try:
@@ -79,7 +78,10 @@ def _values(text: str) -> np.ndarray:
         raise RleFormatError(f"value {bad[:20]!r} is not an integer") from None
 
 
-_ONLY_DIGITS = re.compile(r"\s*[0-9]+(?:\s+[0-9]+)*\s*")
+def _only_digits(text: str) -> bool:
+    """Only ASCII digits and whitespace, at least one digit: then numpy's parser reads every
+    value (it stops silently at anything else). bytes.translate is a C loop: ~1 us here."""
+    return text.isascii() and not text.encode().translate(None, b"0123456789 \t\n\r") and not text.isspace()
 
 
 def _runs(text: str, total: int, height: int, width: int, layout: RleLayout) -> tuple[np.ndarray, np.ndarray] | None:
@@ -174,7 +176,7 @@ def decode_crops(texts: list[str], height: int, width: int,
         return _one_by_one(texts, height, width, layout)
     parsed = []
     for text in texts:
-        if not text or text.isspace() or not _ONLY_DIGITS.fullmatch(text):
+        if not text or not _only_digits(text):
             return _one_by_one(texts, height, width, layout)
         parsed.append(np.fromstring(text, dtype=np.int64, sep=" "))
     sizes = np.array([v.size for v in parsed])
