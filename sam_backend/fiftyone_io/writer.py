@@ -102,16 +102,24 @@ def detection_doc(obj: TrackedObject, width: int, height: int, *, mask_path: Pat
 def write_mask_png(crop: np.ndarray, path: Path) -> bytes:
     """What fo.Detection.export_mask writes: the cropped mask as a uint8 0/1 PNG (zlib
     level 1: masks of two values compress nearly as well, several times faster)."""
-    ok, data = cv2.imencode(".png", crop.astype(np.uint8), [cv2.IMWRITE_PNG_COMPRESSION, 1])
+    pixels = np.ascontiguousarray(crop).view(np.uint8) if crop.dtype == bool else (crop > 0).astype(np.uint8)
+    ok, data = cv2.imencode(".png", pixels, [cv2.IMWRITE_PNG_COMPRESSION, 1])
     if not ok:
         raise OSError(f"could not encode the mask PNG for {path}")
-    path.write_bytes(data.tobytes())
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)  # cheaper than pathlib's open
+    try:
+        os.write(fd, data)
+    finally:
+        os.close(fd)
     return b""
 
 
 # Masks are serialised (zlib, PNG) on this many threads: zlib and OpenCV release the GIL,
 # so a batch's masks compress on every core while the main thread builds documents.
 SERIALISE_THREADS = max(1, min(4, os.cpu_count() or 1))
+# Mask files: creating a file is a syscall-bound wait (~0.3 ms on this project's VM), not
+# CPU work, so more threads than cores pay off (8: 1.7x over 2 in a measurement).
+FILE_THREADS = 8
 
 
 def _serialise_all(jobs: list[tuple[np.ndarray, Path | None]], pool: concurrent.futures.Executor | None) -> list[bytes]:
@@ -123,7 +131,7 @@ def _serialise_all(jobs: list[tuple[np.ndarray, Path | None]], pool: concurrent.
 
     if pool is None or len(jobs) < 64:
         return run(jobs)
-    step = -(-len(jobs) // SERIALISE_THREADS)
+    step = -(-len(jobs) // (FILE_THREADS if jobs[0][1] is not None else SERIALISE_THREADS))
     out: list[bytes] = []
     for part in pool.map(run, [jobs[i:i + step] for i in range(0, len(jobs), step)]):
         out.extend(part)
@@ -183,8 +191,8 @@ class FrameLabelWriter:
         stats = WriteStats()
         mask_dir = None if policy.mask_dir is None else Path(policy.mask_dir) / self.dataset.name / self.label_field / sample_id / run
         published = False
-        pool = concurrent.futures.ThreadPoolExecutor(SERIALISE_THREADS, thread_name_prefix="sam31-mask") \
-            if SERIALISE_THREADS > 1 else None
+        threads = FILE_THREADS if mask_dir is not None else SERIALISE_THREADS
+        pool = concurrent.futures.ThreadPoolExecutor(threads, thread_name_prefix="sam31-mask") if threads > 1 else None
         # Batches are staged on a thread of their own while the next batch's frames are
         # produced (decoded) here: at most one batch in flight, so memory stays two batches.
         stager = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="sam31-stage")
