@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import fiftyone as fo
 
-from .. import masks as mask_ops
 from ..coords import relative_box
 from ..types import FrameResult, TrackedObject
 
