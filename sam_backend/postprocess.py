@@ -7,7 +7,6 @@ needs the whole video and happens at write time (see the writer's ``WritePolicy`
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Iterable, Iterator, Mapping
 
 from .types import FrameResult
@@ -21,8 +20,8 @@ def clean_frames(frames: Iterable[FrameResult], *, names: Mapping[int, str] | No
     for frame in frames:
         objects = []
         for obj in frame.objects:
-            if min_mask_area and int(obj.mask.sum()) < min_mask_area:
+            if min_mask_area and obj.area < min_mask_area:
                 continue
             label = names.get(obj.track_id)
-            objects.append(obj if label is None or label == obj.label else dataclasses.replace(obj, label=label))
+            objects.append(obj if label is None or label == obj.label else obj.with_label(label))
         yield FrameResult(frame.frame_index, objects)

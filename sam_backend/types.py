@@ -255,19 +255,73 @@ def describe_validation_error(exc: ValidationError) -> list[str]:
 # Results
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
 class TrackedObject:
     """One object on one frame.
 
-    ``mask`` is a full-frame boolean array (H x W). ``box`` is the tight pixel box of the
-    mask as (x_min, y_min, x_max, y_max) with max exclusive, so width = x_max - x_min.
+    ``box`` is the tight pixel box of the mask as (x_min, y_min, x_max, y_max) with max
+    exclusive, so width = x_max - x_min. The mask is held either full-frame
+    (``TrackedObject(id, label, score, mask, box)``) or, cheaper, only inside its box
+    (:meth:`from_crop`: what decoders that know the box up front produce, so no
+    full-frame array is made per object). ``mask`` is always the full-frame bool (H x W)
+    array (built on first use from a crop), ``crop`` always the part inside ``box``.
     """
 
-    track_id: int
-    label: str
-    score: float | None  # None: the backend reports no confidence (fal's union RLE may not)
-    mask: np.ndarray
-    box: tuple[int, int, int, int]
+    __slots__ = ("track_id", "label", "score", "box", "_mask", "_crop", "_frame_shape")
+
+    def __init__(self, track_id: int, label: str, score: float | None, mask: np.ndarray | None,
+                 box: tuple[int, int, int, int], *, crop: np.ndarray | None = None,
+                 frame_shape: tuple[int, int] | None = None) -> None:
+        if mask is None and (crop is None or frame_shape is None):
+            raise ValueError("TrackedObject needs a full-frame mask, or a crop and the frame shape")
+        self.track_id = track_id
+        self.label = label
+        self.score = score  # None: the backend reports no confidence (fal's union RLE may not)
+        self.box = box
+        self._mask = mask
+        self._crop = crop
+        self._frame_shape = frame_shape
+
+    @classmethod
+    def from_crop(cls, track_id: int, label: str, score: float | None, crop: np.ndarray,
+                  box: tuple[int, int, int, int], frame_shape: tuple[int, int]) -> TrackedObject:
+        return cls(track_id, label, score, None, box, crop=crop, frame_shape=frame_shape)
+
+    @property
+    def mask(self) -> np.ndarray:
+        if self._mask is None:
+            assert self._crop is not None and self._frame_shape is not None
+            full = np.zeros(self._frame_shape, dtype=bool)
+            x0, y0, x1, y1 = self.box
+            full[y0:y1, x0:x1] = self._crop
+            self._mask = full
+        return self._mask
+
+    @property
+    def crop(self) -> np.ndarray:
+        if self._crop is None:
+            x0, y0, x1, y1 = self.box
+            return self.mask[y0:y1, x0:x1]
+        return self._crop
+
+    @property
+    def area(self) -> int:
+        """Pixels in the mask (counted on the crop: cheaper than on the full frame)."""
+        return int(np.count_nonzero(self.crop))
+
+    def with_label(self, label: str) -> TrackedObject:
+        return TrackedObject(self.track_id, label, self.score, self._mask, self.box, crop=self._crop,
+                             frame_shape=self._frame_shape)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, TrackedObject):
+            return NotImplemented
+        return ((self.track_id, self.label, self.score, self.box) == (other.track_id, other.label, other.score, other.box)
+                and np.array_equal(self.crop, other.crop))
+
+    __hash__ = None  # type: ignore[assignment]  # mutable arrays inside, like the dataclass before
+
+    def __repr__(self) -> str:
+        return f"TrackedObject(track_id={self.track_id}, label={self.label!r}, score={self.score}, box={self.box})"
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -1,13 +1,11 @@
 #!/usr/bin/env bash
-# Set everything up (idempotent) and run the benchmarks. Each prints its own baseline,
-# measured in the same run, and the ratio against it.
+# Set everything up (idempotent) and run every benchmark of the client's own work
+# (bench/run.py): writes BENCHMARKS.md and bench/results.json, each figure beside its
+# baseline measured in the same run. Arguments go to bench/run.py (e.g. --quick).
 set -euo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 # shellcheck source=setup.sh
 . "$repo/scripts/setup.sh"
 cd "$repo"
 export FIFTYONE_SHOW_PROGRESS_BARS=false
-for bench in bench/bench_*.py; do
-  echo "== $bench"
-  python "$bench" "$@"
-done
+python bench/run.py "$@"

@@ -146,7 +146,12 @@ def run_sam_video(app: AppSpec, parsed: Parsed, ctx: RunContext) -> RunOutput:
 
 
 def _wants(app: AppSpec, parsed: Parsed) -> tuple[bool, bool, bool]:
-    """(RLE, overlay video, box-overlay zip) for this app and request."""
+    """(RLE, overlay video, box-overlay zip) for this app and request. Rendering is most
+    of a run's time, so only what the request asks for is rendered, as fal does
+    (../shared/reference/fal-sam3-endpoints.md, "The endpoints": the RLE endpoints take
+    ``apply_mask`` default **false** and ``boundingbox_zip`` default false [S2, S4];
+    ``fal-ai/sam-3/video-rle`` without ``return_rle`` has only the video to return [S3];
+    the plain ``video`` endpoint always renders [S1])."""
     if app.output == "video":
         return False, True, True
     if app.output == "objects_rle":

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import fiftyone as fo
 
-from .. import masks as mask_ops
 from ..coords import relative_box
 from ..types import FrameResult, TrackedObject
 
@@ -17,7 +16,7 @@ def to_detection(obj: TrackedObject, width: int, height: int) -> fo.Detection:
     return fo.Detection(
         label=obj.label,
         bounding_box=relative_box(obj.box, width, height),
-        mask=mask_ops.crop(obj.mask, obj.box),
+        mask=obj.crop,
         confidence=None if obj.score is None else float(obj.score),
         index=int(obj.track_id),
     )

@@ -17,9 +17,11 @@ run at once under the backend-wide bound ``max_concurrent_requests``. Each reque
    exist (at submit, or only at result) moves the request to the next endpoint of its
    fallback chain: nothing was billed for the missing one.
 
-Only when every request of the video has its result are they decoded (``decoders.py``)
-and merged into frames with the video's own indices: a video is written whole or not at
-all. The run's :class:`FalSegmentRun` has a ``commit()`` that the writer's caller calls
+Results stream: fetched bytes go to the journal as they arrive (over
+``max_result_bytes`` the request fails, named, and is never resubmitted), and only when
+every request of the video has its result are they read back, checked and decoded
+(``decoders.py``) frame by frame, merged into frames with the video's own indices: memory
+is a frame, not a video, and a video is written whole or not at all. The run's :class:`FalSegmentRun` has a ``commit()`` that the writer's caller calls
 once the labels are written, which marks the video's journal entries ``written``.
 """
 
@@ -41,9 +43,9 @@ from typing import Any
 
 import httpx
 
-from ... import masks as mask_ops
 from ... import video as video_ops
-from ...errors import BackendUnavailable, Cancelled, InvalidRequest, RemoteFailure, ResultExpired, SamError
+from ...errors import (BackendUnavailable, Cancelled, InvalidRequest, RemoteFailure, ResultExpired, SamError,
+                      UnexpectedResponse)
 from ...types import FrameRange, FrameResult, Progress, SegmentRequest, TrackedObject, VideoInfo
 from ..base import CancelToken, CostEstimate, ProgressCallback, RunRecord, SegmentRun, VideoSource, report
 from . import endpoints as endpoint_table
@@ -58,11 +60,13 @@ from .client import (
     RemoteCancelled,
     RequestGone,
     RequestHandle,
+    ResultTooLarge,
     SubmitUncertain,
 )
 from .config import FalConfig
-from .decoders import DecodedResult, decode_result, files_to_download, read_attachment
-from .journal import HAS_RESULT, Entry, Journal, RequestState
+from . import jsonstream
+from .decoders import STREAMED, DecodedResult, decode_stream, files_to_download, read_attachment
+from .journal import HAS_RESULT, Entry, Journal, RequestState, ResultSpool, StoredResult
 from .planner import PlannedRequest, instance_ids, plan
 from .rle import DEFAULT_LAYOUT, RleLayout
 from .uploads import FalStorage
@@ -122,7 +126,7 @@ class _Request:
     planned: PlannedRequest
     rhash: str
     entry: Entry | None = None
-    stored: dict[str, Any] | None = None
+    stored: StoredResult | None = None
 
 
 class FalBackend:
@@ -251,8 +255,9 @@ class FalBackend:
     def _decode(self, r: _Request, info: VideoInfo) -> DecodedResult:
         assert r.entry is not None and r.stored is not None
         spec = endpoint_table.endpoint(r.entry.endpoint)
-        return decode_result(r.stored, spec, layout=self.layout_for(spec.id), frame_count=info.frame_count,
-                             height=info.height, width=info.width, request_id=r.entry.request_id or f"entry #{r.entry.id}")
+        return decode_stream(r.stored.chunks, r.stored.attachments, spec, layout=self.layout_for(spec.id),
+                             frame_count=info.frame_count, height=info.height, width=info.width,
+                             request_id=r.entry.request_id or f"entry #{r.entry.id}")
 
     def layout_for(self, endpoint: str) -> RleLayout:
         return self.config.rle_layouts.get(endpoint, DEFAULT_LAYOUT)
@@ -289,7 +294,7 @@ class FalBackend:
         for r in requests:
             if r not in pending:
                 assert r.entry is not None
-                r.stored = self.journal.result(r.entry.id)
+                r.stored = self.journal.open_result(r.entry.id)
                 record.warnings.append(f"{r.planned.key}: reused the stored result of fal request "
                                        f"{r.entry.request_id} (no new charge)")
                 report(on_progress, Progress("fetch", f"{r.planned.key}: using the stored result of request "
@@ -319,7 +324,7 @@ class FalBackend:
                 if entry is not None and entry.state is RequestState.SUBMITTING:
                     entry = r.entry = self._await_other_submit(entry, r.planned.key, on_progress, cancel)
                 if entry is not None and entry.state in HAS_RESULT and entry.has_result:
-                    r.stored = self.journal.result(entry.id)
+                    r.stored = self.journal.open_result(entry.id)
                     return
                 if entry is not None and entry.state is RequestState.SUBMITTED:
                     handle = entry.handle()
@@ -491,7 +496,7 @@ class FalBackend:
     # -- wait + fetch -------------------------------------------------------------------
 
     def _wait_and_fetch(self, entry: Entry, handle: RequestHandle, key: str, on_progress: ProgressCallback | None,
-                        cancel: CancelToken) -> dict[str, Any]:
+                        cancel: CancelToken) -> StoredResult:
         """Poll until COMPLETED, then fetch and journal the result at once."""
         delay = self.config.poll_initial_s
         outage_since: float | None = None
@@ -532,24 +537,42 @@ class FalBackend:
                 continue
             delay = min(self.config.poll_max_s, delay * POLL_GROWTH)
 
-    def _give_up(self, entry: Entry, handle: RequestHandle, key: str) -> dict[str, Any]:
+    def _give_up(self, entry: Entry, handle: RequestHandle, key: str) -> StoredResult:
         """The job passed job_timeout_s: cancel it at fal; keep a result that beat the cancel."""
         self._cancel_request(entry, handle)
         current = self.journal.get(entry.id)
         if current.state in HAS_RESULT:
-            return self.journal.result(entry.id)
+            return self.journal.open_result(entry.id)
         message = (f"{key}: fal request {handle.request_id} did not finish within job_timeout_s="
                    f"{self.config.job_timeout_s:g} s of its submit; it was cancelled at fal. For very long videos "
                    "raise it (backend_options={'job_timeout_s': ...}); a rerun submits it again")
         self.journal.mark(entry.id, RequestState.CANCELLED, message)
         raise RemoteFailure(message, request_id=handle.request_id)
 
-    def _fetch(self, entry: Entry, handle: RequestHandle) -> dict[str, Any]:
-        """Fetch the result and any RLE file it points to, and store both in the journal."""
+    def _fetch(self, entry: Entry, handle: RequestHandle) -> StoredResult:
+        """Fetch the result and any RLE file it points to, and store both in the journal.
+        The result's bytes go to the journal as they arrive (compressed), never held whole."""
         try:
-            result = self.client.result(handle)
+            with ResultSpool() as spool:
+                with self.client.result_stream(handle, max_bytes=self.config.max_result_bytes) as stream:
+                    for chunk in stream.chunks:
+                        spool.write(chunk)
+                attachments = {}
+                if endpoint_table.endpoint(entry.endpoint).output == "union_rle":  # only its 'rle' may be a file
+                    # Small top-level members only (the long arrays are skipped): which files to fetch now.
+                    small = {k: v for k, v in jsonstream.members(spool.chunks(), STREAMED) if not isinstance(v, Iterator)}
+                    attachments = {key: read_attachment(self.client.download(url))  # failure leaves 'submitted'
+                                   for key, url in files_to_download(small).items()}
+                self.journal.completed_raw(entry.id, spool, attachments, stream.billable_units)
         except EndpointNotFound:
             raise
+        except ResultTooLarge as exc:  # paid for and kept by fal for minutes: stay 'submitted', never resubmit
+            self.journal.mark(entry.id, RequestState.SUBMITTED, str(exc))
+            raise
+        except jsonstream.JsonStreamError as exc:
+            self.journal.mark(entry.id, RequestState.SUBMITTED, f"unreadable result: {exc}")
+            raise UnexpectedResponse(f"fal request {handle.request_id}: the result is not JSON ({exc}); "
+                                     "a rerun fetches it again") from None
         except ResultExpired as exc:
             self.journal.mark(entry.id, RequestState.EXPIRED, str(exc))
             raise
@@ -561,11 +584,7 @@ class FalBackend:
             if isinstance(exc, InvalidRequest):
                 raise RemoteFailure(f"fal rejected the input while running it: {exc}", request_id=handle.request_id) from exc
             raise
-        attachments = {key: read_attachment(self.client.download(url))  # failure leaves 'submitted': a rerun refetches
-                       for key, url in files_to_download(result.payload).items()}
-        stored = {"payload": result.payload, "attachments": attachments}
-        self.journal.completed(entry.id, stored, result.billable_units)
-        return stored
+        return self.journal.open_result(entry.id)
 
     def _cancel_request(self, entry: Entry, handle: RequestHandle) -> None:
         """Ask fal to stop; a request that already completed is paid for, so keep its result."""
@@ -611,26 +630,26 @@ class FalBackend:
 
 
 def merge(requests: list[_Request], decoded: list[DecodedResult], frame_count: int) -> Iterator[FrameResult]:
-    """The frames of one video from all its requests' answers: a visual object's or a
-    union concept's mask takes that request's track id; instance tracks get ids unique
-    across concepts (planner.instance_ids), at most ``max_tracks`` per concept."""
+    """The frames of one video from all its requests' answers, read side by side as they
+    stream: a visual object's or a union concept's mask takes that request's track id;
+    instance tracks get ids unique across concepts (planner.instance_ids), at most
+    ``max_tracks`` per concept. Masks stay crops (no full-frame array per object)."""
     fixed = [r.planned.track_id for r in requests if r.planned.track_id is not None]
     instance = [i for i, r in enumerate(requests) if r.planned.kind == "concept_instances"]
     kept = [decoded[i].track_ids()[: requests[i].planned.max_tracks] for i in instance]
     maps = dict(zip(instance, instance_ids(fixed, kept)))
+    streams = [d.frames() for d in decoded]
     for index in range(frame_count):
         objects = []
-        for i, (r, d) in enumerate(zip(requests, decoded)):
-            for fm in d.frame(index):
+        for i, (r, d, frames) in enumerate(zip(requests, decoded, streams)):
+            shape = (d.height, d.width)
+            for cm in next(frames):
                 if r.planned.track_id is not None:
                     track_id = r.planned.track_id
-                elif fm.fal_track_id is not None and fm.fal_track_id in maps.get(i, {}):
-                    track_id = maps[i][fm.fal_track_id]
+                elif cm.fal_track_id is not None and cm.fal_track_id in maps.get(i, {}):
+                    track_id = maps[i][cm.fal_track_id]
                 else:
                     continue
-                box = mask_ops.tight_box(fm.mask)
-                if box is None:
-                    continue
-                objects.append(TrackedObject(track_id, r.planned.label, fm.score, fm.mask, box))
+                objects.append(TrackedObject.from_crop(track_id, r.planned.label, cm.score, cm.crop, cm.box, shape))
         objects.sort(key=lambda o: o.track_id)
         yield FrameResult(index, objects)

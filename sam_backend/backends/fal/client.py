@@ -11,6 +11,7 @@ Retry rules (pure functions below, unit-tested without a network):
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import email.utils
 import enum
@@ -18,7 +19,7 @@ import random
 import re
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -35,6 +36,8 @@ from ...errors import (
 )
 from .config import FalConfig
 
+# Pieces a streamed result is read in: big enough for few calls, small next to any result.
+RESULT_CHUNK_BYTES = 256 * 1024
 RETRYABLE_STATUS = frozenset({408, 409, 429, 500, 502, 503, 504})
 MAX_REDIRECTS = 5
 
@@ -76,6 +79,21 @@ class RequestGone(ResultExpired):
     """fal no longer knows a request id it once accepted (404 on status): its retention ran out."""
 
 
+class ResultTooLarge(UnexpectedResponse):
+    """A result is bigger than ``FalConfig.max_result_bytes``: it was not read further,
+    nothing was stored or written, and the request is not resubmitted (it is paid for;
+    raise the limit and rerun to read it while fal still keeps it)."""
+
+    def __init__(self, request_id: str, limit: int, size: int | None = None):
+        self.request_id, self.limit, self.size = request_id, limit, size
+        got = f"{size:,} bytes" if size is not None else f"more than {limit:,} bytes"
+        super().__init__(
+            f"fal request {request_id}: the result is {got}, over the limit max_result_bytes={limit:,}; it was not "
+            "stored and nothing was written. The request is paid for and not resubmitted: raise max_result_bytes "
+            "(backend_options={'max_result_bytes': ...}) and rerun within minutes (fal keeps large results ~6 "
+            "minutes), or segment fewer frames per request")
+
+
 class RemoteCancelled(RemoteFailure):
     """fal completed the request as cancelled (by us earlier, or on fal's side)."""
 
@@ -102,6 +120,16 @@ class RequestHandle:
         owner_app = "/".join(endpoint.split("/")[:2])
         base = f"{queue_url.rstrip('/')}/{owner_app}/requests/{request_id}"
         return cls(endpoint, request_id, f"{base}/status", base, f"{base}/cancel")
+
+
+@dataclasses.dataclass
+class ResultStream:
+    """A result being read: ``chunks`` yields its raw bytes as they arrive (raising
+    :class:`ResultTooLarge` past the limit, :class:`BackendUnavailable` on a broken connection)."""
+
+    chunks: Iterator[bytes]
+    request_id: str
+    billable_units: float | None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -238,16 +266,24 @@ class FalClient:
         return text
 
     def send(self, method: str, url: str, *, idempotent: bool = True, headers: dict[str, str] | None = None,
-             timeout: float | None = None, **kwargs: Any) -> httpx.Response:
+             timeout: float | None = None, stream: bool = False, **kwargs: Any) -> httpx.Response:
         """Send with retries for idempotent calls; return the final response (any status).
-        A redirect is followed only to a configured fal host (at most MAX_REDIRECTS)."""
+        A redirect is followed only to a configured fal host (at most MAX_REDIRECTS).
+        ``stream``: a 200's body is left unread (the caller reads and closes it); any other
+        final answer is read whole (error bodies are small)."""
         attempt = hops = 0
         while True:
             try:
-                response = self._http.request(
+                request = self._http.build_request(
                     method, url, headers=self._headers(url, headers),
                     timeout=timeout if timeout is not None else httpx.USE_CLIENT_DEFAULT, **kwargs,
                 )
+                response = self._http.send(request, stream=stream)
+                if stream and response.status_code != 200:
+                    try:
+                        response.read()
+                    finally:
+                        response.close()
             except httpx.LocalProtocolError as exc:  # nothing was sent (e.g. a header it cannot carry): no retry
                 raise InvalidRequest(f"could not send a request to {_host(url)}: {type(exc).__name__} "
                                      "(a header value it cannot carry); nothing was sent") from None
@@ -350,8 +386,46 @@ class FalClient:
         return parse_status(_json(response, "status"))
 
     def result(self, handle: RequestHandle) -> FalResult:
+        """The whole result, parsed (small results, tools; the backend streams: :meth:`result_stream`)."""
         self._count("result")
         response = self.send("GET", handle.response_url)
+        self._check_result(response, handle)
+        units = response.headers.get("x-fal-billable-units")
+        return FalResult(_json(response, "result"), handle.request_id, float(units) if units else None)
+
+    @contextlib.contextmanager
+    def result_stream(self, handle: RequestHandle, *, max_bytes: int | None = None) -> Iterator[ResultStream]:
+        """The result's raw bytes as they arrive, never held whole. Past ``max_bytes``
+        (announced by Content-Length, or counted) :class:`ResultTooLarge` is raised and
+        nothing more is read."""
+        self._count("result")
+        response = self.send("GET", handle.response_url, stream=True)
+        try:
+            self._check_result(response, handle)
+            declared = response.headers.get("content-length")
+            if max_bytes is not None and declared and declared.isdigit() and int(declared) > max_bytes:
+                raise ResultTooLarge(handle.request_id, max_bytes, int(declared))
+            units = response.headers.get("x-fal-billable-units")
+            yield ResultStream(self._limited(response, handle, max_bytes), handle.request_id,
+                               float(units) if units else None)
+        finally:
+            response.close()
+
+    def _limited(self, response: httpx.Response, handle: RequestHandle, max_bytes: int | None) -> Iterator[bytes]:
+        total = 0
+        try:
+            for chunk in response.iter_bytes(RESULT_CHUNK_BYTES):
+                total += len(chunk)
+                if max_bytes is not None and total > max_bytes:
+                    raise ResultTooLarge(handle.request_id, max_bytes)
+                yield chunk
+        except httpx.TransportError as exc:
+            raise BackendUnavailable(f"the connection broke while reading the result of fal request "
+                                     f"{handle.request_id} ({type(exc).__name__}); a rerun reads it again") from exc
+
+    def _check_result(self, response: httpx.Response, handle: RequestHandle) -> None:
+        if response.status_code == 200:  # a streamed body is still unread: do not look at it
+            return
         error_type = response.headers.get("x-fal-error-type") or _error_type(response)
         if says_app_not_found(response):
             raise EndpointNotFound(handle.endpoint, detail=f"result of request {handle.request_id}: {self.redact(_detail(response))}")
@@ -364,8 +438,6 @@ class FalClient:
             )
         if response.status_code != 200:
             self.raise_for_response(response, what="result", request_id=handle.request_id)
-        units = response.headers.get("x-fal-billable-units")
-        return FalResult(_json(response, "result"), handle.request_id, float(units) if units else None)
 
     def cancel(self, handle: RequestHandle) -> CancelOutcome:
         """Ask fal to stop the request; say what fal answered."""

@@ -65,6 +65,10 @@ class FalConfig(BaseModel):
     fallback_endpoints: dict[str, str] = Field(default_factory=lambda: dict(DEFAULT_FALLBACKS))
     # Requests in flight at once across all videos of a run (each video may need several).
     max_concurrent_requests: int = Field(default=16, ge=1, le=256)
+    # A result bigger than this fails its request (named, nothing stored or written, never
+    # resubmitted). Results stream to the journal, so this bounds disk and time, not RAM:
+    # 16 objects x 10,000 frames of 640x360 RLE is ~100 MB; 512 MiB leaves room for 1080p.
+    max_result_bytes: int | None = Field(default=512 * MiB, gt=0)
     # Ask the RLE endpoints to also render an overlay video (apply_mask); whether they
     # then return one is unconfirmed.
     render_overlay: bool = False

@@ -7,7 +7,9 @@ by a lock, every write committed at once) with four tables:
   and a hash of everything that determines the output (endpoint, request, video content,
   frame range). A row is written *before* the submit (state ``submitting``), gets fal's
   request id and URLs as soon as fal answers (``submitted``), and the result itself right
-  after completion (``completed``, zlib-compressed JSON), before anything is written to a
+  after completion (``completed``: fal's raw bytes as they arrived, zlib-compressed,
+  written and read back as streams so no result is ever held whole; older journals hold
+  compressed JSON of the parsed result, still read), before anything is written to a
   dataset; ``written`` once the labels are in. A crash at any point leaves a row that says
   what to do next: poll it, write it, or (for ``submitting``/``uncertain``, where fal may
   or may not have the request) ask the user, because resending could bill twice.
@@ -27,16 +29,18 @@ import dataclasses
 import enum
 import json
 import os
-import socket
+import queue
 import sqlite3
+import tempfile
 import threading
 import time
 import uuid
 import zlib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+from ...owners import current_owner, owner_alive
 from .client import RequestHandle
 
 SCHEMA_VERSION = 1
@@ -99,6 +103,12 @@ CREATE TABLE IF NOT EXISTS webhook_deliveries (
     request_id TEXT PRIMARY KEY,
     received_at REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS result_chunks (
+    entry_id INTEGER NOT NULL,
+    seq INTEGER NOT NULL,
+    data BLOB NOT NULL,
+    PRIMARY KEY (entry_id, seq)
+);
 """
 
 
@@ -158,18 +168,8 @@ class Entry:
     def owner_alive(self, *, lease_s: float = 600.0) -> bool:
         """Whether the process that claimed this submit may still be sending it: alive on
         this host, or (another host) heard from within ``lease_s``."""
-        if not self.owner:
-            return False
-        host, _, pid = self.owner.rpartition(":")
-        if host != socket.gethostname():
-            return time.time() - self.updated_at < lease_s
-        try:
-            os.kill(int(pid), 0)
-        except (ProcessLookupError, ValueError):
-            return False
-        except PermissionError:
-            return True
-        return True
+        alive = owner_alive(self.owner)
+        return time.time() - self.updated_at < lease_s if alive is None else alive
 
     def handle(self) -> RequestHandle:
         if not (self.request_id and self.status_url and self.response_url and self.cancel_url):
@@ -205,7 +205,112 @@ class RunInfo:
 
 def owner_id() -> str:
     """Who claims a submit ("host:pid"): a second process sharing the journal waits for it while it lives."""
-    return f"{socket.gethostname()}:{os.getpid()}"
+    return current_owner()
+
+
+# A stored result in the streamed format: ``result`` holds this, then the attachments
+# (_pack'ed dict); fal's raw bytes are one zlib stream cut into ``result_chunks`` rows (rows
+# of a few hundred KB keep SQLite's memory flat; one big blob went through its page cache).
+RAW_MAGIC = b"SAMRAW2\n"
+# Compressed bytes read from a stored result per step (and per lock hold).
+READ_CHUNK_BYTES = 256 * 1024
+
+
+class ResultSpool:
+    """fal's raw result bytes compressed into a temporary file as they arrive, to be
+    stored by :meth:`Journal.completed_raw` (never all in memory)."""
+
+    def __init__(self) -> None:
+        self._file = tempfile.TemporaryFile(prefix="sam31-result-")
+        self._zip = zlib.compressobj(1)  # level 1: RLE digits still shrink ~3x, at ~10x level 6's speed
+        self.raw_bytes = 0
+        self._done = False
+
+    def write(self, chunk: bytes) -> None:
+        self.raw_bytes += len(chunk)
+        self._file.write(self._zip.compress(chunk))
+
+    def finish(self) -> int:
+        """Flush the compressor; the compressed size."""
+        if not self._done:
+            self._file.write(self._zip.flush())
+            self._done = True
+        return self._file.tell()
+
+    def compressed(self) -> Iterator[bytes]:
+        self.finish()
+        self._file.seek(0)
+        while block := self._file.read(READ_CHUNK_BYTES):
+            yield block
+
+    def chunks(self) -> Iterator[bytes]:
+        """The raw bytes again (e.g. to look at the result before storing it)."""
+        return _inflate(self.compressed())
+
+    def close(self) -> None:
+        self._file.close()
+
+    def __enter__(self) -> ResultSpool:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _inflate(blocks: Iterable[bytes]) -> Iterator[bytes]:
+    unzip = zlib.decompressobj()
+    for block in blocks:
+        data = unzip.decompress(block)
+        if data:
+            yield data
+    tail = unzip.flush()
+    if tail:
+        yield tail
+
+
+def _prefetched(blocks: Iterator[bytes], depth: int = 4) -> Iterator[bytes]:
+    """``blocks`` read (blob reads, zlib: both release the GIL) on a thread of their own, a
+    few blocks ahead of the consumer, which meanwhile parses and decodes on another core."""
+    q: queue.Queue[tuple[str, Any]] = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def produce() -> None:
+        try:
+            for block in blocks:
+                while not stop.is_set():
+                    try:
+                        q.put(("data", block), timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            q.put(("end", None))
+        except BaseException as exc:  # noqa: BLE001 - handed to the consumer
+            q.put(("error", exc))
+
+    thread = threading.Thread(target=produce, name="sam31-result-read", daemon=True)
+    thread.start()
+    try:
+        while True:
+            kind, value = q.get()
+            if kind == "end":
+                return
+            if kind == "error":
+                raise value
+            yield value
+    finally:
+        stop.set()
+        thread.join()
+
+
+@dataclasses.dataclass
+class StoredResult:
+    """A journaled result: its attachments (small, parsed) and ``chunks()``, fal's raw
+    bytes read from the journal piece by piece (each call starts over)."""
+
+    attachments: dict[str, Any]
+    chunks: Callable[[], Iterator[bytes]]
 
 
 def _pack(obj: Any) -> bytes:
@@ -331,6 +436,49 @@ class Journal:
         self._update(entry_id, state=RequestState.COMPLETED, result=_pack(result), billable_units=billable_units, error=None)
         return self.get(entry_id)
 
+    def completed_raw(self, entry_id: int, spool: ResultSpool, attachments: dict[str, Any],
+                      billable_units: float | None) -> Entry:
+        """Store a streamed result: copied from ``spool`` piece by piece, all in one transaction."""
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                self._db.execute("DELETE FROM result_chunks WHERE entry_id = ?", (entry_id,))
+                for seq, block in enumerate(spool.compressed()):
+                    self._db.execute("INSERT INTO result_chunks (entry_id, seq, data) VALUES (?, ?, ?)",
+                                     (entry_id, seq, block))
+                self._db.execute(
+                    "UPDATE requests SET result = ?, state = ?, billable_units = ?, error = NULL, updated_at = ? "
+                    "WHERE id = ?", (RAW_MAGIC + _pack(attachments), RequestState.COMPLETED.value, billable_units,
+                                     time.time(), entry_id))
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+        return self.get(entry_id)
+
+    def open_result(self, entry_id: int) -> StoredResult:
+        """The stored result of ``entry_id`` as a stream (either storage format)."""
+        row = self._one("SELECT result FROM requests WHERE id = ?", (entry_id,))
+        if row is None or row["result"] is None:
+            raise ValueError(f"journal entry {entry_id} has no stored result")
+        head = bytes(row["result"])
+        if not head.startswith(RAW_MAGIC):  # a journal from before streaming: small enough to parse whole
+            stored = _unpack(head)
+            raw = json.dumps(stored.get("payload")).encode()
+            return StoredResult(dict(stored.get("attachments") or {}), lambda: iter((raw,)))
+        attachments = _unpack(head[len(RAW_MAGIC):])
+        return StoredResult(attachments, lambda: _prefetched(_inflate(self._chunk_rows(entry_id))))
+
+    def _chunk_rows(self, entry_id: int) -> Iterator[bytes]:
+        """The compressed pieces of a stored result, one query (and lock hold) each."""
+        seq = 0
+        while True:
+            row = self._one("SELECT data FROM result_chunks WHERE entry_id = ? AND seq = ?", (entry_id, seq))
+            if row is None:
+                return
+            yield bytes(row["data"])
+            seq += 1
+
     def mark(self, entry_id: int, state: RequestState, error: str | None = None) -> None:
         self._update(entry_id, state=state, error=error)
 
@@ -354,14 +502,23 @@ class Journal:
             "UPDATE requests SET result = NULL WHERE state = ? AND result IS NOT NULL AND updated_at < ?",
             (RequestState.WRITTEN.value, cutoff),
         )
+        # pieces of results pruned above, or orphaned by a crash between their insert and commit
+        self._execute("DELETE FROM result_chunks WHERE entry_id NOT IN "
+                      "(SELECT id FROM requests WHERE result IS NOT NULL)")
         self._execute("DELETE FROM uploads WHERE expires_at < ?", (time.time() if now is None else now,))
         return changed
 
     def result(self, entry_id: int) -> dict[str, Any]:
+        """The stored result parsed whole (``{"payload", "attachments"}``): for tools and
+        small results; the backend reads :meth:`open_result` as a stream."""
         row = self._one("SELECT result FROM requests WHERE id = ?", (entry_id,))
         if row is None or row["result"] is None:
             raise ValueError(f"journal entry {entry_id} has no stored result")
-        return _unpack(row["result"])
+        data = bytes(row["result"])
+        if not data.startswith(RAW_MAGIC):
+            return _unpack(data)
+        stored = self.open_result(entry_id)
+        return {"payload": json.loads(b"".join(stored.chunks())), "attachments": stored.attachments}
 
     def get(self, entry_id: int) -> Entry:
         row = self._one(f"SELECT {_ENTRY_COLUMNS} FROM requests WHERE id = ?", (entry_id,))

@@ -238,7 +238,7 @@ class FrameSnapshot:
 
     def begin(self, cancel: Any = None) -> None:
         deadline = time.monotonic() + self.wait_s
-        while writing_now(self.dataset, self.video.sample_id):
+        while writing_now(self.dataset, self.video.sample_id, self.field):
             if time.monotonic() >= deadline:
                 raise InvalidRequest(f"{self.video.name}: a segment run is writing frames.{self.field} of this video "
                                      f"right now; export again when it has finished (waited {self.wait_s:.0f} s)")
@@ -248,7 +248,7 @@ class FrameSnapshot:
         self._stamp = self._sample_stamp()
 
     def end(self) -> None:
-        if writing_now(self.dataset, self.video.sample_id) or self._sample_stamp() != self._stamp:
+        if writing_now(self.dataset, self.video.sample_id, self.field) or self._sample_stamp() != self._stamp:
             raise InvalidRequest(f"{self.video.name}: frames.{self.field} changed while it was being exported (a "
                                  "segment run wrote this video); nothing was published: export again")
 

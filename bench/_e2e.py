@@ -1,0 +1,172 @@
+"""End to end through the loopback emulator: the client's own stage, in processes of their own.
+
+Two roles, each its own process so the client's CPU time and peak RSS are its alone:
+
+- ``serve``: an emulator whose model is replaced by a canned answer of
+  ``fal-ai/sam-3/video-rle-objects`` (``--frames`` x ``--objects`` moving blobs, fal's
+  ``start length`` RLE): the model's time is not what is measured. Prints its URLs as one
+  JSON line, serves until stdin closes.
+- ``client``: the real client path for one video: ``FalBackend.segment`` (submit, poll,
+  fetch, journal, decode) -> ``clean_frames`` -> ``FrameLabelWriter.write_sample`` ->
+  MongoDB. Prints one JSON line: wall seconds, CPU seconds, peak RSS over the RSS after
+  imports, detections written.
+
+The client role only uses APIs that exist in the baseline commit too, so the same file
+runs against either source tree (``PYTHONPATH`` picks it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import threading
+import time
+
+import numpy as np
+
+WIDTH, HEIGHT = 640, 360
+
+
+def blob_templates(objects: int, seed: int = 0) -> list[np.ndarray]:
+    """One irregular blob per object (a few overlapping ellipses, a hole), as a crop."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(objects):
+        lobes = rng.uniform(-18, 18, size=(3, 2))
+        radii = rng.uniform(14, 40, size=(3, 2))
+        yy, xx = np.mgrid[-64:64, -64:64]
+        m = np.zeros((128, 128), bool)
+        for (dx, dy), (rx, ry) in zip(lobes, radii):
+            m |= ((xx - dx) / rx) ** 2 + ((yy - dy) / ry) ** 2 <= 1
+        m[61:67, 61:67] = False  # a hole
+        rows, cols = np.flatnonzero(m.any(1)), np.flatnonzero(m.any(0))
+        out.append(m[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1])
+    return out
+
+
+def _runs(crop: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Row, column start and length of every horizontal run of a crop."""
+    padded = np.pad(crop, ((0, 0), (1, 1))).astype(np.int8)
+    d = np.diff(padded, axis=1)
+    r, c = np.nonzero(d == 1)
+    _, e = np.nonzero(d == -1)
+    return r, c, e - c
+
+
+def canned_output(frames: int, objects: int, seed: int = 0) -> dict:
+    """video-rle-objects' answer: each blob moves along its own straight line (wrapping)."""
+    rng = np.random.default_rng(seed + 1)
+    templates = [_runs(t) + (t.shape,) for t in blob_templates(objects, seed)]
+    starts = rng.uniform([0, 0], [WIDTH - 130, HEIGHT - 130], size=(objects, 2))
+    velocity = rng.uniform(-2, 2, size=(objects, 2))
+    out = []
+    for f in range(frames):
+        objs = []
+        for k, (r, c, n, (h, w)) in enumerate(templates):
+            x0, y0 = ((starts[k] + velocity[k] * f) % [WIDTH - w, HEIGHT - h]).astype(int)
+            s = (y0 + r) * WIDTH + x0 + c + 1  # row-major, 1-based starts (the emulator's default)
+            pairs = np.empty(2 * len(s), dtype=np.int64)
+            pairs[0::2], pairs[1::2] = s, n
+            objs.append({"track_id": k, "rle": " ".join(map(str, pairs.tolist()))})
+        out.append({"frame_index": f, "objects": objs})
+    return {"frames": out, "width": WIDTH, "height": HEIGHT, "num_frames": frames}
+
+
+def serve(args: argparse.Namespace) -> None:
+    from sam_backend.emulator import EmulatorConfig, EmulatorServer
+
+    output = canned_output(args.frames, args.objects)
+    server = EmulatorServer(EmulatorConfig(result_ttl_s=None, large_result_ttl_s=None))
+    server._compute = lambda job, parsed: (output, args.frames)  # type: ignore[method-assign]
+    with server as emu:
+        print(json.dumps({"key": emu.key, "queue_url": emu.queue_url, "rest_url": emu.rest_url,
+                          "cdn_url": emu.cdn_url}), flush=True)
+        sys.stdin.read()  # until the parent closes our stdin
+
+
+def _rss_mb() -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
+class PeakRss:
+    """Peak RSS sampled every 5 ms (``ru_maxrss`` cannot be reset after the imports)."""
+
+    def __init__(self) -> None:
+        self.peak = _rss_mb()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.005):
+            self.peak = max(self.peak, _rss_mb())
+
+    def __enter__(self) -> PeakRss:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, _rss_mb())
+
+
+def client(args: argparse.Namespace) -> None:
+    import tempfile
+    import uuid
+
+    os.environ.setdefault("FIFTYONE_DATABASE_VALIDATION", "false")
+    os.environ.setdefault("FIFTYONE_DO_NOT_TRACK", "true")
+    import fiftyone as fo
+
+    from sam_backend.backends.base import VideoSource
+    from sam_backend.backends.fal import FalBackend, FalConfig
+    from sam_backend.fiftyone_io.writer import FrameLabelWriter
+    from sam_backend.postprocess import clean_frames
+    from sam_backend.types import SegmentRequest, VideoInfo
+
+    urls = json.loads(args.urls)
+    info = VideoInfo(width=WIDTH, height=HEIGHT, frame_count=args.frames, fps=30.0, duration=args.frames / 30)
+    dataset = fo.Dataset()
+    # Only the id is kept: an in-memory Sample would be reloaded with all its frames on publish.
+    sample_id = dataset.add_sample(fo.Sample(filepath=f"/bench/e2e_{uuid.uuid4().hex}.mp4"))
+    writer = FrameLabelWriter(dataset, "sam")
+    request = SegmentRequest(prompt="blob")
+    video = VideoSource(info=info, url="https://example.com/bench.mp4")
+    with tempfile.TemporaryDirectory() as tmp:
+        config = FalConfig(key=urls["key"], queue_url=urls["queue_url"], rest_url=urls["rest_url"],
+                           cdn_url=urls["cdn_url"], journal_path=os.path.join(tmp, "journal.sqlite"),
+                           poll_initial_s=0.01)
+        import gc
+
+        gc.collect()
+        base = _rss_mb()
+        cpu0, t0 = time.process_time(), time.perf_counter()
+        with FalBackend(config) as backend, PeakRss() as rss:
+            run = backend.segment(video, request, work_key=uuid.uuid4().hex)
+            stats = writer.write_sample(sample_id, clean_frames(run), info)
+            run.commit()
+        wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
+    result = {"frames": args.frames, "objects": args.objects, "wall_s": wall, "cpu_s": cpu,
+              "rss_base_mb": base, "rss_peak_mb": rss.peak, "rss_growth_mb": rss.peak - base,
+              "detections": stats.detections}
+    print(json.dumps(result), flush=True)  # the dataset goes with the bench's database
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("role", choices=["serve", "client"])
+    parser.add_argument("--frames", type=int, default=3000)
+    parser.add_argument("--objects", type=int, default=16)
+    parser.add_argument("--urls", default="{}")
+    args = parser.parse_args()
+    (serve if args.role == "serve" else client)(args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,50 @@
+"""The benchmark command's machinery on tiny sizes, so it cannot rot (its numbers mean
+nothing here). The slow parts (the pre-change baseline tree, fal concurrency, the
+subprocess end-to-end runs) are left to ``python bench/run.py --quick``."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+
+BENCH = Path(__file__).resolve().parent.parent / "bench"
+
+
+def test_quick_bench_writes_a_table_and_json(tmp_path: Path) -> None:
+    saved = dict(os.environ)  # the bench names a database of its own in the environment
+    sys.path.insert(0, str(BENCH))
+    try:
+        import run as bench_run
+
+        doc = bench_run.main(["--quick", "--repeats", "1", "--out-dir", str(tmp_path),
+                              "--skip", "e2e,e2e_baseline,concurrency"])
+    finally:
+        sys.path.remove(str(BENCH))
+        os.environ.clear()
+        os.environ.update(saved)
+    names = {(r["section"].split(",")[0], r["name"]) for r in doc["figures"]}
+    assert ("writer", "writer, mask_path (PNG files)") in names
+    assert any(s.startswith("exports") and "polygons" in n for s, n in names)
+    assert any(s.startswith("emulator") for s, _ in names)
+    assert all(r["median"] > 0 for r in doc["figures"])
+    assert json.loads((tmp_path / "bench" / "results.json").read_text())["quick"] is True
+    table = (tmp_path / "BENCHMARKS.md").read_text()
+    assert "| figure |" in table and "Machine:" in table
+
+
+def test_canned_answer_is_fal_objects_rle() -> None:
+    sys.path.insert(0, str(BENCH))
+    try:
+        from _e2e import canned_output
+    finally:
+        sys.path.remove(str(BENCH))
+    from sam_backend.backends.fal import rle
+
+    out = canned_output(3, 2)
+    assert (out["width"], out["height"], out["num_frames"]) == (640, 360, 3)
+    masks = [rle.decode(o["rle"], 360, 640) for f in out["frames"] for o in f["objects"]]
+    assert len(masks) == 6 and all(m.sum() > 100 for m in masks) and not np.array_equal(masks[0], masks[2])
