@@ -29,6 +29,7 @@ from . import endpoints as endpoint_table
 from .endpoints import plan_cost
 from .backend import FalBackend, _Request, request_hash
 from .decoders import decode_result
+from .journal import StoredResult
 from .planner import PlannedRequest
 from .rle import ALL_LAYOUTS, RleLayout
 
@@ -140,6 +141,9 @@ def run_check(backend: FalBackend, workdir: Path, *, cancel: CancelToken | None 
                 backend._run_requests([r], get_url, "fal-check", record, None, cancel or CancelToken())
             except SamError as exc:
                 r.stored = {"error": str(exc)}
+    for r in requests:  # fal-check's answers are a few frames: read each whole, to keep and to score
+        if isinstance(r.stored, StoredResult):
+            r.stored = {"payload": json.loads(b"".join(r.stored.chunks())), "attachments": r.stored.attachments}
     rows, scores = [], {}
     for (kind, planned, targets), r in zip(checks, requests):
         endpoint = r.entry.endpoint if r.entry is not None else planned.endpoints[0]
