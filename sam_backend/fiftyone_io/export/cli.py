@@ -52,12 +52,11 @@ def _show(p: ExportProgress) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        import fiftyone as fo
-
+        from ..cli import load_dataset
         from .importer import import_tracks
         from .run import export_tracks
 
-        dataset = fo.load_dataset(args.dataset)
+        dataset = load_dataset(args.dataset)
         if args.command == "export":
             report = export_tracks(dataset, args.field, args.format, args.out, frame_stride=args.stride,
                                    frames=args.frames, coco_masks=args.masks, polygon_tolerance=args.tolerance,
@@ -74,7 +73,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SamError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    except ValueError as exc:  # fo.load_dataset: no such dataset
+    except ValueError as exc:  # misuse FiftyOne reports as ValueError
         print(f"error: {exc}", file=sys.stderr)
         return 2
 
