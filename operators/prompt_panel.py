@@ -63,7 +63,12 @@ class PromptPanel(foo.Panel):
         self._draw(ctx)
 
     def on_option(self, ctx: Any) -> None:
-        ctx.panel.state.corner = None  # a new mode or object starts a new box
+        # A new mode or object starts a new box. An event that changes neither (a name typed,
+        # or the App's late echo of an edit made before the first corner) keeps the corner.
+        state = ctx.panel.state
+        mode, object_id, _ = _choices(state)
+        if state.corner and (mode != "box" or state.corner_for != object_id):
+            state.corner = None
         self._draw(ctx)
 
     def on_click(self, ctx: Any) -> None:
@@ -76,8 +81,8 @@ class PromptPanel(foo.Panel):
         mode, object_id, name = _choices(state)
         try:
             if mode == "box":
-                if not state.corner:
-                    state.corner = [x, y]
+                if not state.corner or state.corner_for != object_id:
+                    state.corner, state.corner_for = [x, y], object_id
                 else:
                     label_id = add_box(sample, state.frame, (*state.corner, x, y), object_id=object_id, name=name)
                     state.corner = None

@@ -122,3 +122,24 @@ def test_bad_input_is_reported_and_nothing_is_written(panel: Panel, make_dataset
     other = Panel(panel.url, stills)
     other.send("on_load")
     assert other.state["error"] == "Open a video sample: this panel works on the video shown in the modal."
+
+
+def test_a_pending_corner_survives_option_events_that_change_neither_mode_nor_object(panel: Panel) -> None:
+    panel.send("on_load")
+    panel.set_options(mode="box", object_id=3)
+    panel.send("on_click", idx=[40, 70])
+    panel.set_options(name="lid")  # a name typed, or the App's late echo of an earlier edit
+    panel.send("on_option")
+    assert panel.state["corner"] == [70, 40]
+    panel.send("on_click", idx=[90, 130])
+    [(_, box)] = _labels(panel.ds, "sam_boxes")
+    assert (box.index, box.label, pixel_box(box.bounding_box, 320, 240)) == (3, "lid", (70, 40, 131, 91))
+
+    panel.send("on_click", idx=[10, 20])  # a new first corner for object 3 ...
+    panel.set_options(object_id=5)  # ... then another object: its box starts afresh
+    panel.send("on_option")
+    assert panel.state["corner"] is None
+    panel.send("on_click", idx=[12, 22])
+    panel.set_options(object_id=3)  # back to 3 without an option event: the corner is 5's, not 3's
+    panel.send("on_click", idx=[30, 40])
+    assert panel.state["corner"] == [40, 30] and len(_labels(panel.ds, "sam_boxes")) == 1
