@@ -1,5 +1,6 @@
 """docs/reliability.md cannot rot: every row of its tables names a test
-(``tests/<file>.py::<test>``) that exists in the tests tree. Pure Python, no fiftyone."""
+(``tests/<file>.py::<test>``) that exists in the tests tree; the README quotes what the code
+estimates. Pure Python, no fiftyone."""
 
 from __future__ import annotations
 
@@ -63,3 +64,15 @@ def test_the_checker_catches_a_missing_test(tmp_path) -> None:
     assert rows == [["x", "y", "`tests/test_docs.py::test_nope`"]]
     assert "test_nope" not in test_functions(Path(__file__))
     assert "test_every_reliability_row_names_an_existing_test" in test_functions(Path(__file__))
+
+
+def test_the_readme_quotes_what_fal_check_will_cost() -> None:
+    """The price a user reads before their first paid run is the estimate fal-check shows."""
+    from sam_backend.backends.fal import FalBackend, FalConfig
+    from sam_backend.backends.fal.selfcheck import estimate
+
+    quoted = re.search(r"about \$([\d.]+): (\d+) requests\s+of (\d+) frames", (ROOT / "README.md").read_text())
+    assert quoted, "README's 'Before your first paid run' no longer quotes the check's cost"
+    with FalBackend(FalConfig(key="k:s")) as backend:
+        usd, detail = estimate(backend)
+    assert (quoted[1], f"{quoted[2]} request(s) x {quoted[3]} frames") == (f"{usd:.2f}", detail.split(":")[0])

@@ -20,7 +20,7 @@ from sam_backend import synthetic
 from sam_backend.backends.fal import FalBackend, FalConfig
 from sam_backend.backends.fal.journal import Journal, RequestState
 from sam_backend.backends.fal.rle import RleLayout, layouts_path, save_layouts
-from sam_backend.backends.fal.selfcheck import run_check
+from sam_backend.backends.fal.selfcheck import estimate, run_check
 from sam_backend.coords import pixel_box
 from sam_backend.emulator import EmulatorConfig, EmulatorServer
 from sam_backend.fiftyone_io.cli import main as cli
@@ -175,14 +175,17 @@ def test_fal_check_finds_the_layout_the_endpoints_use(layout: str, tmp_path: Pat
     with EmulatorServer(EmulatorConfig(queue_steps=0, rle_layout=layout)) as emu, FalBackend(config(emu)) as backend:
         report = run_check(backend, tmp_path)
         submits = len(emu.stats.submits)
-    assert [r.error for r in report.rows] == [None] * 4 and submits == 4  # text, point, box, instances
+    assert [r.error for r in report.rows] == [None] * 5 and submits == 5  # text, point, box, pair, instances
     assert {e: l.key for e, l in report.winners.items()} == {VISUAL: layout, OBJECTS: layout}
     assert report.apart == {VISUAL: False, OBJECTS: True}
     for row in report.rows:
         assert row.iou[layout] is not None and row.iou[layout] >= 0.98
         assert all(v is None or v < row.iou[layout] for k, v in row.iou.items() if k != layout)
-    assert len(list(tmp_path.glob("*.json"))) == 4  # every raw payload kept
+    assert len(list(tmp_path.glob("*.json"))) == 5  # every raw payload kept
     assert f"RLE layout {layout}" in str(report)
+    # measured: the two objects clicked together came back as one mask on every frame
+    [pair] = [r for r in report.rows if r.kind == "pair"]
+    assert pair.tracks == 1 and pair.endpoint == VISUAL
 
 
 def test_fal_check_without_a_key_runs_on_the_emulator_and_stores_nothing(capsys: pytest.CaptureFixture[str],
@@ -190,8 +193,37 @@ def test_fal_check_without_a_key_runs_on_the_emulator_and_stores_nothing(capsys:
     assert cli(["fal-check", "--out", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert "offline emulator" in out and "RLE layout row1" in out and "objects apart: yes" in out
-    assert len(list(tmp_path.glob("*.json"))) == 4
+    assert len(list(tmp_path.glob("*.json"))) == 5
     assert not layouts_path(os.environ).exists()  # an emulator's layout is no fact about fal
+
+
+def test_fal_check_with_a_key_shows_the_cost_sends_only_with_yes_and_stores_the_layouts(
+        capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """The paid path, against an emulator that speaks column-major 0-based RLE: the first
+    run prints the estimate and sends nothing; with --yes it measures and stores the layout
+    that every later run's decoders then read."""
+    with EmulatorServer(EmulatorConfig(queue_steps=0, rle_layout="column0")) as emu:
+        monkeypatch.setenv("FAL_KEY", emu.key)
+        monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
+        monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
+        hosts = dict(queue_url=emu.queue_url, rest_url=emu.rest_url, cdn_url=emu.cdn_url, poll_initial_s=0.02, poll_max_s=0.2)
+        # fal's hosts swapped for the emulator's; the key, journal and layouts still come from the environment
+        monkeypatch.setattr(FalBackend, "from_env", classmethod(
+            lambda cls, environ=None, **kw: cls(FalConfig.from_env(environ or os.environ, **{**hosts, **kw}))))
+        usd, _ = estimate(FalBackend.from_env())
+
+        assert cli(["fal-check", "--out", str(tmp_path / "dry")]) == 0
+        out = capsys.readouterr().out
+        assert f"about ${usd:.2f}" in out and "nothing was sent: run again with --yes" in out
+        assert (emu.stats.submits, emu.stats.uploads, emu.stats.token_calls) == ([], 0, 0)
+        assert not layouts_path(os.environ).exists()
+
+        assert cli(["fal-check", "--yes", "--out", str(tmp_path / "paid")]) == 0
+        out = capsys.readouterr().out
+        assert len(emu.stats.submits) == 5 and "stored the measured layouts" in out
+    assert "FAL_KEY is set" in out and emu.key not in out
+    stored = FalConfig.from_env(os.environ).rle_layouts
+    assert {e: layout.key for e, layout in stored.items()} == {VISUAL: "column0", OBJECTS: "column0"}
 
 
 def corner_scene() -> synthetic.Scene:

@@ -3,8 +3,9 @@
 fal's RLE start base is unconfirmed and whether each endpoint keeps objects apart is only
 reported (``../shared/reference/fal-sam3-endpoints.md``). This sends a short synthetic
 clip with exact ground truth (:func:`sam_backend.synthetic.instances_scene`, at most 32
-frames) to each configured endpoint: on the visual endpoint one text, one point and one
-box request; on the objects endpoint one text request naming two instances. It keeps
+frames) to each configured endpoint: on the visual endpoint one text, one point, one box
+request and one request clicking two objects at once (do their masks come back apart?); on
+the objects endpoint one text request naming two instances. It keeps
 every raw payload (journal and ``workdir``), decodes each under all four RLE layouts,
 scores each against the ground truth (mean IoU over the frames where the target is
 visible), picks the best layout per endpoint, and says whether the endpoint returned
@@ -37,12 +38,13 @@ CHECK_FRAMES = 24  # <= 32: two billing blocks per request
 # Targets in instances_scene (one text, one point, one box; two instances for objects).
 _TEXT, _POINT_TARGET, _BOX_TARGET = "red ball", "green ball", "blue box"
 _INSTANCES = ("ball", ("red ball", "green ball"))
+_PAIR = ("red ball", "cyan box")  # clicked together, with object ids 1 and 2
 
 
 @dataclasses.dataclass
 class CheckRow:
     endpoint: str
-    kind: str  # "text" | "point" | "box" | "instances"
+    kind: str  # "text" | "point" | "box" | "pair" | "instances"
     request_id: str | None
     iou: dict[str, float | None]  # layout key -> mean IoU (None: does not decode under that layout)
     tracks: int = 0  # most distinct tracks on one frame
@@ -66,7 +68,8 @@ class CheckReport:
             cells = " ".join(f"{'-' if r.iou.get(k) is None else format(r.iou[k], '.3f'):>8}" for k in keys)
             lines.append(f"{r.endpoint:<34} {r.kind:<9} {cells}  {r.tracks}" + (f"  ERROR {r.error}" if r.error else ""))
         for endpoint, layout in self.winners.items():
-            apart = "yes" if self.apart.get(endpoint) else "no (one union mask per frame)"
+            apart = {True: "yes", False: "no (one union mask per frame)"}.get(
+                self.apart.get(endpoint), "not measured (its request failed)")
             lines.append(f"{endpoint}: RLE layout {layout.key} ({layout.name}); objects apart: {apart}")
         return "\n".join(lines)
 
@@ -81,6 +84,7 @@ def _requests(backend: FalBackend, scene: synthetic.Scene, gt: synthetic.GroundT
     point_frame = gt.frames_visible(_POINT_TARGET)[len(gt.frames_visible(_POINT_TARGET)) // 2]
     px, py = _centre(gt.mask(_POINT_TARGET, point_frame))
     box_frame = gt.frames_visible(_BOX_TARGET)[0]
+    pair_frame = min(set(gt.frames_visible(_PAIR[0])) & set(gt.frames_visible(_PAIR[1])))
     bx0, by0, bx1, by1 = _box(gt.mask(_BOX_TARGET, box_frame))
     out = [
         ("text", PlannedRequest("check:text", "concept_union", visual, {**base, "prompt": _TEXT}, _TEXT, 1), (_TEXT,)),
@@ -89,6 +93,9 @@ def _requests(backend: FalBackend, scene: synthetic.Scene, gt: synthetic.GroundT
         ("box", PlannedRequest("check:box", "object", visual, {**base, "box_prompts": [
             {"x_min": bx0, "y_min": by0, "x_max": bx1, "y_max": by1, "object_id": 1, "frame_index": box_frame}]},
             "object_1", 1), (_BOX_TARGET,)),
+        ("pair", PlannedRequest("check:pair", "object", visual, {**base, "point_prompts": [
+            {**dict(zip("xy", _centre(gt.mask(name, pair_frame)))), "label": 1, "object_id": i, "frame_index": pair_frame}
+            for i, name in enumerate(_PAIR, 1)]}, "object_1", 1), _PAIR),
     ]
     out.append(("instances", PlannedRequest("check:instances", "concept_instances", c.objects_endpoints,
                                             {"detection_threshold": 0.5, "prompt": _INSTANCES[0]}, _INSTANCES[0]),
@@ -119,7 +126,7 @@ def estimate(backend: FalBackend) -> tuple[float | None, str]:
     """What the check will cost on ``backend`` (every request, CHECK_FRAMES frames each)."""
     planned = [PlannedRequest(k, "object", e, {}, "") for k, e in
                [("text", (backend.config.endpoint,)), ("point", (backend.config.endpoint,)),
-                ("box", (backend.config.endpoint,)),
+                ("box", (backend.config.endpoint,)), ("pair", (backend.config.endpoint,)),
                 ("instances", backend.config.objects_endpoints[:1])]]
     return plan_cost(planned, CHECK_FRAMES)
 
@@ -162,9 +169,9 @@ def run_check(backend: FalBackend, workdir: Path, *, cancel: CancelToken | None 
     for e, per_layout in scores.items():
         full = max(map(len, per_layout.values()))  # a layout must decode every payload of the endpoint
         winners[e] = RleLayout.parse(max(per_layout, key=lambda k: float(np.mean(per_layout[k])) if len(per_layout[k]) == full else -1.0))
-    apart = {row.endpoint: row.tracks >= 2 for row in rows if row.kind == "instances" and row.error is None}
-    for row in rows:
-        apart.setdefault(row.endpoint, False)
+    # Measured, not assumed: two objects in one request (pair) or two instances of one
+    # concept (instances) came back as two masks on some frame, or as one.
+    apart = {row.endpoint: row.tracks >= 2 for row in rows if row.kind in ("pair", "instances") and row.error is None}
     usd, _ = estimate(backend)
     return CheckReport(backend.name, rows, winners, apart, usd, workdir)
 
