@@ -12,7 +12,7 @@ import pytest
 from sam_backend import masks as mask_ops
 from sam_backend import synthetic
 from sam_backend.backends.base import CancelToken
-from sam_backend.backends.fal import FalBackend
+from sam_backend.backends.fal import FalBackend, FalConfig
 from sam_backend.coords import frame_index_from_number, pixel_box
 from sam_backend.emulator import EmulatorServer, FaultAction
 from sam_backend.errors import AuthError, Cancelled, InvalidRequest
@@ -147,6 +147,21 @@ def test_bad_input_is_rejected_before_any_http_call(scene_dataset, fal_backend: 
         segment_videos(ds, label_field="sam", backend=fal_backend, **fields)
     assert message in str(info.value)
     assert sum(emulator.stats.calls_by_route.values()) == calls  # no upload, no submit, nothing
+    assert not ds.has_frame_field("sam")
+
+
+def test_a_prompt_the_endpoint_cannot_take_is_refused_before_any_http_call(scene_dataset, emulator: EmulatorServer) -> None:
+    """fal-ai/sam-3-1/video takes points and boxes without a frame_index (they apply to
+    frame 0): a click on frame 5 is refused up front, naming the endpoint."""
+    ds, _ = scene_dataset
+    config = FalConfig(key=emulator.key, queue_url=emulator.queue_url, rest_url=emulator.rest_url,
+                       cdn_url=emulator.cdn_url, endpoint="fal-ai/sam-3-1/video")
+    calls = sum(emulator.stats.calls_by_route.values())
+    with FalBackend(config) as seed, pytest.raises(InvalidRequest) as info:
+        segment_videos(ds, label_field="sam", backend=seed, skip_failures=False,
+                       point_prompts=[{"x": 40, "y": 30, "object_id": 2, "frame_index": 5}])
+    assert "frame_index=5: fal-ai/sam-3-1/video takes prompts on frame 0" in str(info.value)
+    assert sum(emulator.stats.calls_by_route.values()) == calls
     assert not ds.has_frame_field("sam")
 
 
