@@ -237,6 +237,44 @@ def test_cancel_mid_run_cancels_every_request_and_writes_nothing(cancel_status: 
     assert not dataset.has_frame_field("sam") and dataset.count("frames") == 0
 
 
+@pytest.mark.parametrize("outcome", ["ALREADY_COMPLETED", "NOT_FOUND"])
+def test_cancel_answered_already_completed_or_not_found(outcome: str, make_dataset, clips: list[Clip]) -> None:
+    """fal's other documented cancel outcomes (reference: fal-sam3-endpoints.md, "Cancel").
+    ALREADY_COMPLETED (400): the jobs finished while the cancel was on its way (the cancel
+    call is held 2 s, the jobs take 0.5 s, so the emulator itself answers 400): their results
+    are paid for, so they are fetched and kept, and a rerun writes them with no new submit.
+    NOT_FOUND (404): fal does not know the requests; they are marked expired and a rerun
+    submits them again. Either way the cancelled run writes nothing."""
+    ds = make_dataset(clips[0][0])
+    action = slow(2.0) if outcome == "ALREADY_COMPLETED" else http_error(404, body={"status": "NOT_FOUND"})
+    with EmulatorServer(EmulatorConfig(queue_steps=0, service_time_s=0.5, workers=4,
+                                       faults=FaultPlan(FaultRule("cancel", action)))) as emu, \
+            FalBackend(fal_config(emu)) as backend:
+        cancel = CancelToken()
+        running: set[str] = set()
+
+        def on_progress(p) -> None:
+            if p.backend.stage == "running":
+                running.add(p.backend.request_id)
+            if len(running) == R:
+                cancel.cancel()
+
+        with pytest.raises(Cancelled):
+            run_all(ds, backend, progress=on_progress, cancel=cancel)
+        assert not ds.has_frame_field("sam")
+        entries = backend.journal.entries()
+        assert emu.stats.calls_by_route.get("cancel") == R
+        if outcome == "ALREADY_COMPLETED":
+            assert all(e.state is RequestState.COMPLETED and e.has_result for e in entries)
+            assert emu.stats.jobs_cancelled == 0
+        else:
+            assert {e.state for e in entries} == {RequestState.EXPIRED}
+        report = run_all(ds, backend)
+        submits = len(emu.stats.submits)
+    assert report.failed == {} and submits == (R if outcome == "ALREADY_COMPLETED" else 2 * R)
+    assert_labels_exact(ds.first(), "sam", clips[0][1])
+
+
 def test_cancel_after_fetch_keeps_the_paid_result_and_a_rerun_writes_it_for_free(emu: EmulatorServer, make_dataset,
                                                                                   clips: list[Clip]) -> None:
     ds = make_dataset(clips[0][0])
