@@ -119,6 +119,20 @@ def assert_one_submit_per_sample(emu: EmulatorServer, samples: int) -> None:
     assert sorted(stats.submit_count_by_payload.values()) == [1] * samples * R
 
 
+def cancel_once_running(cancel: CancelToken, count: int) -> tuple[Any, set[str]]:
+    """A progress callback that cancels once ``count`` requests are running at fal, and the
+    ids of those it saw running."""
+    running: set[str] = set()
+
+    def on_progress(p) -> None:
+        if p.backend.stage == "running":
+            running.add(p.backend.request_id)
+        if len(running) == count:
+            cancel.cancel()
+
+    return on_progress, running
+
+
 def run_all(ds: fo.Dataset, backend: FalBackend, **kwargs: Any):
     return segment_videos(ds, prompt=PROMPT, label_field=kwargs.pop("label_field", "sam"), backend=backend, **kwargs)
 
@@ -217,13 +231,7 @@ def test_cancel_mid_run_cancels_every_request_and_writes_nothing(cancel_status: 
                                        cancel_ok_status=cancel_status)) as emu, \
             FalBackend(fal_config(emu)) as backend:
         cancel = CancelToken()
-        running: set[str] = set()
-
-        def on_progress(p) -> None:
-            if p.backend.stage == "running":
-                running.add(p.backend.request_id)
-            if len(running) == 3:  # 9 requests submitted, 4 at most running (emulator workers)
-                cancel.cancel()
+        on_progress, running = cancel_once_running(cancel, 3)  # 9 requests submitted, 4 at most running (emulator workers)
 
         started = time.monotonic()
         with pytest.raises(Cancelled):
@@ -246,18 +254,14 @@ def test_cancel_answered_already_completed_or_not_found(outcome: str, make_datas
     NOT_FOUND (404): fal does not know the requests; they are marked expired and a rerun
     submits them again. Either way the cancelled run writes nothing."""
     ds = make_dataset(clips[0][0])
+    # The 404 body is unconfirmed (fal's docs name the outcome NOT_FOUND, not its body); the
+    # client reads any 404 on cancel as NOT_FOUND.
     action = slow(2.0) if outcome == "ALREADY_COMPLETED" else http_error(404, body={"status": "NOT_FOUND"})
     with EmulatorServer(EmulatorConfig(queue_steps=0, service_time_s=0.5, workers=4,
                                        faults=FaultPlan(FaultRule("cancel", action)))) as emu, \
             FalBackend(fal_config(emu)) as backend:
         cancel = CancelToken()
-        running: set[str] = set()
-
-        def on_progress(p) -> None:
-            if p.backend.stage == "running":
-                running.add(p.backend.request_id)
-            if len(running) == R:
-                cancel.cancel()
+        on_progress, _ = cancel_once_running(cancel, R)
 
         with pytest.raises(Cancelled):
             run_all(ds, backend, progress=on_progress, cancel=cancel)
