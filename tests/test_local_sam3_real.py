@@ -91,14 +91,13 @@ if IN_SAM3_VENV:
 
     def test_points_and_boxes_through_the_real_tracker(backend, scene) -> None:
         path, gt = scene
-        red = gt.mask("red ball", 20)
-        ys, xs = np.nonzero(red)
+        x, y = _click(gt, "red ball", 6)  # far from the diagonal: a click with x and y swapped lands on nothing
         bx0, by0, bx1, by1 = _box(gt.mask("blue box", 30))
         results = run_request(backend, path, point_prompts=[
-            {"x": int(np.median(xs)), "y": int(np.median(ys)), "label": 1, "object_id": 5, "frame_index": 20}],
+            {"x": x, "y": y, "label": 1, "object_id": 5, "frame_index": 6}],
             box_prompts=[{"x_min": bx0, "y_min": by0, "x_max": bx1, "y_max": by1, "object_id": 7, "frame_index": 30}])
         ids = _best_ids(results, gt, ["red ball", "blue box"])
-        assert set(ids["red ball"]) == {5}  # found (>= 95% of frames) both ways from frame 20
+        assert set(ids["red ball"]) == {5}  # found (>= 95% of frames) both ways from frame 6
         assert set(ids["blue box"]) == {7}
 
     def test_garbage_point_coordinates_fail(backend, scene) -> None:
@@ -151,20 +150,107 @@ if IN_SAM3_VENV:
         assert all(len(v) == 1 for v in ids.values()), ids
         assert len({next(iter(v)) for v in ids.values()}) == 2
 
-    def test_clicks_and_boxes_carried_across_chunks_as_masks(backend, scene) -> None:
-        """Three chunks; objects carried over as masks from the overlap (the tracker route)."""
-        path, gt = scene
-        frame = min(f for f in gt.frames_visible("red ball") if f in gt.frames_visible("green ball")
-                    and gt.mask("green ball", f).sum() >= 30 and gt.mask("red ball", f).sum() >= 30)
-        ys, xs = np.nonzero(gt.mask("red ball", frame))
-        bx0, by0, bx1, by1 = _box(gt.mask("green ball", frame))
-        results = run_request(backend, path, chunk_size=20, overlap=6, point_prompts=[
-            {"x": int(np.median(xs)), "y": int(np.median(ys)), "label": 1, "object_id": 3, "frame_index": frame}],
-            box_prompts=[{"x_min": bx0, "y_min": by0, "x_max": bx1, "y_max": by1, "object_id": 4,
-                          "frame_index": frame}])
+    @pytest.fixture
+    def tracker_calls(monkeypatch: pytest.MonkeyPatch) -> list[dict]:
+        """Every prompt the real tracker (``Sam3TrackerPredictor``) receives, in order, with the
+        frame folder of its session (one folder per chunk): kind ("mask" or "points_or_box")
+        and the call's arguments."""
+        import inspect
+
+        from sam3.model.sam3_tracking_predictor import Sam3TrackerPredictor
+
+        calls: list[dict] = []
+        folders: dict[int, str] = {}
+
+        def spy(name: str, kind: str | None):
+            original = getattr(Sam3TrackerPredictor, name)
+            signature = inspect.signature(original)
+
+            def wrapper(self, *args, **kwargs):  # noqa: ANN001
+                bound = signature.bind(self, *args, **kwargs)
+                bound.apply_defaults()
+                arguments = dict(bound.arguments)
+                out = original(self, *args, **kwargs)
+                if kind is None:
+                    folders[id(out)] = str(arguments["video_path"])
+                else:
+                    calls.append({"kind": kind, "folder": folders[id(arguments["inference_state"])], **arguments})
+                return out
+
+            monkeypatch.setattr(Sam3TrackerPredictor, name, wrapper)
+
+        spy("init_state", None)
+        spy("add_new_mask", "mask")
+        spy("add_new_points_or_box", "points_or_box")
+        return calls
+
+    @pytest.fixture(scope="module")
+    def hiding_scene(tmp_path_factory: pytest.TempPathFactory):
+        """Two balls that pass behind a tall blue box (drawn on top) and come out again: hidden
+        on frames 13-15 and 27-29, fully seen on 21 and from 35 on. With chunks of 24 frames
+        overlapping by 10, each later chunk starts on a frame where both balls are hidden."""
+        from sam_backend import synthetic
+
+        def there_and_back(y: float, x0: float, dx: float) -> tuple[tuple[int, float, float], ...]:
+            return ((0, x0, y), (14, 80, y), (21, 80 + dx, y), (28, 80, y), (35, 80 - dx, y), (47, x0, y))
+
+        scene = synthetic.Scene(160, 120, 48, "25", (
+            synthetic.ShapeSpec("red ball", "red", "circle", 8, 8, there_and_back(95, 40, 21)),
+            synthetic.ShapeSpec("green ball", "green", "circle", 8, 8, there_and_back(28, 120, -21)),
+            synthetic.ShapeSpec("blue box", "blue", "rect", 12, 50, ((0, 80, 60), (47, 80, 60)), z=5),
+        ))
+        path = tmp_path_factory.mktemp("hiding") / "hiding.mp4"
+        return path, synthetic.write_video(scene, path)
+
+    def test_clicks_and_boxes_carried_across_chunks_as_masks(backend, hiding_scene, tracker_calls) -> None:
+        """Three chunks; the click and box objects are carried into the next chunk as MASK
+        prompts (``add_new_mask``), each from the overlap frame where the previous chunk saw
+        most of it (the chunk's first frame shows neither ball), equal to its mask there."""
+        from sam_backend.backends.local.chunking import plan_chunks
+
+        path, gt = hiding_scene
+        x, y = _click(gt, "red ball", 3)
+        bx0, by0, bx1, by1 = _box(gt.mask("green ball", 3))
+        results = run_request(backend, path, chunk_size=24, overlap=10, point_prompts=[
+            {"x": x, "y": y, "label": 1, "object_id": 3, "frame_index": 3}],
+            box_prompts=[{"x_min": bx0, "y_min": by0, "x_max": bx1, "y_max": by1, "object_id": 4, "frame_index": 3}])
+        plan = plan_chunks(48, 24, 10)
+        assert [(c.start, c.emit_from) for c in plan] == [(0, 0), (14, 24), (28, 38)]
+        folders = list(dict.fromkeys(call["folder"] for call in tracker_calls))
+        by_chunk = [[c for c in tracker_calls if c["folder"] == f] for f in folders]
+        summary = [[(c["kind"], int(c["frame_idx"]), c["obj_id"]) for c in calls] for calls in by_chunk]
+        assert len(folders) == 3, f"prompts reached the tracker in {len(folders)} of 3 chunks: {summary}"
+        # Chunk 0: the user's click and box, as given.
+        assert sorted((c["kind"], c["frame_idx"], c["obj_id"]) for c in by_chunk[0]) == [
+            ("points_or_box", 3, 3), ("points_or_box", 3, 4)]
+        click = next(c for c in by_chunk[0] if c["obj_id"] == 3)
+        (px, py), = np.asarray(click["points"], dtype=float) * [160, 120]  # relative -> pixels
+        assert gt.mask("red ball", 3)[int(py), int(px)], (px, py, x, y)  # the click lands on the red ball
+        # Later chunks: one mask per object, nothing else.
+        masks = {fr.frame_index: {o.track_id: o.mask for o in fr.objects} for fr in results}
+        for chunk, calls in zip(plan[1:], by_chunk[1:]):
+            assert sorted((c["kind"], c["obj_id"]) for c in calls) == [("mask", 3), ("mask", 4)], summary
+            for call in calls:
+                oid, name = call["obj_id"], {3: "red ball", 4: "green ball"}[call["obj_id"]]
+                first = gt.mask(name, chunk.start)
+                assert first is None or first.sum() < 10  # the scene: hidden on the chunk's first frame
+                overlap = range(chunk.start, chunk.emit_from)  # emitted by the previous chunk
+                areas = {f: int(masks[f][oid].sum()) if oid in masks[f] else 0 for f in overlap}
+                frame = chunk.start + int(call["frame_idx"])
+                assert frame in overlap and areas[frame] == max(areas.values()), (oid, frame, areas)
+                assert np.array_equal(np.asarray(call["mask"].cpu(), dtype=bool), masks[frame][oid]), (oid, frame)
         ids = _best_ids(results, gt, ["red ball", "green ball"])
         assert set(ids["red ball"]) == {3}
         assert set(ids["green ball"]) == {4}
+
+    def _click(gt, name: str, frame: int) -> tuple[int, int]:
+        """A pixel inside the object, asserted far from the frame's diagonal (relative x and y
+        apart), so a click read with x and y swapped falls off the object."""
+        ys, xs = np.nonzero(gt.mask(name, frame))
+        x, y = int(np.median(xs)), int(np.median(ys))
+        w, h = gt.scene.width, gt.scene.height
+        assert abs(x / w - y / h) > 0.25 and not gt.mask(name, frame)[min(int(x * h / w), h - 1), min(int(y * w / h), w - 1)]
+        return x, y
 
     def _box(mask: np.ndarray) -> tuple[int, int, int, int]:
         ys, xs = np.nonzero(mask)
