@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -42,7 +43,46 @@ def sam3_python() -> Path | None:
     return None
 
 
-if not IN_SAM3_VENV:
+CHILD = "SAM31_REAL_SAM3_SUITE_CHILD"  # set by run_suite for the run in the sam3 venv
+
+
+def run_suite(python: Path, *, timeout: float = 1500) -> str:
+    """Run this file with ``python`` (the sam3 venv's); its pytest output, or a test failure.
+    A python that cannot import sam3 and torchvision fails at once, before the run: this file
+    would otherwise not see the sam3 venv there and start itself again in it, until the timeout."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "USE_PERFLIB": "0", CHILD: "1"}
+    env.pop("VIRTUAL_ENV", None)
+    check = subprocess.run([str(python), "-c", "import sam3, torchvision"], capture_output=True, text=True, cwd=ROOT,
+                           env=env, timeout=600)
+    if check.returncode != 0:
+        pytest.fail(f"the sam3 test venv's python {python} cannot import sam3 and torchvision (re-run "
+                    f"'. scripts/setup.sh' to reinstall them):\n{check.stderr[-1500:]}")
+    # Its own process group (unless this is already a child run), killed whole on timeout.
+    proc = subprocess.Popen([str(python), "-m", "pytest", str(Path(__file__)), "-q", "--noconftest", "-p",
+                             "no:cacheprovider", "-x"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            cwd=ROOT, env=env, start_new_session=not os.environ.get(CHILD))
+    try:
+        stdout, stderr = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        if not os.environ.get(CHILD):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.kill()
+        stdout, stderr = proc.communicate()
+        pytest.fail(f"the real-sam3 suite did not finish in {timeout:.0f} s:\n{stdout[-3000:]}{stderr[-1000:]}")
+    tail = stdout[-6000:] + stderr[-2000:]
+    if proc.returncode != 0:
+        pytest.fail(tail)
+    summary = stdout.strip().splitlines()[-1]
+    assert " passed" in summary and "skipped" not in summary and "failed" not in summary, tail
+    return stdout
+
+
+if not IN_SAM3_VENV and os.environ.get(CHILD):
+    def test_sam3_imports_in_its_venv() -> None:
+        """Run by run_suite in a venv without sam3 (or torchvision): fail, never start again."""
+        pytest.fail(f"{sys.executable} was run as the sam3 test venv but cannot find sam3 and torchvision")
+
+elif not IN_SAM3_VENV:
     def test_real_sam3_suite() -> None:
         """Runs this file in the sam3 venv; every test there must pass, none may skip."""
         python = sam3_python()
@@ -51,14 +91,29 @@ if not IN_SAM3_VENV:
             if os.environ.get("CI"):
                 pytest.fail(message)
             pytest.skip(message)
-        env = {**os.environ, "PYTHONPATH": str(ROOT), "USE_PERFLIB": "0"}
-        env.pop("VIRTUAL_ENV", None)
-        out = subprocess.run([str(python), "-m", "pytest", str(Path(__file__)), "-q", "--noconftest", "-p",
-                              "no:cacheprovider", "-x"], capture_output=True, text=True, cwd=ROOT, env=env, timeout=1500)
-        tail = out.stdout[-6000:] + out.stderr[-2000:]
-        assert out.returncode == 0, tail
-        summary = out.stdout.strip().splitlines()[-1]
-        assert " passed" in summary and "skipped" not in summary and "failed" not in summary, tail
+        run_suite(python)
+
+    def test_suite_fails_at_once_when_its_venv_cannot_import_sam3(tmp_path: Path) -> None:
+        """A sam3 venv whose python has pytest but no sam3: the suite fails within seconds,
+        saying so. The venv holds a ``sam3-venv`` link to itself, so this file run there finds
+        it again as the sam3 venv (as ``$VIRTUAL_ENV/sam3-venv`` finds itself when the venv is
+        broken) and, without the checks, would start itself in it again and again."""
+        import sysconfig
+        import time
+
+        venv = tmp_path / "broken"
+        subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)
+        python = venv / "bin" / "python"
+        purelib = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                                 capture_output=True, text=True, check=True).stdout.strip()
+        paths = dict.fromkeys(sysconfig.get_paths()[k] for k in ("purelib", "platlib"))  # pytest, numpy; no sam3
+        Path(purelib, "outer.pth").write_text("\n".join(paths) + "\n")
+        (venv / "sam3-venv").symlink_to(venv)
+        began = time.monotonic()
+        with pytest.raises(pytest.fail.Exception) as failure:
+            run_suite(python, timeout=60)
+        assert "cannot import sam3" in str(failure.value) or "cannot find sam3" in str(failure.value), failure.value
+        assert time.monotonic() - began < 45
 
 
 if IN_SAM3_VENV:
