@@ -53,7 +53,7 @@ def run_suite(python: Path, *, timeout: float = 1500) -> str:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "USE_PERFLIB": "0", CHILD: "1"}
     env.pop("VIRTUAL_ENV", None)
     check = subprocess.run([str(python), "-c", "import sam3, torchvision"], capture_output=True, text=True, cwd=ROOT,
-                           env=env, timeout=600)
+                           env=env, timeout=600, check=False)
     if check.returncode != 0:
         pytest.fail(f"the sam3 test venv's python {python} cannot import sam3 and torchvision (re-run "
                     f"'. scripts/setup.sh' to reinstall them):\n{check.stderr[-1500:]}")
@@ -221,7 +221,7 @@ if IN_SAM3_VENV:
             original = getattr(Sam3TrackerPredictor, name)
             signature = inspect.signature(original)
 
-            def wrapper(self, *args, **kwargs):  # noqa: ANN001
+            def wrapper(self, *args, **kwargs):
                 bound = signature.bind(self, *args, **kwargs)
                 bound.apply_defaults()
                 arguments = dict(bound.arguments)
