@@ -190,6 +190,47 @@ def test_detection_threshold_changes_what_is_kept(tiny_backend, tiny_video) -> N
     assert (model.score_threshold_detection, model.new_det_thresh) == (0.0, 0.0)  # restored after each run
 
 
+def test_two_runs_at_once_keep_their_own_thresholds(tiny_backend, tiny_video, monkeypatch) -> None:
+    """Two threads on the shared model, thresholds 0 and 0.5, each having set its thresholds
+    on the model when they meet: each keeps what its own threshold keeps (the engine runs one
+    chunk at a time, so the second waits; without that it would overwrite the first's)."""
+    import threading
+
+    path, _ = tiny_video
+    model = tiny_backend.engine.video_model
+    original = model.propagate_in_video_iterator
+    meet = threading.Barrier(2, timeout=3)  # with the engine's lock the other never comes: go on alone
+    waited: set[int] = set()
+
+    def propagate(*args, **kwargs):
+        if threading.get_ident() not in waited:  # each thread's first chunk, thresholds set
+            waited.add(threading.get_ident())
+            try:
+                meet.wait()
+            except threading.BrokenBarrierError:
+                pass
+        yield from original(*args, **kwargs)
+
+    monkeypatch.setattr(model, "propagate_in_video_iterator", propagate)
+    counts: dict[float, object] = {}
+
+    def run(threshold: float) -> None:
+        request = SegmentRequest.build(prompt="red ball", detection_threshold=threshold, max_num_objects=4)
+        try:
+            results = list(tiny_backend.segment(VideoSource(info=probe(path), path=path), request))
+            counts[threshold] = sum(len(fr.objects) for fr in results)
+        except BaseException as exc:  # noqa: BLE001 - asserted below
+            counts[threshold] = exc
+
+    threads = [threading.Thread(target=run, args=(t,)) for t in (0.0, 0.5)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=300)
+    assert isinstance(counts[0.0], int) and counts[0.0] >= 10 and counts[0.5] == 0, counts
+    assert (model.score_threshold_detection, model.new_det_thresh) == (0.0, 0.0)  # restored after both runs
+
+
 def test_text_masks_do_not_overlap_and_duplicates_are_suppressed(tiny_backend, tiny_video) -> None:
     """The processor's own post-processing runs (non-overlapping masks per prompt), and NMS
     runs without the hub kernel."""
