@@ -235,6 +235,34 @@ def test_polygons_read_back_in_each_readers_convention(seed: int) -> None:
         assert (drawn & part).sum() == part.sum()  # nothing dropped; holes may lose a bridge line
 
 
+def test_specks_deep_inside_a_large_object_stay_exact_and_cheap() -> None:
+    """Hundreds of one-pixel holes far from the outline (noisy masks): COCO reads the exact
+    mask back, and YOLO, whose rasteriser draws bridges, loses little, because holes are
+    chained to their neighbours instead of each bridged out to the outline."""
+    h, w = 300, 420  # not square, object off-centre: x and y cannot be swapped unseen
+    yy, xx = np.mgrid[:h, :w]
+    mask = ((xx - 230) / 170.0) ** 2 + ((yy - 140) / 120.0) ** 2 <= 1
+    rng = np.random.default_rng(7)
+    mask &= ~(rng.random((h, w)) < 0.01)
+    mask[140, 20:65] = True  # a one-pixel-wide spur out of the outline
+    mask[250:260, 5] = True  # a one-pixel-wide vertical part of its own
+    coco = poly.coco_polygons(mask)
+    assert coco.holes > 300 and coco.parts == 2
+    assert np.array_equal(poly.rasterize_coco(coco.polygons, h, w), mask) and coco.iou == 1.0
+    yolo = poly.yolo_polygon(mask)
+    drawn = poly.rasterize_cv2(yolo.polygons[0], h, w)
+    assert (drawn & mask).sum() == mask.sum() and yolo.iou >= 0.97, yolo.iou
+    # Bridges are walked there and back: the ring is longer than its traced rings by twice
+    # their length. Chained specks are ~10 px apart; bridging each to the outline was ~45.
+    def length(ring: np.ndarray) -> float:
+        return float(np.hypot(*np.diff(np.vstack([ring, ring[:1]]), axis=0).T).sum())
+
+    traced = sum(length(s.outer) + sum(length(r) for r in s.holes) for s in poly.yolo_shapes(mask))
+    assert (length(yolo.polygons[0]) - traced) / 2 / yolo.holes < 20
+    boxed = poly.coco_polygons(mask, box=(0, 0, w, h))  # a loose box only narrows the search
+    assert [p.tolist() for p in boxed.polygons] == [p.tolist() for p in coco.polygons]
+
+
 def test_polygon_tolerance_trades_vertices_for_accuracy() -> None:
     mask = _disk(80, 60, 40)
     exact, rough = poly.coco_polygons(mask), poly.coco_polygons(mask, tolerance=1.5)

@@ -73,9 +73,9 @@ class CocoWriter(FormatWriter):
             segmentation: Any = mask_ops.encode_rle(obj.mask)
         else:
             where = f"{video.name} frame {frame.frame_index} track {obj.track_id}"
-            result = coco_polygons(obj.mask, self.opts.polygon_tolerance)
+            result = coco_polygons(obj.mask, self.opts.polygon_tolerance, box=obj.box)
             self.report.count_polygon(result, where, self.opts.min_polygon_iou)
-            segmentation = [[float(v) for v in ring.ravel()] for ring in result.polygons]
+            segmentation = [ring.ravel().tolist() for ring in result.polygons]
         x0, y0, x1, y1 = obj.box
         annotation: dict[str, Any] = {
             "category_id": self.categories.id(obj.label),

@@ -5,9 +5,10 @@ polygons traced in that convention, and every polygon is rasterised back and com
 with its mask (:attr:`PolygonResult.iou`) so losses are measured, never assumed:
 
 - COCO (pycocotools ``frPyObjects``): a vertex ``(x, y)`` lies in continuous image
-  coordinates where pixel (row i, col j) covers ``[j, j+1) x [i, i+1)``. We trace the mask
-  with marching squares at level 0.5 and shift by half a pixel; pycocotools rasterises
-  that back to the exact mask.
+  coordinates where pixel (row i, col j) covers ``[j, j+1) x [i, i+1)`` and is read as
+  inside when its centre is. We trace the mask enlarged twice with ``cv2.findContours``,
+  which puts every ring a quarter pixel inside the mask's pixel edges; pycocotools
+  rasterises that back to the exact mask.
 - YOLO (Ultralytics): the trainer rasterises with ``cv2.fillPoly``, which puts integer
   vertices on pixel centres and fills the boundary inclusively; Ultralytics' own mask
   converter traces with ``cv2.findContours``. We trace the same way, so ``cv2.fillPoly``
@@ -24,21 +25,55 @@ pixel wide, which :attr:`PolygonResult.iou` reports.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterator
 
 import cv2
 import numpy as np
 from pycocotools import mask as mask_utils
 from scipy.spatial import cKDTree
-from skimage import measure
+
+
+def _ranges(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """``concatenate([arange(s, s + n) for s, n in zip(starts, lengths)])`` without the loop."""
+    total = int(lengths.sum())
+    block_starts = np.cumsum(lengths) - lengths
+    return np.arange(total) - np.repeat(block_starts - starts, lengths)
+
+
+@dataclasses.dataclass(frozen=True)
+class Rings:
+    """Rings packed in one array, as ``cv2.findContours`` hands them over: ring ``k`` is
+    ``points[starts[k] : starts[k] + lengths[k]]``, (x, y) vertices, the first not repeated
+    at the end. Packed because speckled masks have thousands of tiny holes, and a Python
+    object per hole cost more than tracing them."""
+
+    points: np.ndarray  # (N, 2) float
+    lengths: np.ndarray  # (K,) int
+
+    @classmethod
+    def of(cls, rings: list[np.ndarray]) -> Rings:
+        if not rings:
+            return cls(np.zeros((0, 2)), np.zeros(0, int))
+        return cls(np.concatenate(rings), np.array([len(r) for r in rings]))
+
+    @property
+    def starts(self) -> np.ndarray:
+        return np.cumsum(self.lengths) - self.lengths
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        return iter(np.split(self.points, np.cumsum(self.lengths)[:-1]) if len(self) else [])
 
 
 @dataclasses.dataclass(frozen=True)
 class Shape:
-    """One connected part of a mask: its outer ring and the rings of its holes, each an
-    (N, 2) float array of (x, y) vertices, not repeating the first vertex at the end."""
+    """One connected part of a mask: its outer ring ((N, 2) float array of (x, y)
+    vertices, the first not repeated at the end) and the rings of its holes."""
 
     outer: np.ndarray
-    holes: tuple[np.ndarray, ...] = ()
+    holes: Rings
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,7 +86,10 @@ class PolygonResult:
     iou: float  # the format's rasteriser applied to ``polygons`` vs the mask
 
 
-def _bbox(mask: np.ndarray) -> tuple[int, int, int, int] | None:
+Box = tuple[int, int, int, int]  # x0, y0, x1, y1 in pixels, max exclusive
+
+
+def _bbox(mask: np.ndarray) -> Box | None:
     rows = np.flatnonzero(mask.any(axis=1))
     if rows.size == 0:
         return None
@@ -59,120 +97,137 @@ def _bbox(mask: np.ndarray) -> tuple[int, int, int, int] | None:
     return int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1
 
 
+def _tight_box(mask: np.ndarray, box: Box | None) -> Box | None:
+    """The mask's own bounding box; a caller's ``box`` (outside of which the mask is
+    empty) only narrows the search, so a loose box is harmless."""
+    if box is None:
+        return _bbox(mask)
+    x0, y0 = max(box[0], 0), max(box[1], 0)
+    inner = _bbox(mask[y0 : max(box[3], y0), x0 : max(box[2], x0)])
+    return None if inner is None else (inner[0] + x0, inner[1] + y0, inner[2] + x0, inner[3] + y0)
+
+
 def _signed_area(ring: np.ndarray) -> float:
-    # Shoelace with slices, not np.roll: rings are mostly tiny (speck holes) and np.roll's
-    # overhead dominated polygon exports.
+    # Shoelace with slices, not np.roll: np.roll's overhead showed in polygon exports.
     x, y = ring[:, 0], ring[:, 1]
     return 0.5 * float(x[:-1] @ y[1:] - y[:-1] @ x[1:] + x[-1] * y[0] - y[-1] * x[0])
 
 
-def _drop_collinear(ring: np.ndarray) -> np.ndarray:
-    """Remove vertices that lie on the straight line through their neighbours."""
-    prev = np.concatenate((ring[-1:], ring[:-1]))
-    nxt = np.concatenate((ring[1:], ring[:1]))
-    before, after = ring - prev, nxt - ring
-    turn = before[:, 0] * after[:, 1] - before[:, 1] * after[:, 0]
-    keep = np.abs(turn) > 1e-9
-    return ring[keep] if keep.sum() >= 3 else ring
-
-
 def _simplify(ring: np.ndarray, tolerance: float) -> np.ndarray:
-    if tolerance <= 0 or len(ring) <= 4:
+    if len(ring) <= 4:
         return ring
     simplified = cv2.approxPolyDP(ring.astype(np.float32).reshape(-1, 1, 2), tolerance, True)[:, 0, :]
     return simplified.astype(float) if len(simplified) >= 3 else ring
 
 
-def coco_shapes(mask: np.ndarray, tolerance: float = 0.0) -> list[Shape]:
-    """Parts and holes of ``mask`` in pycocotools' coordinates (see module docstring).
-
-    Objects are 8-connected (diagonal neighbours belong to the same part), as in
-    ``cv2.findContours``. ``tolerance`` > 0 simplifies rings (Douglas-Peucker, pixels).
-    """
-    box = _bbox(mask)
-    if box is None:
-        return []
-    x0, y0, x1, y1 = box
-    padded = np.pad(mask[y0:y1, x0:x1], 1).astype(np.uint8)  # padding closes contours at the border
-    _, parts = cv2.connectedComponents(padded, connectivity=8)
-    outers: dict[int, np.ndarray] = {}
-    holes: dict[int, list[np.ndarray]] = {}
-    for contour in measure.find_contours(padded, 0.5, fully_connected="high", positive_orientation="high"):
-        if len(contour) > 1 and np.array_equal(contour[0], contour[-1]):
-            contour = contour[:-1]
-        if len(contour) < 2:
-            continue
-        part = _part_beside(contour[0], padded, parts)
-        # (row, col) on the padded pixel-centre grid -> (x, y) in pixel-corner coordinates
-        ring = np.stack([contour[:, 1] - 0.5 + x0, contour[:, 0] - 0.5 + y0], axis=1)
-        ring = _simplify(_drop_collinear(ring), tolerance)
-        # positive_orientation="high" winds outer rings one way and holes the other
-        if _signed_area(ring) < 0:
-            outers[part] = ring
-        else:
-            holes.setdefault(part, []).append(ring)
-    return [Shape(outer, tuple(holes.get(part, ()))) for part, outer in outers.items()]
-
-
-def _part_beside(vertex: np.ndarray, padded: np.ndarray, parts: np.ndarray) -> int:
-    """The component label of the object pixel next to a marching-squares vertex. Such a
-    vertex lies halfway between two pixel centres along a row or a column, one of them
-    inside the object."""
-    r, c = float(vertex[0]), float(vertex[1])
-    if r == int(r):
-        a, b = (int(r), int(np.floor(c))), (int(r), int(np.ceil(c)))
-    else:
-        a, b = (int(np.floor(r)), int(c)), (int(np.ceil(r)), int(c))
-    return int(parts[a] if padded[a] else parts[b])
-
-
-def yolo_shapes(mask: np.ndarray, tolerance: float = 0.0) -> list[Shape]:
-    """Parts and holes of ``mask`` with vertices on boundary pixel centres (cv2's
-    convention, see module docstring). ``tolerance`` > 0 simplifies (approxPolyDP)."""
-    box = _bbox(mask)
-    if box is None:
-        return []
+def _shapes(mask: np.ndarray, box: Box, scale: int, shift: float, tolerance: float) -> list[Shape]:
+    """Parts and holes of ``mask`` inside its tight ``box``, traced by ``cv2.findContours``
+    on the crop enlarged ``scale`` times: a traced vertex ``v`` lands on
+    ``(v + shift) / scale`` plus the box origin. Objects are 8-connected, holes
+    4-connected; with ``tolerance`` > 0 rings are simplified (Douglas-Peucker, pixels)."""
     x0, y0, x1, y1 = box
     crop = np.ascontiguousarray(mask[y0:y1, x0:x1], dtype=np.uint8)
+    if scale > 1:
+        crop = cv2.resize(crop, None, fx=scale, fy=scale, interpolation=cv2.INTER_NEAREST_EXACT)
     contours, hierarchy = cv2.findContours(crop, cv2.RETR_CCOMP, cv2.CHAIN_APPROX_SIMPLE)
     if hierarchy is None:
         return []
-    offset = np.array([x0, y0], dtype=float)
-    rings = [_simplify(c[:, 0, :].astype(float) + offset, tolerance) for c in contours]
+    points = (np.concatenate(contours)[:, 0, :] + shift) / scale + np.array([x0, y0])
+    lengths = np.array([len(c) for c in contours])
+    starts = np.cumsum(lengths) - lengths
     parents = hierarchy[0][:, 3]
-    shapes: dict[int, tuple[np.ndarray, list[np.ndarray]]] = {i: (rings[i], []) for i in range(len(rings)) if parents[i] < 0}
-    for i, parent in enumerate(parents):
-        if parent >= 0:
-            shapes[int(parent)][1].append(rings[i])
-    return [Shape(outer, tuple(holes)) for outer, holes in shapes.values()]
+    if tolerance > 0:
+        rings = Rings.of([_simplify(points[a : a + n], tolerance) for a, n in zip(starts.tolist(), lengths.tolist())])
+        points, lengths, starts = rings.points, rings.lengths, rings.starts
+    # Holes grouped by their part (RETR_CCOMP: a hole's parent is its part's outer ring).
+    holes = np.flatnonzero(parents >= 0)
+    holes = holes[np.argsort(parents[holes], kind="stable")]
+    hole_points = points[_ranges(starts[holes], lengths[holes])]
+    hole_lengths = lengths[holes]
+    outers = np.flatnonzero(parents < 0)
+    first = np.searchsorted(parents[holes], outers, side="left")
+    last = np.searchsorted(parents[holes], outers, side="right")
+    point_at = np.concatenate(([0], np.cumsum(hole_lengths)))
+    return [Shape(points[starts[i] : starts[i] + lengths[i]],
+                  Rings(hole_points[point_at[a] : point_at[b]], hole_lengths[a:b]))
+            for i, a, b in zip(outers.tolist(), first.tolist(), last.tolist())]
 
 
-def bridge(base: np.ndarray, others: list[np.ndarray] | tuple[np.ndarray, ...]) -> np.ndarray:
-    """One ring that walks ``base`` and, from the base vertex nearest to each of
-    ``others``, around that ring and back (a zero-width there-and-back bridge).
+def coco_shapes(mask: np.ndarray, tolerance: float = 0.0, box: Box | None = None) -> list[Shape]:
+    """Parts and holes of ``mask`` in pycocotools' coordinates (see module docstring).
 
-    All bridges start on ``base`` (one nearest-neighbour query for all of them) so the
-    cost stays O(V log V) also for masks with thousands of holes; a bridge that crosses
-    another ring is walked twice, so even-odd rasterisers ignore it.
+    Traced on the mask enlarged twice, whose boundary pixel centres lie a quarter pixel
+    inside the mask's pixel edges: every mask pixel centre is inside the rings with a
+    quarter-pixel margin, every other one outside (at least 0.7 pixels off a diagonal
+    step), so pycocotools, which samples pixel centres, reads the exact mask back; a
+    one-pixel line still gets a ring of nonzero width.
     """
-    if not others:
+    tight = _tight_box(mask, box)
+    return [] if tight is None else _shapes(mask, tight, 2, 0.5, tolerance)
+
+
+def yolo_shapes(mask: np.ndarray, tolerance: float = 0.0, box: Box | None = None) -> list[Shape]:
+    """Parts and holes of ``mask`` with vertices on boundary pixel centres (cv2's
+    convention, see module docstring)."""
+    tight = _tight_box(mask, box)
+    return [] if tight is None else _shapes(mask, tight, 1, 0.0, tolerance)
+
+
+def _snake_order(points: np.ndarray, band: float = 8.0) -> np.ndarray:
+    """An order of ``points`` in horizontal bands, left to right then right to left:
+    consecutive points are mostly neighbours."""
+    rows = np.floor(points[:, 1] / band)
+    return np.lexsort((np.where(rows % 2 == 1, -points[:, 0], points[:, 0]), rows))
+
+
+def _nearest(points: np.ndarray, base: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Distance from each of ``points`` to its nearest vertex of ``base``, and that vertex.
+    Small problems by one matrix product (a k-d tree costs ~0.1 ms to build and query)."""
+    if len(points) * len(base) > 200_000:
+        return cKDTree(base).query(points)
+    squared = (base**2).sum(axis=1) - 2 * points @ base.T
+    at = squared.argmin(axis=1)
+    return np.sqrt(np.maximum(squared[np.arange(len(points)), at] + (points**2).sum(axis=1), 0)), at
+
+
+def bridge(base: np.ndarray, others: Rings) -> np.ndarray:
+    """One ring that walks ``base`` and cuts every ring of ``others`` in through
+    zero-width bridges, each walked there and back, so even-odd rasterisers ignore them.
+
+    Rings are visited in chains: neighbouring rings one after another, each entered at
+    its first vertex, walked round to it again, then a step to the next; a chain starts
+    afresh from the nearest ``base`` vertex wherever that is closer than the previous
+    ring, and at its end walks its steps back. Bridges stay short both for holes near the
+    outline and for specks deep inside a large object (YOLO's rasteriser draws bridges one
+    pixel wide; pycocotools' cost grows with their length), and it is all array
+    operations: speckled masks have thousands of holes.
+    """
+    if not len(others):
         return base
-    tree = cKDTree(base)
-    inserts: dict[int, list[np.ndarray]] = {}
-    for ring in others:
-        distances, nearest = tree.query(ring)
-        j = int(np.argmin(distances))
-        loop = np.concatenate([ring[j:], ring[: j + 1]])
-        inserts.setdefault(int(nearest[j]), []).append(loop)
-    pieces: list[np.ndarray] = []
-    start = 0
-    for i in sorted(inserts):
-        pieces.append(base[start : i + 1])
-        for loop in inserts[i]:
-            pieces.extend([loop, base[i : i + 1]])
-        start = i + 1
-    pieces.append(base[start:])
-    return np.concatenate(pieces)
+    firsts = others.points[others.starts]
+    order = _snake_order(firsts)
+    starts, lengths, firsts = others.starts[order], others.lengths[order], firsts[order]
+    to_base, at = _nearest(firsts, base)
+    to_prev = np.r_[np.inf, np.hypot(*(firsts[1:] - firsts[:-1]).T)]
+    chain = np.cumsum(to_base <= to_prev) - 1  # which chain each ring is on
+    last = np.r_[chain[1:] != chain[:-1], True]  # the last ring of its chain
+    n, offset = len(lengths), len(base)
+    # Every emitted vertex gets (base vertex it hangs from, chain, part, rank, step): part 0
+    # walks each ring of the chain round, part 1 the steps back, part 2 returns to base.
+    block = lengths + 1
+    step = np.arange(block.sum()) - np.repeat(np.cumsum(block) - block, block)
+    ring = np.repeat(np.arange(n), block)
+    forward = offset + starts[ring] + step % lengths[ring]
+    back_rings = np.flatnonzero(~last)
+    heads = np.flatnonzero(np.r_[True, chain[1:] != chain[:-1]])
+    values = np.concatenate([forward, offset + starts[back_rings], at[heads]])
+    key_chain = np.concatenate([chain[ring], chain[back_rings], chain[heads]])
+    key_part = np.concatenate([np.zeros(len(forward)), np.ones(len(back_rings)), np.full(len(heads), 2)])
+    key_rank = np.concatenate([np.arange(len(forward)), -back_rings, np.zeros(len(heads))])
+    hang = at[heads][key_chain]
+    emit = np.lexsort((key_rank, key_part, key_chain, hang))
+    points = np.concatenate([base, others.points])
+    return points[np.insert(np.arange(offset), hang[emit] + 1, values[emit])]
 
 
 def keyhole(shape: Shape) -> np.ndarray:
@@ -188,22 +243,28 @@ def _valid(ring: np.ndarray) -> np.ndarray:
     return ring
 
 
-def coco_polygons(mask: np.ndarray, tolerance: float = 0.0) -> PolygonResult:
-    """COCO ``segmentation`` polygons: one per part, holes cut in by keyholes."""
-    shapes = coco_shapes(mask, tolerance)
+def coco_polygons(mask: np.ndarray, tolerance: float = 0.0, box: Box | None = None) -> PolygonResult:
+    """COCO ``segmentation`` polygons: one per part, holes cut in by keyholes. ``box``
+    (the mask is empty outside it) spares a search of the whole frame."""
+    tight = _tight_box(mask, box)
+    if tight is None:
+        return PolygonResult([], 0, 0, 1.0)
+    shapes = _shapes(mask, tight, 2, 0.5, tolerance)
     polygons = [_valid(keyhole(s)) for s in shapes]
-    return PolygonResult(polygons, len(shapes), sum(len(s.holes) for s in shapes), _iou_coco(polygons, mask))
+    return PolygonResult(polygons, len(shapes), sum(len(s.holes) for s in shapes), _iou_coco(polygons, mask, tight))
 
 
-def yolo_polygon(mask: np.ndarray, tolerance: float = 0.0) -> PolygonResult:
-    """A YOLO segment: one ring per object, parts and holes bridged in."""
-    shapes = yolo_shapes(mask, tolerance)
-    if not shapes:
-        return PolygonResult([], 0, 0, 1.0 if not mask.any() else 0.0)
+def yolo_polygon(mask: np.ndarray, tolerance: float = 0.0, box: Box | None = None) -> PolygonResult:
+    """A YOLO segment: one ring per object, parts and holes bridged in. ``box`` as in
+    :func:`coco_polygons`."""
+    tight = _tight_box(mask, box)
+    if tight is None:
+        return PolygonResult([], 0, 0, 1.0)
+    shapes = _shapes(mask, tight, 1, 0.0, tolerance)
     shapes.sort(key=lambda s: -abs(_signed_area(s.outer)) - len(s.outer))  # bridge from the biggest part
     rings = [keyhole(s) for s in shapes]
-    ring = _valid(bridge(rings[0], rings[1:]))
-    return PolygonResult([ring], len(shapes), sum(len(s.holes) for s in shapes), _iou_cv2(ring, mask))
+    ring = _valid(bridge(rings[0], Rings.of(rings[1:])))
+    return PolygonResult([ring], len(shapes), sum(len(s.holes) for s in shapes), _iou_cv2(ring, mask, tight))
 
 
 def rasterize_coco(polygons: list[list[float]] | list[np.ndarray], height: int, width: int) -> np.ndarray:
@@ -226,17 +287,12 @@ def _iou(a: np.ndarray, b: np.ndarray) -> float:
     return 1.0 if union == 0 else float(np.count_nonzero(a & b) / union)
 
 
-def _iou_coco(polygons: list[np.ndarray], mask: np.ndarray) -> float:
-    box = _bbox(mask)
-    if box is None:
-        return 1.0 if not polygons else 0.0
+def _iou_coco(polygons: list[np.ndarray], mask: np.ndarray, box: Box) -> float:
     x0, y0, x1, y1 = box  # polygons never leave the mask's box: compare there only
     shifted = [p - np.array([x0, y0]) for p in polygons]
     return _iou(rasterize_coco(shifted, y1 - y0, x1 - x0), mask[y0:y1, x0:x1])
 
 
-def _iou_cv2(ring: np.ndarray, mask: np.ndarray) -> float:
-    box = _bbox(mask)
-    assert box is not None
+def _iou_cv2(ring: np.ndarray, mask: np.ndarray, box: Box) -> float:
     x0, y0, x1, y1 = box
     return _iou(rasterize_cv2(ring - np.array([x0, y0]), y1 - y0, x1 - x0), mask[y0:y1, x0:x1])

@@ -68,14 +68,15 @@ class YoloWriter(FormatWriter):
                 rows.append(f"{cls} {(x0 + x1) / 2 / w:.6f} {(y0 + y1) / 2 / h:.6f} {(x1 - x0) / w:.6f} {(y1 - y0) / h:.6f}")
                 continue
             assert obj.mask is not None
-            result = yolo_polygon(obj.mask, self.opts.polygon_tolerance)
+            result = yolo_polygon(obj.mask, self.opts.polygon_tolerance, box=obj.box)
             if not result.polygons:
                 self.report.objects_dropped += 1
                 continue
             self.report.count_polygon(result, f"{video.name} frame {frame.frame_index} track {obj.track_id}",
                                       self.opts.min_polygon_iou)
             points = (result.polygons[0] + _NUDGE_PX) / [w, h]
-            rows.append(f"{cls} " + " ".join(f"{v:.6f}" for v in points.ravel()))
+            values = points.ravel().tolist()  # one %-format for the row: per-value f-strings cost more than tracing
+            rows.append(f"{cls} " + " ".join(["%.6f"] * len(values)) % tuple(values))
         label = self.root / "labels" / SPLIT / f"{self._stem(video, frame.frame_index)}.txt"
         label.write_text("".join(f"{r}\n" for r in rows), encoding="ascii")
 
