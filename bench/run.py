@@ -431,6 +431,21 @@ def bench_exports(table: Table, frames: int, objects: int, repeats: int, baselin
             shutil.rmtree(tmp, ignore_errors=True)
 
 
+def bench_local_memory(table: Table, sizes: tuple[int, int], repeats: int) -> None:
+    from bench_local_memory import measure_sizes
+
+    section = "local backend: peak RSS over the RSS before segmenting (own process, contract fake predictor)"
+    runs = measure_sizes(sizes, repeats, chunk_size=100, overlap=24, width=320, height=240)
+    growth = {n: [r["growth_mb"] for r in rs] for n, rs in runs.items()}
+    lo, hi = sizes
+    for n in sizes:
+        table.add(section, f"peak RSS growth, {n} frames (chunks of 100, overlap 24, 320x240)", "MB", growth[n],
+                  higher_is_better=False)
+    table.add(section, f"peak RSS growth {hi} frames / {lo} frames", "x",
+              [statistics.median(growth[hi]) / max(statistics.median(growth[lo]), 1e-9)], higher_is_better=False,
+              note="target < 1.3 (medians of the rows above)")
+
+
 # --------------------------------------------------------------------------- fal concurrency, emulator
 
 
@@ -525,7 +540,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--quick", action="store_true", help="tiny sizes, to check the machinery")
     parser.add_argument("--repeats", type=int, default=None)
     parser.add_argument("--out-dir", default=str(REPO))
-    parser.add_argument("--skip", default="", help="comma-separated: writer,e2e,e2e_baseline,exports,concurrency,emulator")
+    parser.add_argument("--skip", default="", help="comma-separated: writer,e2e,e2e_baseline,exports,local,concurrency,emulator")
     args, _ = parser.parse_known_args(argv)
     skip = set(filter(None, args.skip.split(",")))
     args.repeats = args.repeats or 3
@@ -547,6 +562,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             if "exports" not in skip:
                 print("exports", flush=True)
                 bench_exports(table, 6 if q else 60, 3, args.repeats, base)
+            if "local" not in skip:
+                print("local backend memory", flush=True)
+                bench_local_memory(table, (150, 300) if q else (300, 3000), args.repeats)
             if "emulator" not in skip:
                 print("emulator", flush=True)
                 bench_emulator(table, 12 if q else 48, args.repeats)
