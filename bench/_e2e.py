@@ -23,6 +23,7 @@ import os
 import sys
 import threading
 import time
+from typing import Any
 
 import numpy as np
 
@@ -77,13 +78,32 @@ def canned_output(frames: int, objects: int, seed: int = 0) -> dict:
 def serve(args: argparse.Namespace) -> None:
     from sam_backend.emulator import EmulatorConfig, EmulatorServer
 
+    import tempfile
+
     output = canned_output(args.frames, args.objects)
     server = EmulatorServer(EmulatorConfig(result_ttl_s=None, large_result_ttl_s=None))
     server._compute = lambda job, parsed: (output, args.frames)  # type: ignore[method-assign]
-    with server as emu:
-        print(json.dumps({"key": emu.key, "queue_url": emu.queue_url, "rest_url": emu.rest_url,
-                          "cdn_url": emu.cdn_url}), flush=True)
-        sys.stdin.read()  # until the parent closes our stdin
+    # When each result answer starts to flow (after the emulator's own json.dumps of it):
+    # the client stage the issue names, "from result fetch to done", starts there.
+    marks = tempfile.NamedTemporaryFile("a", prefix="sam31-e2e-marks-", suffix=".txt", delete=False)
+    answer = server._result_response
+
+    def result_response(job: Any) -> Any:
+        response = answer(job)
+        if response.status == 200:
+            marks.write(f"{time.time()}\n")
+            marks.flush()
+        return response
+
+    server._result_response = result_response  # type: ignore[method-assign]
+    try:
+        with server as emu:
+            print(json.dumps({"key": emu.key, "queue_url": emu.queue_url, "rest_url": emu.rest_url,
+                              "cdn_url": emu.cdn_url, "marks": marks.name}), flush=True)
+            sys.stdin.read()  # until the parent closes our stdin
+    finally:
+        marks.close()
+        os.unlink(marks.name)
 
 
 def _rss_mb() -> float:
@@ -146,14 +166,21 @@ def client(args: argparse.Namespace) -> None:
 
         gc.collect()
         base = _rss_mb()
+        start_epoch = time.time()
         cpu0, t0 = time.process_time(), time.perf_counter()
         with FalBackend(config) as backend, PeakRss() as rss:
             run = backend.segment(video, request, work_key=uuid.uuid4().hex)
             stats = writer.write_sample(sample_id, clean_frames(run), info)
             run.commit()
         wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
+        end_epoch = time.time()
+    stage = None
+    if urls.get("marks"):
+        with open(urls["marks"]) as f:
+            fetched = [float(line) for line in f if line.strip() and float(line) >= start_epoch]
+        stage = end_epoch - fetched[0] if fetched else None
     result = {"frames": args.frames, "objects": args.objects, "wall_s": wall, "cpu_s": cpu,
-              "rss_base_mb": base, "rss_peak_mb": rss.peak, "rss_growth_mb": rss.peak - base,
+              "stage_s": stage, "rss_base_mb": base, "rss_peak_mb": rss.peak, "rss_growth_mb": rss.peak - base,
               "detections": stats.detections}
     print(json.dumps(result), flush=True)  # the dataset goes with the bench's database
 
