@@ -30,6 +30,8 @@ def test_quick_bench_writes_a_table_and_json(tmp_path: Path) -> None:
     assert ("writer", "writer, mask_path (PNG files)") in names
     assert any(s.startswith("exports") and "polygons" in n for s, n in names)
     assert any(s.startswith("emulator") for s, _ in names)
+    assert any(s.startswith("local backend") and "/" in n for s, n in names)  # its ratio row
+    assert any("noisy blobs" in r["section"] for r in doc["figures"])
     assert all(r["median"] > 0 for r in doc["figures"])
     assert json.loads((tmp_path / "bench" / "results.json").read_text())["quick"] is True
     table = (tmp_path / "BENCHMARKS.md").read_text()
