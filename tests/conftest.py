@@ -37,6 +37,25 @@ from sam_backend.backends.fal import FalBackend, FalConfig  # noqa: E402
 from sam_backend.emulator import EmulatorServer  # noqa: E402
 
 
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Start (or join) FiftyOne's database service under a lock shared by every test run on
+    this machine. Two runs starting the service at the same instant race: the loser looks
+    for mongod on the default port and every database test then fails after a 30 s
+    timeout ("localhost:27017: Connection refused"). Under the lock the second run finds
+    the first one's service and joins it."""
+    import fcntl
+
+    lock_path = Path(tempfile.gettempdir()) / "sam31-fiftyone-service.lock"
+    with open(lock_path, "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            import fiftyone.core.odm as foo
+
+            foo.get_db_conn()
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     import sys
 
