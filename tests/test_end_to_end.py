@@ -188,7 +188,7 @@ def test_failed_sample_keeps_its_old_labels_and_other_fields_are_untouched(
         make_dataset, small_video, fal_backend: FalBackend, emulator: EmulatorServer) -> None:
     path, truth = small_video
     ds = make_dataset(path, path)
-    first, second = ds.first(), ds.last()
+    first = ds.first()
     first.frames[1]["notes"] = fo.Classification(label="keep me")
     first.save()
     segment_videos(ds, prompt="red ball", label_field="sam", backend=fal_backend)
