@@ -3,7 +3,7 @@
 Two synthetic videos (same scene, 10x longer) go through the local backend in chunks, with
 the contract fake of Meta's predictor as the engine (so this runs on a CPU and measures our
 decoding, chunk buffers, RLE result store and id stitching, not a model's weights). Each
-run is its own subprocess, so each peak RSS (ru_maxrss) is that run's alone. The 300-frame
+run is its own subprocess, so each peak RSS (VmHWM) is that run's alone. The 300-frame
 run is the baseline, measured in the same invocation; target: the 3,000-frame peak within
 1.3x of it (memory must not grow with video length).
 
@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -39,7 +38,7 @@ def _child(path: str, chunk_size: int, overlap: int) -> None:
     request = SegmentRequest.build(prompt="red green ball, blue box")
     for _ in backend.segment(video, request, frames=FrameRange(stop=2)):  # warm-up: lazy imports, the build
         pass
-    base_mb = _rss_now_mb()  # what segmenting the whole video adds to this is the figure
+    base_mb = _status_mb("VmRSS")  # what segmenting the whole video adds to this is the figure
     start = time.monotonic()
     frames = objects = 0
     ids: set[int] = set()
@@ -48,14 +47,18 @@ def _child(path: str, chunk_size: int, overlap: int) -> None:
         objects += len(fr.objects)
         ids.update(o.track_id for o in fr.objects)
     seconds = time.monotonic() - start
-    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+    # VmHWM, not ru_maxrss: Linux carries the parent's high-water mark into ru_maxrss
+    # across fork + exec, so a child of a big process (bench/run.py late in its run)
+    # reported the parent's peak (398 MB "growth" there, 59 MB run alone).
+    peak_mb = _status_mb("VmHWM")
     print(json.dumps({"frames": frames, "objects": objects, "tracks": sorted(ids), "seconds": seconds, "peak_mb": peak_mb,
                       "base_mb": base_mb, "growth_mb": peak_mb - base_mb}))
 
 
-def _rss_now_mb() -> float:
+def _status_mb(key: str) -> float:
+    """A memory figure of this process from /proc/self/status (kB there)."""
     with open("/proc/self/status") as f:
-        return next(int(line.split()[1]) / 1024 for line in f if line.startswith("VmRSS:"))
+        return next(int(line.split()[1]) / 1024 for line in f if line.startswith(f"{key}:"))
 
 
 def _measure(path: Path, chunk_size: int, overlap: int) -> dict:
