@@ -76,9 +76,9 @@ def canned_output(frames: int, objects: int, seed: int = 0) -> dict:
 
 
 def serve(args: argparse.Namespace) -> None:
-    from sam_backend.emulator import EmulatorConfig, EmulatorServer
-
     import tempfile
+
+    from sam_backend.emulator import EmulatorConfig, EmulatorServer
 
     output = canned_output(args.frames, args.objects)
     server = EmulatorServer(EmulatorConfig(result_ttl_s=None, large_result_ttl_s=None))
@@ -106,12 +106,17 @@ def serve(args: argparse.Namespace) -> None:
         os.unlink(marks.name)
 
 
-def _rss_mb() -> float:
+def status_mb(key: str) -> float:
+    """A memory figure of this process from /proc/self/status ("VmRSS", "VmHWM"; kB there)."""
     with open("/proc/self/status") as f:
         for line in f:
-            if line.startswith("VmRSS:"):
+            if line.startswith(f"{key}:"):
                 return int(line.split()[1]) / 1024
     return 0.0
+
+
+def _rss_mb() -> float:
+    return status_mb("VmRSS")
 
 
 class PeakRss:

@@ -26,6 +26,9 @@ TARGET_RATIO = 1.3
 
 def _child(path: str, chunk_size: int, overlap: int) -> None:
     """Segment one video and print peak RSS (MB), frames and wall time as JSON."""
+    # (this script's folder is on sys.path when it runs as a script)
+    from _e2e import status_mb
+
     from sam_backend.backends.base import VideoSource, get_backend
     from sam_backend.backends.local.fake_predictor import ContractFakePredictor
     from sam_backend.types import FrameRange, SegmentRequest
@@ -38,7 +41,7 @@ def _child(path: str, chunk_size: int, overlap: int) -> None:
     request = SegmentRequest.build(prompt="red green ball, blue box")
     for _ in backend.segment(video, request, frames=FrameRange(stop=2)):  # warm-up: lazy imports, the build
         pass
-    base_mb = _status_mb("VmRSS")  # what segmenting the whole video adds to this is the figure
+    base_mb = status_mb("VmRSS")  # what segmenting the whole video adds to this is the figure
     start = time.monotonic()
     frames = objects = 0
     ids: set[int] = set()
@@ -50,15 +53,9 @@ def _child(path: str, chunk_size: int, overlap: int) -> None:
     # VmHWM, not ru_maxrss: Linux carries the parent's high-water mark into ru_maxrss
     # across fork + exec, so a child of a big process (bench/run.py late in its run)
     # reported the parent's peak (398 MB "growth" there, 59 MB run alone).
-    peak_mb = _status_mb("VmHWM")
+    peak_mb = status_mb("VmHWM")
     print(json.dumps({"frames": frames, "objects": objects, "tracks": sorted(ids), "seconds": seconds, "peak_mb": peak_mb,
                       "base_mb": base_mb, "growth_mb": peak_mb - base_mb}))
-
-
-def _status_mb(key: str) -> float:
-    """A memory figure of this process from /proc/self/status (kB there)."""
-    with open("/proc/self/status") as f:
-        return next(int(line.split()[1]) / 1024 for line in f if line.startswith(f"{key}:"))
 
 
 def _measure(path: Path, chunk_size: int, overlap: int) -> dict:

@@ -153,6 +153,11 @@ def _shapes(mask: np.ndarray, box: Box, scale: int, shift: float, tolerance: flo
             for i, a, b in zip(outers.tolist(), first.tolist(), last.tolist())]
 
 
+# (scale, shift) of :func:`_shapes` for each reader's convention (module docstring).
+_COCO_GRID = (2, 0.5)  # traced on the mask enlarged twice: rings a quarter pixel inside
+_YOLO_GRID = (1, 0.0)  # traced as is: vertices on boundary pixel centres
+
+
 def coco_shapes(mask: np.ndarray, tolerance: float = 0.0, box: Box | None = None) -> list[Shape]:
     """Parts and holes of ``mask`` in pycocotools' coordinates (see module docstring).
 
@@ -163,14 +168,14 @@ def coco_shapes(mask: np.ndarray, tolerance: float = 0.0, box: Box | None = None
     one-pixel line still gets a ring of nonzero width.
     """
     tight = _tight_box(mask, box)
-    return [] if tight is None else _shapes(mask, tight, 2, 0.5, tolerance)
+    return [] if tight is None else _shapes(mask, tight, *_COCO_GRID, tolerance)
 
 
 def yolo_shapes(mask: np.ndarray, tolerance: float = 0.0, box: Box | None = None) -> list[Shape]:
     """Parts and holes of ``mask`` with vertices on boundary pixel centres (cv2's
     convention, see module docstring)."""
     tight = _tight_box(mask, box)
-    return [] if tight is None else _shapes(mask, tight, 1, 0.0, tolerance)
+    return [] if tight is None else _shapes(mask, tight, *_YOLO_GRID, tolerance)
 
 
 def _snake_order(points: np.ndarray, band: float = 8.0) -> np.ndarray:
@@ -249,7 +254,7 @@ def coco_polygons(mask: np.ndarray, tolerance: float = 0.0, box: Box | None = No
     tight = _tight_box(mask, box)
     if tight is None:
         return PolygonResult([], 0, 0, 1.0)
-    shapes = _shapes(mask, tight, 2, 0.5, tolerance)
+    shapes = _shapes(mask, tight, *_COCO_GRID, tolerance)
     polygons = [_valid(keyhole(s)) for s in shapes]
     return PolygonResult(polygons, len(shapes), sum(len(s.holes) for s in shapes), _iou_coco(polygons, mask, tight))
 
@@ -260,7 +265,7 @@ def yolo_polygon(mask: np.ndarray, tolerance: float = 0.0, box: Box | None = Non
     tight = _tight_box(mask, box)
     if tight is None:
         return PolygonResult([], 0, 0, 1.0)
-    shapes = _shapes(mask, tight, 1, 0.0, tolerance)
+    shapes = _shapes(mask, tight, *_YOLO_GRID, tolerance)
     shapes.sort(key=lambda s: -abs(_signed_area(s.outer)) - len(s.outer))  # bridge from the biggest part
     rings = [keyhole(s) for s in shapes]
     ring = _valid(bridge(rings[0], Rings.of(rings[1:])))
