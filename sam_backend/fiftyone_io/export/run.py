@@ -11,23 +11,23 @@ version: a segment run publishing that video meanwhile stops the export (source.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import logging
 import shutil
 import time
-from collections.abc import Callable, Generator, Iterator
+from collections.abc import Callable, Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
-
-import numpy as np
 
 import fiftyone as fo
 
 from ...backends.base import CancelToken
-from ...errors import InvalidRequest, VideoError
+from ...errors import InvalidRequest
 from .base import FormatWriter, write_json
 from .coco import CocoWriter
-from .frames import iter_images, save_image
+from .frames import FrameImageSaver
 from .mot import MotsWriter, MotWriter
 from .options import MASK_FORMATS, ExportOptions
 from .publish import new_staging, publish, sweep
@@ -95,24 +95,24 @@ class ExportRun:
                 writer.begin_video(video)
                 snapshot = FrameSnapshot(self.samples._dataset, video, opts.label_field)
                 snapshot.begin(self.cancel)
-                images = iter_images(video) if writer.images else None
-                try:
+                with contextlib.ExitStack() as stack:
+                    images = None
+                    if writer.images:
+                        images = stack.enter_context(FrameImageSaver(video, partial(writer.image_path, video)))
                     for frame in iter_frames(self.samples, video, opts.label_field, masks=opts.format in MASK_FORMATS):
                         self.cancel.raise_if_cancelled()
                         image_path = None
                         if images is not None:
+                            images.check()
                             image_path = writer.image_path(video, frame.frame_index)
-                            save_image(_image(images, video.name, frame.frame_index), image_path)
-                            report.images += 1
                         writer.write_frame(video, frame, image_path)
                         report.frames += 1
                         report.objects += len(frame.objects)
                         tracks.update((video.video_id, o.track_id) for o in frame.objects if o.track_id is not None)
                         done += 1
                         yield ExportProgress(done, total, i, len(plan.videos), video.name)
-                finally:
                     if images is not None:
-                        images.close()
+                        report.images += images.finish()
                 snapshot.end()
                 writer.end_video(video)
             writer.close()
@@ -134,15 +134,6 @@ class ExportRun:
         for line in report.warnings:
             logger.warning(line)
         self.report = report
-
-
-def _image(images: Generator[tuple[int, np.ndarray], None, None], name: str, frame_index: int) -> np.ndarray:
-    for index, rgb in images:
-        if index == frame_index:
-            return rgb
-        if index > frame_index:
-            break
-    raise VideoError(f"{name}: frame index {frame_index} could not be decoded")
 
 
 def _explain(report: ExportReport, opts: ExportOptions) -> None:
