@@ -56,23 +56,51 @@ def _runs(crop: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return r, c, e - c
 
 
-def canned_output(frames: int, objects: int, seed: int = 0) -> dict:
-    """video-rle-objects' answer: each blob moves along its own straight line (wrapping)."""
+def _tracks(frames: int, objects: int, seed: int = 0):
+    """Per frame, per blob: its fal RLE string (row-major, 1-based starts: the emulator's
+    default) and its pixel box. Each blob moves along its own straight line (wrapping)."""
     rng = np.random.default_rng(seed + 1)
     templates = [_runs(t) + (t.shape,) for t in blob_templates(objects, seed)]
     starts = rng.uniform([0, 0], [WIDTH - 130, HEIGHT - 130], size=(objects, 2))
     velocity = rng.uniform(-2, 2, size=(objects, 2))
-    out = []
     for f in range(frames):
-        objs = []
+        row = []
         for k, (r, c, n, (h, w)) in enumerate(templates):
             x0, y0 = ((starts[k] + velocity[k] * f) % [WIDTH - w, HEIGHT - h]).astype(int)
-            s = (y0 + r) * WIDTH + x0 + c + 1  # row-major, 1-based starts (the emulator's default)
+            s = (y0 + r) * WIDTH + x0 + c + 1
             pairs = np.empty(2 * len(s), dtype=np.int64)
             pairs[0::2], pairs[1::2] = s, n
-            objs.append({"track_id": k, "rle": " ".join(map(str, pairs.tolist()))})
-        out.append({"frame_index": f, "objects": objs})
+            row.append((" ".join(map(str, pairs.tolist())), (int(x0), int(y0), int(x0 + w), int(y0 + h))))
+        yield row
+
+
+def canned_output(frames: int, objects: int, seed: int = 0) -> dict:
+    """``fal-ai/sam-3/video-rle-objects``' answer for the prompt "blob": every blob, per frame."""
+    out = [{"frame_index": f, "objects": [{"track_id": k, "rle": text} for k, (text, _) in enumerate(row)]}
+           for f, row in enumerate(_tracks(frames, objects, seed))]
     return {"frames": out, "width": WIDTH, "height": HEIGHT, "num_frames": frames}
+
+
+def first_boxes(objects: int, seed: int = 0) -> list[tuple[int, int, int, int]]:
+    """Each blob's box on frame 0: the box prompts of the union shape."""
+    return [box for _, box in next(_tracks(1, objects, seed))]
+
+
+def canned_union(frames: int, objects: int, seed: int = 0) -> list[dict]:
+    """``fal-ai/sam-3-1/video-rle``'s answer for each blob prompted alone by its box (the
+    seed endpoint's shape: one request per box-prompted object, one RLE string per frame,
+    ``metadata`` with the score and a normalised centre box, as the emulator writes them)."""
+    rows = list(_tracks(frames, objects, seed))
+    out = []
+    for k in range(objects):
+        metadata = []
+        for row in rows:
+            x0, y0, x1, y1 = row[k][1]
+            metadata.append({"index": 0, "score": 0.9, "box": [(x0 + x1) / 2 / WIDTH, (y0 + y1) / 2 / HEIGHT,
+                                                               (x1 - x0) / WIDTH, (y1 - y0) / HEIGHT]})
+        out.append({"rle": [row[k][0] for row in rows], "metadata": metadata,
+                    "boxes": [m["box"] for m in metadata], "scores": None})
+    return out
 
 
 def serve(args: argparse.Namespace) -> None:
@@ -80,9 +108,17 @@ def serve(args: argparse.Namespace) -> None:
 
     from sam_backend.emulator import EmulatorConfig, EmulatorServer
 
-    output = canned_output(args.frames, args.objects)
+    if args.shape == "objects":
+        output = canned_output(args.frames, args.objects)
+        compute = lambda job, parsed: (output, args.frames)  # noqa: E731
+    else:  # one answer per box-prompted blob, found by its frame-0 box
+        answers = dict(zip(first_boxes(args.objects), canned_union(args.frames, args.objects)))
+
+        def compute(job: Any, parsed: Any) -> tuple[dict, int]:
+            b = parsed.box_prompts[0]
+            return answers[(b.x_min, b.y_min, b.x_max, b.y_max)], args.frames
     server = EmulatorServer(EmulatorConfig(result_ttl_s=None, large_result_ttl_s=None))
-    server._compute = lambda job, parsed: (output, args.frames)  # type: ignore[method-assign]
+    server._compute = compute  # type: ignore[method-assign]
     # When each result answer starts to flow (after the emulator's own json.dumps of it):
     # the client stage the issue names, "from result fetch to done", starts there.
     marks = tempfile.NamedTemporaryFile("a", prefix="sam31-e2e-marks-", suffix=".txt", delete=False)
@@ -161,7 +197,13 @@ def client(args: argparse.Namespace) -> None:
     # Only the id is kept: an in-memory Sample would be reloaded with all its frames on publish.
     sample_id = dataset.add_sample(fo.Sample(filepath=f"/bench/e2e_{uuid.uuid4().hex}.mp4"))
     writer = FrameLabelWriter(dataset, "sam")
-    request = SegmentRequest(prompt="blob")
+    if args.shape == "objects":
+        request = SegmentRequest(prompt="blob")
+    else:
+        from sam_backend.types import BoxPrompt
+
+        request = SegmentRequest(box_prompts=[BoxPrompt(x_min=x0, y_min=y0, x_max=x1, y_max=y1, object_id=k + 1)
+                                              for k, (x0, y0, x1, y1) in enumerate(first_boxes(args.objects))])
     video = VideoSource(info=info, url="https://example.com/bench.mp4")
     with tempfile.TemporaryDirectory() as tmp:
         config = FalConfig(key=urls["key"], queue_url=urls["queue_url"], rest_url=urls["rest_url"],
@@ -196,6 +238,8 @@ def main() -> None:
     parser.add_argument("--frames", type=int, default=3000)
     parser.add_argument("--objects", type=int, default=16)
     parser.add_argument("--urls", default="{}")
+    parser.add_argument("--shape", choices=["objects", "union"], default="objects",
+                        help="objects: one text prompt on video-rle-objects; union: one box per blob on video-rle")
     args = parser.parse_args()
     (serve if args.role == "serve" else client)(args)
 

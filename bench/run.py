@@ -213,8 +213,9 @@ def bench_writer(table: Table, frames: int, objects: int, repeats: int, *, naive
 
 
 @contextlib.contextmanager
-def canned_server(frames: int, objects: int) -> Iterator[str]:
-    proc = subprocess.Popen([PY, str(HERE / "_e2e.py"), "serve", "--frames", str(frames), "--objects", str(objects)],
+def canned_server(frames: int, objects: int, shape: str = "objects") -> Iterator[str]:
+    proc = subprocess.Popen([PY, str(HERE / "_e2e.py"), "serve", "--frames", str(frames), "--objects", str(objects),
+                             "--shape", shape],
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
                             env={**os.environ, "PYTHONPATH": str(REPO)})
     try:
@@ -232,10 +233,10 @@ def canned_server(frames: int, objects: int) -> Iterator[str]:
             proc.kill()
 
 
-def client_run(urls: str, frames: int, objects: int, src: Path) -> dict[str, Any]:
+def client_run(urls: str, frames: int, objects: int, src: Path, shape: str = "objects") -> dict[str, Any]:
     out = subprocess.run([PY, str(HERE / "_e2e.py"), "client", "--frames", str(frames), "--objects", str(objects),
-                          "--urls", urls], capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(src)},
-                         timeout=1800)
+                          "--shape", shape, "--urls", urls], capture_output=True, text=True, cwd=src,
+                         env={**os.environ, "PYTHONPATH": str(src)}, timeout=1800)
     lines = [line for line in out.stdout.splitlines() if line.startswith("{")]
     if out.returncode != 0 or not lines:
         raise RuntimeError(f"client run failed ({out.returncode}): {out.stderr[-2000:]}")
@@ -289,6 +290,35 @@ def bench_e2e(table: Table, sizes: list[int], objects: int, repeats: int, *, e2e
         table.add(rss_section, f"peak RSS growth {hi} frames / {lo} frames", "x",
                   [statistics.median(growth[hi]) / max(statistics.median(growth[lo]), 1e-9)],
                   higher_is_better=False, note="target < 1.3 (medians of the rows above)")
+    bench_e2e_union(table, sizes, objects, repeats, e2e_frames=e2e_frames, baseline=baseline)
+
+
+def bench_e2e_union(table: Table, sizes: list[int], objects: int, repeats: int, *, e2e_frames: int,
+                    baseline: Path | None) -> None:
+    """The seed endpoint's shape: one box prompt per object, so one union-RLE request per
+    object (fal-ai/sam-3-1/video-rle), read side by side."""
+    section = (f"end to end, {objects} box-prompted objects: {objects} union-RLE answers read side by side "
+               "(fal-ai/sam-3-1/video-rle)")
+    bname = f"before issue 15 ({BASELINE_COMMIT})"
+    growth: dict[int, list[float]] = {}
+    for frames in sorted({min(sizes), e2e_frames, max(sizes)}):
+        with canned_server(frames, objects, "union") as urls:
+            runs = [client_run(urls, frames, objects, REPO, "union") for _ in range(repeats)]
+            base_runs = ([client_run(urls, frames, objects, baseline, "union") for _ in range(repeats)]
+                         if baseline is not None and frames == e2e_frames else [])
+        growth[frames] = [r["rss_growth_mb"] for r in runs]
+        if frames == e2e_frames:
+            table.add(section, f"client frames/s, {frames} frames", "frames/s", [frames / r["wall_s"] for r in runs],
+                      baseline=bname if base_runs else None, baseline_runs=[frames / r["wall_s"] for r in base_runs])
+            table.add(section, f"client CPU per frame, {frames} frames", "ms", [1000 * r["cpu_s"] / frames for r in runs],
+                      baseline=bname if base_runs else None,
+                      baseline_runs=[1000 * r["cpu_s"] / frames for r in base_runs], higher_is_better=False)
+        table.add(section, f"peak RSS growth, {frames} frames", "MB", growth[frames], higher_is_better=False)
+    lo, hi = min(growth), max(growth)
+    if hi != lo:
+        table.add(section, f"peak RSS growth {hi} frames / {lo} frames", "x",
+                  [statistics.median(growth[hi]) / max(statistics.median(growth[lo]), 1e-9)], higher_is_better=False,
+                  note="bounded: each answer is read a few 64 KB pieces ahead; short answers fit whole")
 
 
 # --------------------------------------------------------------------------- exports

@@ -50,3 +50,29 @@ def test_canned_answer_is_fal_objects_rle() -> None:
     assert (out["width"], out["height"], out["num_frames"]) == (640, 360, 3)
     masks = [rle.decode(o["rle"], 360, 640) for f in out["frames"] for o in f["objects"]]
     assert len(masks) == 6 and all(m.sum() > 100 for m in masks) and not np.array_equal(masks[0], masks[2])
+
+
+def test_canned_union_answers_are_each_blob_alone_in_fal_union_rle() -> None:
+    """The union shape of the e2e bench: one fal-ai/sam-3-1/video-rle answer per blob,
+    found by its frame-0 box, that the client's decoder reads as the same masks as the
+    objects answer."""
+    sys.path.insert(0, str(BENCH))
+    try:
+        from _e2e import canned_output, canned_union, first_boxes
+    finally:
+        sys.path.remove(str(BENCH))
+    from sam_backend.backends.fal import endpoints as table
+    from sam_backend.backends.fal import rle
+    from sam_backend.backends.fal.decoders import decode_result
+
+    objects, unions, boxes = canned_output(4, 3), canned_union(4, 3), first_boxes(3)
+    assert len(unions) == len(set(boxes)) == 3
+    for k, answer in enumerate(unions):
+        decoded = decode_result({"payload": answer}, table.endpoint(table.SAM31_VIDEO_RLE), layout=rle.RleLayout(),
+                                frame_count=4, height=360, width=640, request_id=f"r{k}")
+        for f, masks in enumerate(decoded.frames()):
+            (mask,) = masks
+            assert np.array_equal(rle.decode(objects["frames"][f]["objects"][k]["rle"], 360, 640)[
+                mask.box[1]:mask.box[3], mask.box[0]:mask.box[2]], mask.crop)
+            assert mask.score == 0.9
+        assert decoded.frames().__next__()[0].box == boxes[k]

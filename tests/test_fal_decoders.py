@@ -8,7 +8,7 @@ import pytest
 
 from sam_backend.backends.fal import endpoints as table
 from sam_backend.backends.fal import rle
-from sam_backend.backends.fal.decoders import NoLabelsInResponse, decode_result
+from sam_backend.backends.fal.decoders import NoLabelsInResponse, decode_result, frames_together
 from sam_backend.backends.fal.planner import instance_ids, plan
 from sam_backend.errors import InvalidRequest, UnexpectedResponse
 from sam_backend.types import SegmentRequest
@@ -194,6 +194,41 @@ def test_objects_payload_keeps_track_ids_and_checks_the_video() -> None:
         decode({**payload, "frames": [{"frame_index": 0, "objects": [{"track_id": -1, "rle": "1 1"}]}]}, OBJECTS)
     with pytest.raises(UnexpectedResponse, match="frame_index 3 is outside"):
         decode({**payload, "frames": [{"frame_index": 3, "objects": []}]}, OBJECTS)
+
+
+def test_answers_read_together_keep_each_mask_with_its_own_answer() -> None:
+    """merge() reads a video's answers side by side and decodes the masks of one frame
+    of all of them in one batch: every crop must still land in its own answer with its
+    own score, and an unreadable mask must name its own request."""
+    boxes = {  # (answer, frame) -> boxes on that frame (x0, y0, x1, y1)
+        (0, 0): [(0, 0, 2, 1)], (0, 1): [(1, 1, 3, 3)], (0, 2): [(4, 2, 6, 4)],
+        (1, 0): [(3, 0, 5, 2)], (1, 1): [], (1, 2): [(0, 3, 2, 4)],
+        (2, 0): [(2, 2, 3, 4), (5, 0, 6, 1)], (2, 1): [(0, 0, 1, 1)], (2, 2): [],
+    }
+    def union(k: int, scores: list[float]) -> dict:
+        return {"rle": [rle.encode(box(4, 6, *boxes[k, f][0])) if boxes[k, f] else None for f in range(3)],
+                "metadata": [{"index": 0, "score": s} for s in scores]}
+    objects = {"frames": [{"frame_index": f, "objects": [{"track_id": 7 + j, "rle": rle.encode(box(4, 6, *b))}
+                                                          for j, b in enumerate(boxes[2, f])]} for f in range(3)],
+               "width": 6, "height": 4, "num_frames": 3}
+    args = dict(layout=ROW1, frame_count=3, height=4, width=6)
+    answers = [decode_result({"payload": union(0, [0.9, 0.8, 0.7])}, UNION, request_id="req-a", **args),
+               decode_result({"payload": union(1, [0.2, 0.3, 0.4])}, UNION, request_id="req-b", **args),
+               decode_result({"payload": objects}, OBJECTS, request_id="req-c", **args)]
+    got = list(frames_together(answers, 3))
+    assert len(got) == 3
+    for f, per_answer in enumerate(got):
+        for k, masks in enumerate(per_answer):
+            assert [cm.box for cm in masks] == boxes[k, f], (f, k)
+            assert all(cm.crop.all() for cm in masks)  # boxes decode to full crops
+            expected_score = [[0.9, 0.8, 0.7], [0.2, 0.3, 0.4], [None] * 3][k][f]
+            assert all(cm.score == expected_score for cm in masks)
+        assert [cm.fal_track_id for cm in per_answer[2]] == [7 + j for j in range(len(boxes[2, f]))]
+    bad = union(1, [0.2, 0.3, 0.4])
+    bad["rle"][1] = "20 11"
+    answers[1] = decode_result({"payload": bad}, UNION, request_id="req-b", **args)
+    with pytest.raises(UnexpectedResponse, match="req-b, frame 1, the mask: unreadable RLE"):
+        list(frames_together(answers, 3))
 
 
 def test_video_only_answers_keep_the_files_and_explain() -> None:

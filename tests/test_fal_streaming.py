@@ -137,6 +137,49 @@ def test_journal_stores_raw_bytes_and_reads_them_back_in_pieces(monkeypatch: pyt
         assert journal.get(entry.id).state is RequestState.COMPLETED and journal.get(entry.id).billable_units == 2.0
 
 
+def test_inflated_pieces_stay_small_when_the_text_compresses_well(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
+    """A union RLE answer compresses ~100x: each stored block must still come back in
+    pieces of bounded size (16 requests read side by side, a few pieces ahead each, once
+    held whole results in memory)."""
+    import sam_backend.backends.fal.journal as journal_module
+
+    monkeypatch.setattr(journal_module, "READ_CHUNK_BYTES", 500)
+    monkeypatch.setattr(journal_module, "INFLATE_PIECE_BYTES", 1000)
+    data = json.dumps({"rle": ["1 5 641 5 1281 5"] * 20000}).encode()
+    with Journal(tmp_path / "j.sqlite") as journal:
+        entry = journal.begin(work_key="w", request_hash="h", endpoint="e", payload={})
+        with ResultSpool() as spool:
+            spool.write(data)
+            journal.completed_raw(entry.id, spool, {}, None)
+            assert spool.finish() < len(data) // 50  # it did compress that well
+            assert max(len(p) for p in spool.chunks()) <= 1000
+        pieces = list(journal.open_result(entry.id).chunks())
+    assert b"".join(pieces) == data and max(len(p) for p in pieces) <= 1000
+
+
+def test_a_reader_that_stops_before_the_end_is_not_kept_waiting() -> None:
+    """The decoder stops reading a result once it has its array: the read-ahead thread,
+    holding a last piece and the end mark for a full queue, must let go."""
+    import threading
+
+    from sam_backend.backends.fal.journal import _prefetched
+
+    read_all = threading.Event()
+
+    def blocks():
+        yield b"a"
+        yield b"b"
+        read_all.set()
+
+    pieces = _prefetched(blocks(), depth=1)
+    assert next(pieces) == b"a"
+    assert read_all.wait(5)  # b"b" queued, the end mark waiting for room
+    closer = threading.Thread(target=pieces.close, daemon=True)
+    closer.start()
+    closer.join(5)
+    assert not closer.is_alive()
+
+
 INFO = VideoInfo(width=6, height=4, frame_count=2, fps=10, duration=0.2)
 VIDEO = VideoSource(info=INFO, url="https://example.test/v.mp4")
 BIG = {"frames": [{"frame_index": i, "objects": [{"track_id": 1, "rle": "2 2 8 3"}]} for i in range(2)],

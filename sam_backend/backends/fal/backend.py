@@ -65,7 +65,7 @@ from .client import (
 )
 from .config import FalConfig
 from . import jsonstream
-from .decoders import STREAMED, DecodedResult, decode_stream, files_to_download, read_attachment
+from .decoders import STREAMED, DecodedResult, decode_stream, files_to_download, frames_together, read_attachment
 from .journal import HAS_RESULT, Entry, Journal, RequestState, ResultSpool, StoredResult
 from .planner import PlannedRequest, instance_ids, plan
 from .rle import DEFAULT_LAYOUT, RleLayout
@@ -638,12 +638,12 @@ def merge(requests: list[_Request], decoded: list[DecodedResult], frame_count: i
     instance = [i for i, r in enumerate(requests) if r.planned.kind == "concept_instances"]
     kept = [decoded[i].track_ids()[: requests[i].planned.max_tracks] for i in instance]
     maps = dict(zip(instance, instance_ids(fixed, kept)))
-    streams = [d.frames() for d in decoded]
+    together = frames_together(decoded, frame_count)
     for index in range(frame_count):
         objects = []
-        for i, (r, d, frames) in enumerate(zip(requests, decoded, streams)):
+        for i, (r, d, masks) in enumerate(zip(requests, decoded, next(together))):
             shape = (d.height, d.width)
-            for cm in next(frames):
+            for cm in masks:
                 if r.planned.track_id is not None:
                     track_id = r.planned.track_id
                 elif cm.fal_track_id is not None and cm.fal_track_id in maps.get(i, {}):

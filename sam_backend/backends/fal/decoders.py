@@ -29,7 +29,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Callable, Iterable, Iterator, Mapping
+import math
+from array import array
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -111,7 +113,7 @@ class DecodedResult:
     in order; :meth:`frame` decodes one frame's full-frame masks (checks and tools)."""
 
     def __init__(self, kind: str, request_id: str, frame_count: int, height: int, width: int, layout: RleLayout,
-                 files: dict[str, str], texts: Callable[[], Iterator[FrameTexts]], scores: list[float | None],
+                 files: dict[str, str], texts: Callable[[], Iterator[FrameTexts]], scores: array | None,
                  track_ids: set[int]) -> None:
         self.kind, self.request_id, self.frame_count = kind, request_id, frame_count
         self.height, self.width, self.layout, self.files = height, width, layout, files
@@ -128,13 +130,13 @@ class DecodedResult:
 
     def frames(self) -> Iterator[list[CropMask]]:
         """Every frame in order (``frame_count`` of them), each mask decoded into its crop."""
-        for index, items in enumerate(self._texts()):
-            try:
-                decoded = rle_format.decode_crops([text for _, text in items], self.height, self.width, self.layout)
-            except rle_format.RleFormatError as exc:
-                raise self._unreadable(index, items[getattr(exc, "index", 0)][0], exc) from None
-            score = self._scores[index]
-            yield [CropMask(tid, got[0], got[1], score) for (tid, _), got in zip(items, decoded) if got is not None]
+        for masks in frames_together([self], self.frame_count):
+            yield masks[0]
+
+    def _score(self, index: int) -> float | None:
+        if self._scores is None or math.isnan(self._scores[index]):
+            return None
+        return self._scores[index]
 
     def frame(self, index: int) -> list[FrameMask]:
         if self._materialised is None:
@@ -145,8 +147,33 @@ class DecodedResult:
                 mask = rle_format.decode(text, self.height, self.width, self.layout)
             except rle_format.RleFormatError as exc:
                 raise self._unreadable(index, tid, exc) from None
-            out.append(FrameMask(tid, mask, self._scores[index]))
+            out.append(FrameMask(tid, mask, self._score(index)))
         return out
+
+
+def frames_together(results: Sequence[DecodedResult], frame_count: int) -> Iterator[list[list[CropMask]]]:
+    """The frames of several answers for one video, read side by side: per frame, each
+    answer's masks decoded into their crops. The masks of answers laid out alike are
+    decoded in one batch per frame: 16 box-prompted objects are 16 union answers with one
+    mask per frame each, and a call per mask was most of their cost."""
+    groups: dict[tuple[int, int, RleLayout], list[int]] = {}
+    for i, r in enumerate(results):
+        groups.setdefault((r.height, r.width, r.layout), []).append(i)
+    streams = [r._texts() for r in results]
+    for index in range(frame_count):
+        texts = [next(stream) for stream in streams]
+        out: list[list[CropMask]] = [[] for _ in results]
+        for (height, width, layout), members in groups.items():
+            flat = [(i, tid, text) for i in members for tid, text in texts[i]]
+            try:
+                crops = rle_format.decode_crops([text for _, _, text in flat], height, width, layout)
+            except rle_format.RleFormatError as exc:
+                i, tid, _ = flat[getattr(exc, "index", 0)]
+                raise results[i]._unreadable(index, tid, exc) from None
+            for (i, tid, _), got in zip(flat, crops):
+                if got is not None:
+                    out[i].append(CropMask(tid, got[0], got[1], results[i]._score(index)))
+        yield out
 
 
 def _fail(request_id: str, message: str) -> UnexpectedResponse:
@@ -184,7 +211,7 @@ def decode_stream(source: PayloadSource, attachments: Mapping[str, Any], spec: E
             raise _fail(request_id, f"'frames' is {type(value).__name__}, expected a list")
         texts = _objects_texts(source, frame_count, scan.in_order)
         return DecodedResult("objects", request_id, frame_count, height, width, layout, files, texts,
-                             [None] * frame_count, scan.track_ids)
+                             None, scan.track_ids)
     if spec.output == "union_rle" and "rle" in scan.seen:
         return _union(source, scan, attachments, layout, frame_count, height, width, request_id, files)
     detail = ", ".join(f"{k}: {v}" for k, v in files.items()) or "nothing"
@@ -201,7 +228,7 @@ class _Scan:
     seen: set[str] = dataclasses.field(default_factory=set)
     small: dict[str, Any] = dataclasses.field(default_factory=dict)  # members that are not long arrays
     rle_count: int = 0
-    metadata: list[Any] | None = None  # per-frame score (or None) when metadata is a list
+    metadata: array | None = None  # per-frame score (NaN: none) when metadata is a list
     track_ids: set[int] = dataclasses.field(default_factory=set)
     in_order: bool = True
 
@@ -227,7 +254,7 @@ def _scan(source: PayloadSource, spec: Endpoint, frame_count: int, request_id: s
                     raise _fail(request_id, f"frame {i}: 'rle' entry is a {type(text).__name__}, expected a string or null")
                 scan.rle_count = i + 1
         elif key == "metadata":
-            scan.metadata = [m.get("score") if isinstance(m, dict) else None for m in value]
+            scan.metadata = array("d", (_score(m.get("score") if isinstance(m, dict) else None) for m in value))
         # other long arrays (boxes) are not read: fal's box convention is disputed
     return scan
 
@@ -339,9 +366,14 @@ def _union_texts(text: str | None) -> FrameTexts:
     return [(None, text)] if text and not text.isspace() else []
 
 
-def _union_scores(scores: list[Any] | None, frame_count: int) -> list[float | None]:
-    """metadata[i].score per frame, when metadata is one entry per frame; else unknown."""
-    if isinstance(scores, list) and len(scores) == frame_count:
-        return [float(s) if isinstance(s, (int, float)) and not isinstance(s, bool) and 0 <= s <= 1 else None
-                for s in scores]
-    return [None] * frame_count
+def _score(value: Any) -> float:
+    """A frame's ``metadata[i].score`` when it is a number in [0, 1], else NaN (unknown)."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value <= 1:
+        return float(value)
+    return math.nan
+
+
+def _union_scores(scores: array | None, frame_count: int) -> array | None:
+    """metadata[i].score per frame, when metadata is one entry per frame; else unknown.
+    Kept as one array of doubles: a list of floats per request grew with the video."""
+    return scores if scores is not None and len(scores) == frame_count else None

@@ -257,12 +257,24 @@ class ResultSpool:
         self.close()
 
 
+# Raw bytes per piece when a stored result is inflated. Bounded on the output side: RLE
+# text compresses 3-20x, so 256 KB of compressed input could be 5 MB of text, and a
+# video's requests are read side by side, each a few pieces ahead (a 16-object union run
+# held whole results in memory that way).
+INFLATE_PIECE_BYTES = 64 * 1024
+
+
 def _inflate(blocks: Iterable[bytes]) -> Iterator[bytes]:
     unzip = zlib.decompressobj()
     for block in blocks:
-        data = unzip.decompress(block)
-        if data:
-            yield data
+        data = block
+        while True:
+            piece = unzip.decompress(data, INFLATE_PIECE_BYTES)
+            if piece:
+                yield piece
+            data = unzip.unconsumed_tail
+            if not data and len(piece) < INFLATE_PIECE_BYTES:
+                break  # input used up and nothing held back
     tail = unzip.flush()
     if tail:
         yield tail
@@ -274,20 +286,25 @@ def _prefetched(blocks: Iterator[bytes], depth: int = 4) -> Iterator[bytes]:
     q: queue.Queue[tuple[str, Any]] = queue.Queue(maxsize=depth)
     stop = threading.Event()
 
+    def offer(item: tuple[str, Any]) -> bool:
+        """Queue ``item`` unless the consumer has left (then False): a plain put would
+        wait forever on a full queue nobody reads any more."""
+        while not stop.is_set():
+            try:
+                q.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
     def produce() -> None:
         try:
             for block in blocks:
-                while not stop.is_set():
-                    try:
-                        q.put(("data", block), timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
-                if stop.is_set():
+                if not offer(("data", block)):
                     return
-            q.put(("end", None))
+            offer(("end", None))
         except BaseException as exc:  # noqa: BLE001 - handed to the consumer
-            q.put(("error", exc))
+            offer(("error", exc))
 
     thread = threading.Thread(target=produce, name="sam31-result-read", daemon=True)
     thread.start()
