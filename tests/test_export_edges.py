@@ -263,6 +263,29 @@ def test_specks_deep_inside_a_large_object_stay_exact_and_cheap() -> None:
     assert [p.tolist() for p in boxed.polygons] == [p.tolist() for p in coco.polygons]
 
 
+@pytest.mark.parametrize("count", [60, 2000])  # the matrix product and the k-d tree
+def test_nearest_base_vertex_within_each_points_reach(count: int) -> None:
+    """bridge() starts a chain wherever the outline is nearer than the previous ring, so
+    _nearest must be exact up to each point's own reach (ties included: vertices sit on a
+    pixel grid, so many distances are equal, also to the search bound) and may say inf
+    only beyond it."""
+    rng = np.random.default_rng(count)
+    side = int(np.sqrt(40 * count))  # a third of the points farther than 5 from any vertex
+    base = rng.integers(0, side, size=(count // 2, 2)).astype(float)
+    points = rng.integers(0, side, size=(count, 2)).astype(float)
+    exact = np.sqrt(((points[:, None, :] - base[None, :, :]) ** 2).sum(axis=2)).min(axis=1)
+    within = np.minimum(exact, 5.0)  # most reaches end at 5: the tree's search bound is 5 too
+    within[::7] = np.inf
+    within[3::11] -= 0.5  # just short of the nearest vertex
+    assert (exact == 5.0).sum() > count // 100  # points exactly at the bound, by (3, 4) and (5, 0) steps
+    distance, at = poly._nearest(points, base, within=within)
+    reach = exact <= within
+    assert reach.sum() > count // 10 and (~reach).sum() > count // 10
+    assert np.allclose(distance[reach], exact[reach])
+    assert np.allclose(np.hypot(*(points[reach] - base[at[reach]]).T), exact[reach])
+    assert np.isinf(distance[~reach]).all()
+
+
 def test_polygon_tolerance_trades_vertices_for_accuracy() -> None:
     mask = _disk(80, 60, 40)
     exact, rough = poly.coco_polygons(mask), poly.coco_polygons(mask, tolerance=1.5)

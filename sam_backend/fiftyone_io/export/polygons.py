@@ -133,7 +133,7 @@ def _shapes(mask: np.ndarray, box: Box, scale: int, shift: float, tolerance: flo
     if hierarchy is None:
         return []
     points = (np.concatenate(contours)[:, 0, :] + shift) / scale + np.array([x0, y0])
-    lengths = np.array([len(c) for c in contours])
+    lengths = np.fromiter(map(len, contours), np.intp, len(contours))
     starts = np.cumsum(lengths) - lengths
     parents = hierarchy[0][:, 3]
     if tolerance > 0:
@@ -182,17 +182,33 @@ def _snake_order(points: np.ndarray, band: float = 8.0) -> np.ndarray:
     """An order of ``points`` in horizontal bands, left to right then right to left:
     consecutive points are mostly neighbours."""
     rows = np.floor(points[:, 1] / band)
-    return np.lexsort((np.where(rows % 2 == 1, -points[:, 0], points[:, 0]), rows))
+    # One float key (band, then x or -x; |x| < 1e5 apart from a band's 1e6) sorted stably:
+    # a third of the time of np.lexsort on the two keys, the same order.
+    return np.argsort(rows * 1e6 + np.where(rows % 2 == 1, -points[:, 0], points[:, 0]), kind="stable")
 
 
-def _nearest(points: np.ndarray, base: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Distance from each of ``points`` to its nearest vertex of ``base``, and that vertex.
-    Small problems by one matrix product (a k-d tree costs ~0.1 ms to build and query)."""
-    if len(points) * len(base) > 200_000:
-        return cKDTree(base).query(points)
-    squared = (base**2).sum(axis=1) - 2 * points @ base.T
-    at = squared.argmin(axis=1)
-    return np.sqrt(np.maximum(squared[np.arange(len(points)), at] + (points**2).sum(axis=1), 0)), at
+def _nearest(points: np.ndarray, base: np.ndarray, within: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Distance from each of ``points`` to its nearest vertex of ``base``, and that vertex,
+    where that distance is at most ``within`` (per point); inf, and any vertex, elsewhere.
+    Small problems by one matrix product (a k-d tree costs ~0.1 ms to build and query);
+    large ones by a k-d tree searched only as far as most points need: searching to the
+    end for specks deep inside an object took 3/4 of the query time."""
+    if len(points) * len(base) <= 200_000:
+        squared = (base**2).sum(axis=1) - 2 * points @ base.T
+        at = squared.argmin(axis=1)
+        distance = np.sqrt(np.maximum(squared[np.arange(len(points)), at] + (points**2).sum(axis=1), 0))
+    else:
+        tree = cKDTree(base)
+        finite = within[np.isfinite(within)]
+        bound = float(np.quantile(finite, 0.99)) if len(finite) else np.inf
+        # A little past the bound: a point exactly at it is found, whatever the rounding.
+        distance, at = tree.query(points, distance_upper_bound=bound * 1.001 + 1e-6)
+        again = np.flatnonzero(np.isinf(distance) & (within > bound))
+        if len(again):
+            distance[again], at[again] = tree.query(points[again])
+        at = np.minimum(at, len(base) - 1)  # cKDTree's "none found" index
+    distance[distance > within] = np.inf
+    return distance, at
 
 
 def bridge(base: np.ndarray, others: Rings) -> np.ndarray:
@@ -212,8 +228,8 @@ def bridge(base: np.ndarray, others: Rings) -> np.ndarray:
     firsts = others.points[others.starts]
     order = _snake_order(firsts)
     starts, lengths, firsts = others.starts[order], others.lengths[order], firsts[order]
-    to_base, at = _nearest(firsts, base)
     to_prev = np.r_[np.inf, np.hypot(*(firsts[1:] - firsts[:-1]).T)]
+    to_base, at = _nearest(firsts, base, within=to_prev)
     chain = np.cumsum(to_base <= to_prev) - 1  # which chain each ring is on
     last = np.r_[chain[1:] != chain[:-1], True]  # the last ring of its chain
     n, offset = len(lengths), len(base)
@@ -231,8 +247,13 @@ def bridge(base: np.ndarray, others: Rings) -> np.ndarray:
     key_rank = np.concatenate([np.arange(len(forward)), -back_rings, np.zeros(len(heads))])
     hang = at[heads][key_chain]
     emit = np.lexsort((key_rank, key_part, key_chain, hang))
-    points = np.concatenate([base, others.points])
-    return points[np.insert(np.arange(offset), hang[emit] + 1, values[emit])]
+    # Base vertex i, then what hangs from it: np.insert(arange(offset), hang + 1, values)
+    # by positions computed directly (np.insert sorts them again).
+    hang = hang[emit]
+    order = np.empty(offset + len(hang), np.intp)
+    order[np.arange(len(hang)) + hang + 1] = values[emit]
+    order[np.arange(offset) + np.searchsorted(hang, np.arange(offset))] = np.arange(offset)
+    return np.concatenate([base, others.points])[order]
 
 
 def keyhole(shape: Shape) -> np.ndarray:
