@@ -337,17 +337,18 @@ def _old_polygons(baseline: Path | None):
 
 
 def speckled_blobs(frames: int, objects: int, width: int = 1280, height: int = 720, seed: int = 0,
-                   speckle: float = 0.003):
-    """Blob masks at 3x scale with speckle holes (at the default ``speckle``, what real SAM
-    masks at 720p look like to a polygon tracer: a big outline and about a hundred small
-    holes; at 0.03, noisy masks with about a thousand)."""
+                   speckle: float = 0.003, scale: int = 3):
+    """Blob masks at ``scale`` times the templates' size with speckle holes (at 3x and the
+    default ``speckle``, what real SAM masks at 720p look like to a polygon tracer: a big
+    outline and about a hundred small holes; at 0.03, noisy masks with about a thousand;
+    at 5x and 0.05, ~4,000 holes over 320x400 pixels)."""
     import numpy as np
     from _e2e import blob_templates
 
     from sam_backend.types import FrameResult, TrackedObject
 
     rng = np.random.default_rng(seed)
-    big = [np.kron(t, np.ones((3, 3), bool)) for t in blob_templates(objects, seed)]
+    big = [np.kron(t, np.ones((scale, scale), bool)) for t in blob_templates(objects, seed)]
     out = []
     for f in range(frames):
         objs = []
@@ -386,7 +387,14 @@ def _old_export_runs(baseline: Path, dataset: str, fmt: str, kw: dict[str, Any],
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def bench_exports(table: Table, frames: int, objects: int, repeats: int, baseline: Path | None) -> None:
+# The issue measured 490 frames x 3 objects: COCO polygons 382 s and YOLO-seg 175 s against
+# 20 s for COCO RLE, i.e. ~250 ms and ~105 ms of tracing per mask. 5x blobs with 5% speckle
+# cost the tracers before issue 15 about that much (heavier than the 720p sets above).
+ISSUE_WEIGHT = {"speckle": 0.05, "scale": 5, "width": 1920, "height": 1080}
+
+
+def bench_exports(table: Table, frames: int, objects: int, repeats: int, baseline: Path | None, *,
+                  heavy_frames: int) -> None:
     import shutil
 
     import fiftyone as fo
@@ -398,16 +406,20 @@ def bench_exports(table: Table, frames: int, objects: int, repeats: int, baselin
     from sam_backend.video import encode_rgb_frames, probe
 
     old = _old_polygons(baseline)
-    for speckle, kind in ((0.003, "speckled blobs"), (0.03, "noisy blobs, ~1,000 holes per mask")):
-        section = f"exports, {frames} frames x {objects} objects (1280x720, {kind})"
+    sets = [(frames, "speckled blobs", {"speckle": 0.003}),
+            (frames, "noisy blobs, ~1,000 holes per mask", {"speckle": 0.03}),
+            (heavy_frames, "large noisy blobs, ~4,000 holes per mask: the issue's cost per mask", ISSUE_WEIGHT)]
+    for n, (count, kind, shape) in enumerate(sets):
+        width, height = shape.get("width", 1280), shape.get("height", 720)
+        section = f"exports, {count} frames x {objects} objects ({width}x{height}, {kind})"
         tmp = Path(tempfile.mkdtemp(prefix="sam31-bench-export-"))
-        data = speckled_blobs(frames, objects, speckle=speckle)
+        data = speckled_blobs(count, objects, **shape)
         ds = fo.Dataset()
         ds.persistent = True  # the baseline exporter reads it from another process
         try:
             video = tmp / "v.mp4"
-            encode_rgb_frames((np.zeros((720, 1280, 3), np.uint8) for _ in range(frames)), video, width=1280,
-                              height=720, fps=25)
+            encode_rgb_frames((np.zeros((height, width, 3), np.uint8) for _ in range(count)), video, width=width,
+                              height=height, fps=25)
             ds.add_sample(fo.Sample(filepath=str(video)))
             FrameLabelWriter(ds, "sam").write_sample(ds.first().id, iter(data), probe(video))
 
@@ -423,7 +435,7 @@ def bench_exports(table: Table, frames: int, objects: int, repeats: int, baselin
 
             formats = [("COCO, RLE masks", "coco", {}), ("COCO, polygons", "coco", {"coco_masks": "polygons"}),
                        ("YOLO-seg", "yolo-seg", {}), ("MOTS", "mots", {}), ("YouTube-VIS", "ytvis", {})]
-            if speckle == 0.003:
+            if n == 0:
                 frames_view = ds.to_frames(sample_frames=True, output_dir=str(tmp / "fo_frames"))
 
                 def fiftyone_coco() -> float:
@@ -441,7 +453,7 @@ def bench_exports(table: Table, frames: int, objects: int, repeats: int, baselin
                               baseline="FiftyOne's COCODetectionDataset export of the same frames",
                               baseline_runs=fo_runs, higher_is_better=False,
                               note="FiftyOne's time excludes extracting the frames (done once before)")
-            if baseline is not None or speckle != 0.003:  # (without a baseline the rows above have these)
+            if baseline is not None or n > 0:  # (without a baseline the rows above have these)
                 for name, fmt, kw in formats[1:3]:
                     old_runs = [] if baseline is None else _old_export_runs(
                         baseline, ds.name, fmt, kw, tmp / f"old_{fmt}_{len(kw)}", repeats)
@@ -450,7 +462,7 @@ def bench_exports(table: Table, frames: int, objects: int, repeats: int, baselin
                               baseline_runs=old_runs, higher_is_better=False,
                               note="the whole export: reading, frames, tracing, files")
             if old is not None:
-                objs = [o for r in data for o in r.objects]
+                objs = [o for r in data for o in r.objects][:15 if n == 2 else None]  # (old tracer: ~0.3 s each)
                 for fn in ("coco_polygons", "yolo_polygon"):
                     def per_mask(call: Callable[[Any], Any]) -> float:
                         t = time.perf_counter()
@@ -598,7 +610,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                           baseline=base, baseline_rss_sizes=sizes[:2])
             if "exports" not in skip:
                 print("exports", flush=True)
-                bench_exports(table, 6 if q else 60, 3, args.repeats, base)
+                bench_exports(table, 6 if q else 60, 3, args.repeats, base, heavy_frames=1 if q else 20)
             if "local" not in skip:
                 print("local backend memory", flush=True)
                 bench_local_memory(table, (150, 300) if q else (300, 3000), args.repeats)

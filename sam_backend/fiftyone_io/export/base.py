@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import re
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -48,12 +50,36 @@ def frame_file_name(video: VideoRef, frame_index: int, ext: str) -> str:
     return f"{video.name}/{frame_index:06d}.{ext}"
 
 
+class RawJSON:
+    """JSON text encoded already (see :mod:`.numbers`), which :func:`write_json` puts in
+    the file as it is, where the value would go."""
+
+    __slots__ = ("text",)
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+
 def write_json(data: Any, path: Path) -> None:
     """JSON as every reader takes it: ASCII-only (non-ASCII labels as \\u escapes), so
-    readers that open files with the platform's default encoding read them right too."""
+    readers that open files with the platform's default encoding read them right too.
+    :class:`RawJSON` values are spliced in as they are (their text must be ASCII JSON)."""
+    raw: list[str] = []
+    marker = f"\x00{uuid.uuid4().hex}:"  # random, so no string of the caller's can hold it
+
+    def splice(value: Any) -> str:
+        if not isinstance(value, RawJSON):
+            raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
+        raw.append(value.text)
+        return f"{marker}{len(raw) - 1}"
+
     path.parent.mkdir(parents=True, exist_ok=True)
     # dumps, not dump: only the one-shot encoder is the C one (~5x faster on big files)
-    path.write_text(json.dumps(data, ensure_ascii=True, separators=(",", ":")), encoding="ascii")
+    text = json.dumps(data, ensure_ascii=True, separators=(",", ":"), default=splice)
+    if raw:
+        encoded = re.escape(json.dumps(marker)[:-1])  # the marker's quoted text, without its closing quote
+        text = re.sub(encoded + r'(\d+)"', lambda m: raw[int(m[1])], text)
+    path.write_text(text, encoding="ascii")
 
 
 def check_unique_tracks(video: VideoRef, frame: ExportFrame, fmt: str) -> None:

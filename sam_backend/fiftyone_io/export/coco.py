@@ -26,7 +26,8 @@ from typing import Any
 import numpy as np
 
 from ... import masks as mask_ops
-from .base import FormatWriter, frame_file_name, write_json
+from .base import FormatWriter, RawJSON, frame_file_name, write_json
+from .numbers import coco_polygons_json
 from .polygons import coco_polygons
 from .tracks import ExportFrame, ExportObject, VideoRef
 
@@ -75,7 +76,7 @@ class CocoWriter(FormatWriter):
             where = f"{video.name} frame {frame.frame_index} track {obj.track_id}"
             result = coco_polygons(obj.mask, self.opts.polygon_tolerance, box=obj.box)
             self.report.count_polygon(result, where, self.opts.min_polygon_iou)
-            segmentation = [ring.ravel().tolist() for ring in result.polygons]
+            segmentation = RawJSON(coco_polygons_json(result.polygons))
         x0, y0, x1, y1 = obj.box
         annotation: dict[str, Any] = {
             "category_id": self.categories.id(obj.label),

@@ -33,6 +33,7 @@ from typing import Any
 import yaml
 
 from .base import FormatWriter
+from .numbers import yolo_points_text
 from .polygons import yolo_polygon
 from .tracks import ExportFrame, VideoRef
 
@@ -74,9 +75,7 @@ class YoloWriter(FormatWriter):
                 continue
             self.report.count_polygon(result, f"{video.name} frame {frame.frame_index} track {obj.track_id}",
                                       self.opts.min_polygon_iou)
-            points = (result.polygons[0] + _NUDGE_PX) / [w, h]
-            values = points.ravel().tolist()  # one %-format for the row: per-value f-strings cost more than tracing
-            rows.append(f"{cls} " + " ".join(["%.6f"] * len(values)) % tuple(values))
+            rows.append(f"{cls} {yolo_points_text(result.polygons[0], w, h, _NUDGE_PX)}")
         label = self.root / "labels" / SPLIT / f"{self._stem(video, frame.frame_index)}.txt"
         label.write_text("".join(f"{r}\n" for r in rows), encoding="ascii")
 
