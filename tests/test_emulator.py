@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import select
 import socket
 import threading
 import time
@@ -228,6 +229,32 @@ def test_unknown_app_and_request_are_404(emu: EmulatorServer, http: httpx.Client
         method = "PUT" if suffix == "/cancel" else "GET"
         r = http.request(method, f"{emu.queue_url}/fal-ai/sam-3-1/requests/no-such-id{suffix}", headers=auth(emu))
         assert r.status_code == 404 and "detail" in r.json()
+
+
+def test_a_burst_of_connections_waits_in_the_listen_queue() -> None:
+    """A run submits all its requests at once (16 box prompts: 16 submits). socketserver's
+    default listen backlog is 5: with the accept queue full, the kernel drops further
+    handshakes, and the bench's 16-request run once got a ReadError after the connect: an
+    uncertain submit. Here the server listens but accepts nothing yet: 64 connections
+    must all complete (6 did with the default)."""
+    from sam_backend.emulator.server import _HTTPServer
+
+    server = _HTTPServer(EmulatorServer())  # bound and listening; nothing accepts
+    socks = [socket.socket() for _ in range(64)]
+    try:
+        for sock in socks:
+            sock.setblocking(False)
+            sock.connect_ex(server.server_address)
+        connected: set[socket.socket] = set()
+        deadline = time.monotonic() + 2.0
+        while len(connected) < len(socks) and time.monotonic() < deadline:
+            _, writable, _ = select.select([], [s for s in socks if s not in connected], [], 0.1)
+            connected.update(s for s in writable if s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) == 0)
+        assert len(connected) == 64
+    finally:
+        for sock in socks:
+            sock.close()
+        server.server_close()
 
 
 def test_queue_progression(clip_video: tuple[Path, Any], http: httpx.Client) -> None:
