@@ -120,7 +120,7 @@ class PromptPanel:
         names it and the Plotly image holds a decoded frame (a data URI other than
         ``not_image``, the previous frame's) laid out with a size."""
         self.page.wait_for_function(
-            """([image, number, previous]) => {
+            r"""([image, number, previous]) => {
                 const img = document.querySelector(image);
                 if (!img) return false;
                 const src = img.getAttribute('href') || img.getAttribute('xlink:href') || '';
