@@ -255,6 +255,30 @@ def baseline_tree() -> Iterator[Path | None]:
         yield Path(tmp)
 
 
+def growth_ratio_row(table: Table, section: str, growth: dict[int, list[float]], note: str) -> None:
+    """Peak RSS growth at the longest video over the shortest (medians of their rows)."""
+    lo, hi = min(growth), max(growth)
+    table.add(section, f"peak RSS growth {hi} frames / {lo} frames", "x",
+              [statistics.median(growth[hi]) / max(statistics.median(growth[lo]), 1e-9)], higher_is_better=False,
+              note=note)
+
+
+def client_speed_rows(table: Table, section: str, frames: int, runs: list[dict[str, Any]],
+                      base_runs: list[dict[str, Any]], *, stage: bool = False, note: str = "") -> None:
+    """Client frames/s and CPU per frame of end-to-end runs, beside the baseline client's;
+    with ``stage``, also frames/s from the first result byte (when every run stamped it)."""
+    bname = f"before issue 15 ({BASELINE_COMMIT})" if base_runs else None
+    table.add(section, f"client frames/s, {frames} frames", "frames/s", [frames / r["wall_s"] for r in runs],
+              baseline=bname, baseline_runs=[frames / r["wall_s"] for r in base_runs], note=note)
+    if stage and all(r.get("stage_s") for r in runs + base_runs):
+        table.add(section, f"client stage from result fetch to done, {frames} frames", "frames/s",
+                  [frames / r["stage_s"] for r in runs], baseline=bname,
+                  baseline_runs=[frames / r["stage_s"] for r in base_runs],
+                  note="; ".join(filter(None, ["the issue's figure: from the first result byte the emulator sends", note])))
+    table.add(section, f"client CPU per frame, {frames} frames", "ms", [1000 * r["cpu_s"] / frames for r in runs],
+              baseline=bname, baseline_runs=[1000 * r["cpu_s"] / frames for r in base_runs], higher_is_better=False)
+
+
 def bench_e2e(table: Table, sizes: list[int], objects: int, repeats: int, *, e2e_frames: int,
               baseline: Path | None, baseline_rss_sizes: list[int]) -> None:
     section = f"end to end: fal backend -> journal -> decode -> writer -> MongoDB, {objects} objects (640x360)"
@@ -271,25 +295,12 @@ def bench_e2e(table: Table, sizes: list[int], objects: int, repeats: int, *, e2e
                 base_runs = [client_run(urls, frames, objects, baseline) for _ in range(repeats)]
         bname = f"before issue 15 ({BASELINE_COMMIT})"
         if frames == e2e_frames:
-            table.add(section, f"client frames/s, {frames} frames", "frames/s", [frames / r["wall_s"] for r in runs],
-                      baseline=bname if base_runs else None, baseline_runs=[frames / r["wall_s"] for r in base_runs],
-                      note="target >= 10x")
-            if all(r.get("stage_s") for r in runs + base_runs):
-                table.add(section, f"client stage from result fetch to done, {frames} frames", "frames/s",
-                          [frames / r["stage_s"] for r in runs], baseline=bname if base_runs else None,
-                          baseline_runs=[frames / r["stage_s"] for r in base_runs],
-                          note="the issue's figure: from the first result byte the emulator sends; target >= 10x")
-            table.add(section, f"client CPU per frame, {frames} frames", "ms", [1000 * r["cpu_s"] / frames for r in runs],
-                      baseline=bname if base_runs else None,
-                      baseline_runs=[1000 * r["cpu_s"] / frames for r in base_runs], higher_is_better=False)
+            client_speed_rows(table, section, frames, runs, base_runs, stage=True, note="target >= 10x")
         table.add(rss_section, f"peak RSS growth, {frames} frames", "MB", growth[frames],
                   baseline=bname if base_runs else None, baseline_runs=[r["rss_growth_mb"] for r in base_runs],
                   higher_is_better=False)
     if len(sizes) >= 2:
-        lo, hi = min(sizes), max(sizes)
-        table.add(rss_section, f"peak RSS growth {hi} frames / {lo} frames", "x",
-                  [statistics.median(growth[hi]) / max(statistics.median(growth[lo]), 1e-9)],
-                  higher_is_better=False, note="target < 1.3 (medians of the rows above)")
+        growth_ratio_row(table, rss_section, growth, "target < 1.3 (medians of the rows above)")
     bench_e2e_union(table, sizes, objects, repeats, e2e_frames=e2e_frames, baseline=baseline)
 
 
@@ -299,7 +310,6 @@ def bench_e2e_union(table: Table, sizes: list[int], objects: int, repeats: int, 
     object (fal-ai/sam-3-1/video-rle), read side by side."""
     section = (f"end to end, {objects} box-prompted objects: {objects} union-RLE answers read side by side "
                "(fal-ai/sam-3-1/video-rle)")
-    bname = f"before issue 15 ({BASELINE_COMMIT})"
     growth: dict[int, list[float]] = {}
     for frames in sorted({min(sizes), e2e_frames, max(sizes)}):
         with canned_server(frames, objects, "union") as urls:
@@ -308,17 +318,11 @@ def bench_e2e_union(table: Table, sizes: list[int], objects: int, repeats: int, 
                          if baseline is not None and frames == e2e_frames else [])
         growth[frames] = [r["rss_growth_mb"] for r in runs]
         if frames == e2e_frames:
-            table.add(section, f"client frames/s, {frames} frames", "frames/s", [frames / r["wall_s"] for r in runs],
-                      baseline=bname if base_runs else None, baseline_runs=[frames / r["wall_s"] for r in base_runs])
-            table.add(section, f"client CPU per frame, {frames} frames", "ms", [1000 * r["cpu_s"] / frames for r in runs],
-                      baseline=bname if base_runs else None,
-                      baseline_runs=[1000 * r["cpu_s"] / frames for r in base_runs], higher_is_better=False)
+            client_speed_rows(table, section, frames, runs, base_runs)
         table.add(section, f"peak RSS growth, {frames} frames", "MB", growth[frames], higher_is_better=False)
-    lo, hi = min(growth), max(growth)
-    if hi != lo:
-        table.add(section, f"peak RSS growth {hi} frames / {lo} frames", "x",
-                  [statistics.median(growth[hi]) / max(statistics.median(growth[lo]), 1e-9)], higher_is_better=False,
-                  note="bounded: each answer is read a few 64 KB pieces ahead; short answers fit whole")
+    if len(growth) >= 2:
+        growth_ratio_row(table, section, growth,
+                         "bounded: each answer is read a few 64 KB pieces ahead; short answers fit whole")
 
 
 # --------------------------------------------------------------------------- exports
@@ -486,13 +490,10 @@ def bench_local_memory(table: Table, sizes: tuple[int, int], repeats: int) -> No
     section = "local backend: peak RSS over the RSS before segmenting (own process, contract fake predictor)"
     runs = measure_sizes(sizes, repeats, chunk_size=100, overlap=24, width=320, height=240)
     growth = {n: [r["growth_mb"] for r in rs] for n, rs in runs.items()}
-    lo, hi = sizes
     for n in sizes:
         table.add(section, f"peak RSS growth, {n} frames (chunks of 100, overlap 24, 320x240)", "MB", growth[n],
                   higher_is_better=False)
-    table.add(section, f"peak RSS growth {hi} frames / {lo} frames", "x",
-              [statistics.median(growth[hi]) / max(statistics.median(growth[lo]), 1e-9)], higher_is_better=False,
-              note="target < 1.3 (medians of the rows above)")
+    growth_ratio_row(table, section, growth, "target < 1.3 (medians of the rows above)")
 
 
 # --------------------------------------------------------------------------- fal concurrency, emulator
