@@ -159,6 +159,13 @@ class SegmentRequest(_Wire):
                 f"prompt {shorten(self.prompt)} has an empty concept between commas; "
                 "write concepts like 'red ball, blue box'"
             )
+        seen: dict[str, str] = {}
+        for p in parts:
+            key = " ".join(p.casefold().split())
+            if key in seen:
+                raise ValueError(f"prompt {shorten(self.prompt)} names the same concept twice ({seen[key]!r} and "
+                                 f"{p!r}): each concept is segmented, and on fal billed, on its own; name it once")
+            seen[key] = p
         if not self.prompt.strip() and not self.point_prompts and not self.box_prompts:
             raise ValueError(
                 "empty request: give a text prompt (e.g. 'person, dog'), point_prompts or box_prompts"

@@ -100,3 +100,57 @@ def test_unreadable_video_is_reported_and_skipped(make_dataset, small_video: Cli
     assert sum(len(f.sam.detections) for f in good.frames.values() if f.sam is not None) > 0
     # the emulator is free: no "estimated $" as if fal had been paid
     assert "free (offline emulator; fal would charge about $" in out and "estimated $" not in out
+
+
+def test_repeated_concept_is_refused_before_anything_is_billed(dataset: fo.Dataset,
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    # fal would bill both requests and the two identical tracks would land in the field
+    refused(["segment", dataset.name, "--prompt", "red ball, blue box, Red Ball", "--backend", "emulator"], capsys,
+            "same concept twice", "'red ball' and 'Red Ball'")
+    assert not dataset.has_frame_field("sam")
+
+
+def test_bad_backend_and_backend_options_are_one_line(dataset: fo.Dataset, capsys: pytest.CaptureFixture[str],
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    base = ["segment", dataset.name, "--prompt", "red ball"]
+    refused([*base, "--backend", "bogus"], capsys, "unknown backend 'bogus'", "emulator, fal, local")
+    secret = "a1b2c3d4-id:s3cr3t-value-never-printed"
+    monkeypatch.setenv("FAL_KEY", secret)
+    line = refused([*base, "--backend", "fal", "--endpoint", "fal-ai/nope"], capsys, "endpoint='fal-ai/nope'",
+                   "fal-ai/sam-3-1/video-rle")
+    assert "s3cr3t" not in line
+    assert not dataset.has_frame_field("sam")
+
+
+def test_export_to_a_folder_that_cannot_be_made(dataset: fo.Dataset, tmp_path: Path,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    main(["segment", dataset.name, "--prompt", "red ball", "--backend", "emulator"])
+    capsys.readouterr()
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    refused(["export", dataset.name, "--field", "sam", "--format", "mot", "--out", str(blocker / "x")], capsys,
+            f"{blocker} is a file")
+    assert blocker.read_text() == "not a folder"
+    refused(["export", dataset.name, "--field", "sam", "--format", "mot", "--out", "/proc/sam31-nope/x"], capsys,
+            "cannot write the export to /proc/sam31-nope/x")  # procfs refuses new folders, even to root
+
+
+def test_demo_never_replaces_a_dataset_it_did_not_make(make_dataset, small_video: Clip, tmp_path: Path,
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    name = f"sam31-demo-{uuid.uuid4().hex[:6]}"
+    mine = make_dataset(small_video[0], name=name)
+    mine.tag_samples("precious")
+    refused(["demo", "--frames", "6", "--dataset", name, "--out", str(tmp_path)], capsys,
+            repr(name), "not made by the demo")
+    assert fo.load_dataset(name).count_sample_tags() == {"precious": 1}
+    assert not (tmp_path / "shapes.mp4").exists()  # stopped before any work
+    refused(["demo", "--frames", "0", "--dataset", f"{name}-x", "--out", str(tmp_path)], capsys, "at least 1")
+    mine.delete()
+    try:
+        for _ in range(2):  # its own dataset from an earlier run is replaced
+            rc, _, out = run(["demo", "--frames", "6", "--dataset", name, "--out", str(tmp_path)], capsys)
+            assert rc == 0 and "offline fal emulator" in out
+            assert len(fo.load_dataset(name)) == 1
+    finally:
+        if fo.dataset_exists(name):
+            fo.delete_dataset(name)

@@ -24,6 +24,8 @@ def test_defaults_and_concepts() -> None:
         ({}, "empty request"),
         ({"prompt": "   "}, "empty request"),
         ({"prompt": "red,,blue"}, "'red,,blue' has an empty concept"),
+        ({"prompt": "cat, red ball, red ball"}, "names the same concept twice ('red ball' and 'red ball')"),
+        ({"prompt": "Red  Ball, dog, red ball"}, "names the same concept twice ('Red  Ball' and 'red ball')"),
         ({"prompt": "x", "point_prompts": [{"x": 1, "y": 1, "label": 2}]}, "point_prompts[0].label: Input should be 0 or 1 (got 2)"),
         ({"prompt": "x", "point_prompts": [{"x": 1.5, "y": 1}]}, "point_prompts[0].x"),
         ({"prompt": "x", "point_prompts": [{"x": -1, "y": 1}]}, "point_prompts[0].x: Input should be greater than or equal to 0 (got -1)"),

@@ -24,7 +24,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict, model_validator
 
-from ..errors import Cancelled
+from ..errors import Cancelled, InvalidRequest
 from ..types import FrameRange, FrameResult, Progress, SegmentRequest, VideoInfo
 
 ProgressCallback = Callable[[Progress], None]
@@ -170,7 +170,7 @@ def backend_factory(name: str) -> BackendFactory:
         if ep.name == name:
             return ep.load()
     if name not in available_backends():
-        raise ValueError(f"unknown backend {name!r}; available: {', '.join(available_backends())}")
+        raise InvalidRequest(f"unknown backend {name!r}; available: {', '.join(available_backends())}")
     module = importlib.import_module(f"{__package__}.{name}")
     factory = getattr(module, "BACKEND", None)
     if factory is None:

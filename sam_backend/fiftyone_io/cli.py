@@ -189,10 +189,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     seg.add_argument("--prompt", default="", help="comma-separated concepts, e.g. 'person, dog'")
     seg.add_argument("--prompt-field", action="append", default=None, metavar="FIELD",
                      help="frame field whose boxes/clicks (Detections, Keypoints, Polylines) are prompts; repeatable")
-    seg.add_argument("--field", default="sam")
-    seg.add_argument("--backend", default="fal")
-    seg.add_argument("--threshold", type=float, default=0.5)
-    seg.add_argument("--max-objects", type=int, default=16)
+    seg.add_argument("--field", default="sam", help="frame field the tracks are written to (default 'sam'); "
+                     "an existing Detections field of that name is replaced on the processed frames")
+    seg.add_argument("--backend", default="fal", help="fal (default; needs FAL_KEY), emulator (offline, no cost) or local")
+    seg.add_argument("--threshold", type=float, default=0.5, help="detection threshold in [0, 1] (default 0.5)")
+    seg.add_argument("--max-objects", type=int, default=16, help="at most this many objects per video (default 16)")
     seg.add_argument("--concurrency", type=int, default=None, help="videos in flight at once (default 8)")
     seg.add_argument("--frames", type=_frames, default=None, help="only these frames, START:STOP[:STEP] (0-based)")
     seg.add_argument("--url-field", default=None, help="sample field with a public video URL to use instead of uploading")

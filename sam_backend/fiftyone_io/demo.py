@@ -20,19 +20,31 @@ from .. import masks as mask_ops
 from .. import synthetic
 from .. import video as video_ops
 from ..coords import frame_index_from_number, pixel_box
+from ..errors import InvalidRequest
 from ..types import FrameResult, TrackedObject
 from .options import SampleProgress, SegmentReport
 from .segment import segment_videos
 from .writer import FrameLabelWriter
 
 DEFAULT_PROMPT = "red ball, blue box, green ball"
+# In dataset.info of the datasets the demo makes: it replaces those, and no other.
+DEMO_MARK = "sam31_video_demo"
+
+
+def _frame_count(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="sam31-video demo", description=__doc__.splitlines()[0])
     p.add_argument("--prompt", default=DEFAULT_PROMPT, help=f"comma-separated concepts (default: {DEFAULT_PROMPT!r})")
-    p.add_argument("--frames", type=int, default=96, help="length of the generated video (default 96)")
-    p.add_argument("--dataset", default="sam31-demo", help="FiftyOne dataset name (replaced if it exists)")
+    p.add_argument("--frames", type=_frame_count, default=96, help="length of the generated video (default 96)")
+    p.add_argument("--dataset", default="sam31-demo",
+                   help="FiftyOne dataset name (default sam31-demo); a dataset of an earlier demo run is replaced, "
+                        "any other dataset of that name is left alone and the demo stops")
     p.add_argument("--field", default="sam", help="frame field for the tracks (default 'sam')")
     p.add_argument("--out", type=Path, default=Path("out/demo"), help="where the video is written")
     p.add_argument("--app", action="store_true", help="open the FiftyOne App on the result and wait")
@@ -41,6 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
+    _check_dataset_name(args.dataset)
     use_fal = bool(os.environ.get("FAL_KEY") or (os.environ.get("FAL_KEY_ID") and os.environ.get("FAL_KEY_SECRET")))
     if use_fal:
         print("FAL_KEY is set: calling the real fal API (this costs money; estimate below).")
@@ -57,8 +70,10 @@ def run(args: argparse.Namespace) -> int:
           f"objects: {', '.join(s.name for s in scene.shapes)})")
 
     if fo.dataset_exists(args.dataset):
-        fo.delete_dataset(args.dataset)
+        fo.delete_dataset(args.dataset)  # an earlier demo's (checked above)
     dataset = fo.Dataset(args.dataset, persistent=True)
+    dataset.info[DEMO_MARK] = True
+    dataset.save()
     sample = fo.Sample(filepath=str(video_path))
     dataset.add_sample(sample)
     _write_ground_truth(dataset, sample.id, truth)
@@ -82,6 +97,13 @@ def run(args: argparse.Namespace) -> int:
     else:
         print(f"Browse it: fiftyone app launch {args.dataset}   (or rerun with --app)")
     return 0 if not report.failed else 1
+
+
+def _check_dataset_name(name: str) -> None:
+    """The demo replaces the datasets it made, never a user's dataset that has the same name."""
+    if fo.dataset_exists(name) and not fo.load_dataset(name).info.get(DEMO_MARK):
+        raise InvalidRequest(f"a dataset named {name!r} already exists and was not made by the demo; it was left "
+                             "as it is. Pick another name with --dataset")
 
 
 def _write_ground_truth(dataset: fo.Dataset, sample_id: str, truth: synthetic.GroundTruth) -> None:

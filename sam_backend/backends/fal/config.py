@@ -6,9 +6,10 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 
 from ...errors import AuthError, InvalidRequest
+from ...types import describe_validation_error
 from . import endpoints
 from .planner import TextMode
 from .rle import RleLayout, layouts_path, load_layouts
@@ -127,7 +128,7 @@ class FalConfig(BaseModel):
         if not key:
             raise AuthError(
                 "FAL_KEY is not set: create a key in your fal.ai dashboard and export FAL_KEY=<key_id>:<key_secret>, "
-                "or use backend='emulator' to try the plugin offline"
+                "or use backend='emulator' (CLI: --backend emulator) to try the plugin offline"
             )
         overrides.setdefault("journal_path", default_journal_path(environ))
         overrides.setdefault("rle_layouts", load_layouts(layouts_path(environ)))
@@ -136,12 +137,18 @@ class FalConfig(BaseModel):
     @classmethod
     def build(cls, **options: object) -> FalConfig:
         """Like the constructor, but an unknown option (a typo such as ``enpoint``) is an
-        :class:`InvalidRequest` listing the valid ones."""
+        :class:`InvalidRequest` listing the valid ones, and a bad value one naming it."""
         unknown = sorted(set(options) - set(cls.model_fields))
         if unknown:
             raise InvalidRequest(f"unknown fal backend option(s) {', '.join(map(repr, unknown))}; valid options: "
                                  + ", ".join(sorted(k for k in cls.model_fields if k != "key")))
-        return cls(**options)  # type: ignore[arg-type]
+        try:
+            return cls(**options)  # type: ignore[arg-type]
+        except ValidationError as exc:
+            # The key's value never goes into a message.
+            lines = ["key: not a valid fal key" if line.startswith("key") else line
+                     for line in describe_validation_error(exc)]
+            raise InvalidRequest([f"fal backend option {line}" for line in lines]) from None
 
     @property
     def objects_endpoints(self) -> tuple[str, ...]:

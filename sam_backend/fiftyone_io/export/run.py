@@ -53,6 +53,9 @@ def check_output_dir(output_dir: Path | str | None, overwrite: bool) -> list[str
     out = Path(output_dir).expanduser()
     if out.exists() and not out.is_dir():
         return [f"output_dir {out} is a file; give a folder"]
+    blocking = next((p for p in out.parents if p.exists() and not p.is_dir()), None)
+    if blocking is not None:
+        return [f"output_dir {out} cannot be made: {blocking} is a file"]
     if out.is_dir() and any(out.iterdir()):
         if not overwrite:
             return [f"output_dir {out} is not empty; choose a new folder, or overwrite=True to replace an earlier export there"]
@@ -83,9 +86,12 @@ class ExportRun:
         out = opts.output_dir
         start = time.monotonic()
         report = ExportReport(opts.format, opts.label_field, out, skipped=dict(plan.skipped), warnings=list(plan.warnings))
-        out.parent.mkdir(parents=True, exist_ok=True)
-        sweep(out)
-        staging = new_staging(out)
+        try:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            sweep(out)
+            staging = new_staging(out)
+        except OSError as exc:
+            raise InvalidRequest(f"cannot write the export to {out}: {exc.strerror or exc}") from None
         published = False
         try:
             writer = WRITERS[opts.format](staging, opts, plan.categories, report)
