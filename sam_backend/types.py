@@ -85,6 +85,9 @@ class VideoInfo(BaseModel):
     # What the container claims (packets), when it differs from decoding: edit lists,
     # truncated and corrupt files. None = not probed.
     container_frame_count: int | None = None
+    # The frame count the stream's header declares (nb_frames; what FiftyOne's metadata
+    # shows), when it declares one: a truncated file still claims all of its frames.
+    header_frame_count: int | None = None
     # Display rotation in degrees; width/height above already have it applied, as the
     # decoder and the App's player both apply it.
     rotation: int = 0
@@ -92,6 +95,11 @@ class VideoInfo(BaseModel):
     @property
     def container_disagrees(self) -> bool:
         return self.container_frame_count is not None and self.container_frame_count != self.frame_count
+
+    @property
+    def claimed_frame_count(self) -> int | None:
+        """The count the file claims: its header's, else its packets'."""
+        return self.header_frame_count or self.container_frame_count
 
 
 class FrameRange(BaseModel):

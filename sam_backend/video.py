@@ -80,7 +80,7 @@ def _probe_cached(path: str, size: int, mtime_ns: int) -> VideoInfo:
     cmd = [
         ffprobe, "-v", "error", "-select_streams", "v:0", "-count_packets",
         "-show_entries",
-        "stream=width,height,codec_name,avg_frame_rate,r_frame_rate,nb_read_packets,duration"
+        "stream=width,height,codec_name,avg_frame_rate,r_frame_rate,nb_read_packets,nb_frames,duration"
         ":stream_side_data=rotation:format=duration,size",
         "-of", "json", path,
     ]
@@ -110,6 +110,7 @@ def _probe_cached(path: str, size: int, mtime_ns: int) -> VideoInfo:
         height=height,
         frame_count=decoded,
         container_frame_count=int(s.get("nb_read_packets") or 0),
+        header_frame_count=int(s["nb_frames"]) if str(s.get("nb_frames", "")).isdigit() else None,
         fps=avg or nominal,
         duration=duration,
         codec=s.get("codec_name", ""),
