@@ -14,6 +14,7 @@ import fiftyone.operators.types as types
 from sam_backend.cost import fal_estimate
 from sam_backend.errors import InvalidRequest
 from sam_backend.fiftyone_io import SegmentOptions
+from sam_backend.fiftyone_io.writer import labels_not_ours
 from sam_backend.types import FrameRange, SegmentRequest
 
 DEFAULTS = SegmentOptions()
@@ -33,7 +34,7 @@ def options_from_params(params: dict[str, Any], *, selected_labels: list[dict[st
     fields: dict[str, Any] = {}
     for key in ("label_field", "backend", "prompt", "detection_threshold", "max_num_objects", "min_mask_area",
                 "min_track_frames", "concurrency", "point_prompts", "box_prompts", "prompt_fields", "run_key",
-                "render_video"):
+                "render_video", "overwrite"):
         if params.get(key) not in (None, ""):
             fields[key] = params[key]
     backend = params.get("backend") or DEFAULTS.backend
@@ -239,7 +240,14 @@ def _output_inputs(ctx: Any, inputs: types.Object) -> None:
     inputs.str("label_field", label="Output frame field", default=DEFAULTS.label_field, required=True)
     name = params.get("label_field") or DEFAULTS.label_field
     if ctx.dataset is not None and ctx.dataset.has_frame_field(name) and not params.get("refine"):
-        inputs.view("overwrite", types.Warning(label=f"frames.{name} exists and will be replaced on the target videos"))
+        held = labels_not_ours(ctx.dataset, name)
+        if held:
+            inputs.view("replace_note", types.Warning(
+                label=f"frames.{name} holds labels on {held:,} frame{'s' if held != 1 else ''} that sam31-video did not write",
+                description="A run replaces them on the target videos. Pick another field to keep them."))
+            inputs.bool("overwrite", default=False, label=f"Replace the labels in frames.{name}")
+        else:
+            inputs.view("replace_note", types.Warning(label=f"frames.{name} exists and will be replaced on the target videos"))
     inputs.float("detection_threshold", label="Detection threshold", default=DEFAULTS.detection_threshold, min=0.0,
                  max=1.0, description=_threshold_help(params))
     inputs.int("max_num_objects", label="Max objects", default=DEFAULTS.max_num_objects, min=1, max=128)

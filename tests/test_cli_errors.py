@@ -154,3 +154,42 @@ def test_demo_never_replaces_a_dataset_it_did_not_make(make_dataset, small_video
     finally:
         if fo.dataset_exists(name):
             fo.delete_dataset(name)
+
+
+def test_labels_sam31_did_not_write_are_replaced_only_when_asked(dataset: fo.Dataset, tmp_path: Path,
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    sample = dataset.first()
+    for number in (3, 5):  # hand-made ground truth on two frames
+        sample.frames[number]["gt"] = fo.Detections(detections=[fo.Detection(label="hand", bounding_box=[0.1, 0.1, 0.2, 0.2])])
+    sample.save()
+    base = ["segment", dataset.name, "--prompt", "red ball", "--backend", "emulator", "--field", "gt"]
+    refused(base, capsys, "frames.gt already holds labels on 2 frames", "--overwrite")
+    assert dataset.count("frames.gt.detections") == 2 and dataset.distinct("frames.gt.detections.label") == ["hand"]
+    rc, _, _ = run([*base, "--overwrite"], capsys)
+    assert rc == 0 and dataset.distinct("frames.gt.detections.label") == ["red ball"]
+    rc, _, _ = run(base, capsys)  # written by sam31-video now: a rerun replaces its own labels
+    assert rc == 0
+    # A field the plugin made is its own from the first write, before the run describes it.
+    rc, _, _ = run(["segment", dataset.name, "--prompt", "red ball", "--backend", "emulator", "--field", "new"], capsys)
+    assert rc == 0 and dataset.get_field("frames.new").info
+    main(["export", dataset.name, "--field", "new", "--format", "coco", "--out", str(tmp_path / "coco")])
+    sample.frames[4]["hand2"] = fo.Detections(detections=[fo.Detection(label="hand", bounding_box=[0.1, 0.1, 0.2, 0.2])])
+    sample.save()
+    capsys.readouterr()
+    imported = ["import", dataset.name, str(tmp_path / "coco"), "--field", "hand2"]
+    refused(imported, capsys, "frames.hand2 already holds labels on 1 frame ", "--overwrite")
+    assert dataset.distinct("frames.hand2.detections.label") == ["hand"]
+    rc, _, _ = run([*imported, "--overwrite"], capsys)
+    assert rc == 0 and dataset.distinct("frames.hand2.detections.label") == ["red ball"]
+
+
+def test_emulator_runs_name_a_run_id_only_when_it_can_be_found_again(dataset: fo.Dataset, tmp_path: Path,
+                                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    base = ["segment", dataset.name, "--prompt", "red ball", "--backend", "emulator"]
+    rc, _, out = run(base, capsys)
+    assert rc == 0 and "(run " not in out  # its journal was in memory: status/redecode could not find it
+    journal = tmp_path / "journal.sqlite3"
+    rc, _, out = run([*base, "--journal", str(journal)], capsys)
+    run_id = out.rsplit("(run ", 1)[1].split(")")[0]
+    rc, _, listed = run(["status", dataset.name, "--journal", str(journal)], capsys)
+    assert rc == 0 and run_id in listed

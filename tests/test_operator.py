@@ -38,10 +38,16 @@ def test_form_shows_fields_and_warns_about_overwrite(make_dataset, small_video, 
     props = httpx.post(f"{app_server}/operators/resolve-type", json=body, timeout=30).json()["type"]["properties"]
     assert {"prompt", "backend", "label_field", "detection_threshold", "max_num_objects"} <= set(props)
     assert "no_key" in props  # FAL_KEY is not set in tests
-    assert "overwrite" not in props
+    assert "replace_note" not in props and "overwrite" not in props
     ds.add_frame_field("sam", fo.EmbeddedDocumentField, embedded_doc_type=fo.Detections)
     props = httpx.post(f"{app_server}/operators/resolve-type", json=body, timeout=30).json()["type"]["properties"]
-    assert "overwrite" in props
+    assert "replace_note" in props and "overwrite" not in props  # an empty field: nothing of the user's to lose
+    sample = ds.first()
+    sample.frames[2]["sam"] = fo.Detections(detections=[fo.Detection(label="hand", bounding_box=[0.1, 0.1, 0.2, 0.2])])
+    sample.save()
+    props = httpx.post(f"{app_server}/operators/resolve-type", json=body, timeout=30).json()["type"]["properties"]
+    assert "labels on 1 frame that sam31-video did not write" in json.dumps(props["replace_note"])
+    assert props["overwrite"]["type"]["name"] == "Boolean"
 
 
 def test_execute_over_http_streams_progress_and_writes_labels(make_dataset, small_video, app_server: str) -> None:

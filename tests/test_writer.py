@@ -15,7 +15,7 @@ import pytest
 from sam_backend import masks as mask_ops
 from sam_backend import synthetic, video
 from sam_backend.fiftyone_io.labels import to_detections
-from sam_backend.fiftyone_io.writer import FrameLabelWriter, WritePolicy, serialize_mask
+from sam_backend.fiftyone_io.writer import FrameLabelWriter, WritePolicy, labels_not_ours, serialize_mask
 from sam_backend.types import FrameResult, TrackedObject
 
 
@@ -89,9 +89,11 @@ def test_stored_documents_and_schema_match_fiftyone(two_ways) -> None:
 
     def schema(ds: fo.Dataset) -> list:
         fields = db.datasets.find_one({"name": ds.name})["frame_fields"]
-        return [_strip(f) | {"created_at": None} for f in fields if f["name"] == "sam"]
+        return [_strip(f) | {"created_at": None, "info": None} for f in fields if f["name"] == "sam"]
 
     assert schema(fast) == schema(naive)
+    # The one difference: the field says the plugin wrote it (info is free-form in FiftyOne).
+    assert fast.get_field("frames.sam").info == {"sam31_video_written": True} and naive.get_field("frames.sam").info is None
     assert fast.get_frame_field_schema(flat=True).keys() == naive.get_frame_field_schema(flat=True).keys()
 
 
@@ -205,3 +207,12 @@ def test_masks_on_disk_read_back_and_failed_runs_leave_no_files(make_dataset, sm
     assert set(tmp_path.rglob("*.png")) == files  # nothing new left behind, old files kept
     writer.write_sample(ds.first().id, frames, info, WritePolicy(mask_dir=tmp_path))
     assert len(set(tmp_path.rglob("*.png"))) == len(dets) and not files & set(tmp_path.rglob("*.png"))
+
+
+def test_fields_the_writer_makes_are_marked_as_its_own(two_ways) -> None:
+    """A run that stops (or a shard still running) leaves labels in a field it created; a
+    resume or the next shard must not take them for the user's own."""
+    fast, naive = two_ways  # same labels: ours, and FiftyOne's own path
+    assert labels_not_ours(fast, "sam") == 0
+    assert labels_not_ours(naive, "sam") == naive.count("frames.sam") > 0
+    assert labels_not_ours(naive, "absent") == 0

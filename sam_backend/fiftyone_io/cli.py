@@ -74,13 +74,13 @@ class _Interrupts:
         signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
-def _print_report(report: Any, field: str) -> int:
+def _print_report(report: Any, field: str, *, show_run: bool = True) -> int:
     billed = f", {report.billed_units:g} billed units" if report.billed_units is not None else ""
     cost = f", estimated ${report.estimated_usd:.2f}" if report.estimated_usd is not None else ""
+    run = f" (run {report.run_id})" if report.run_id and show_run else ""
     if report.records and all(r.backend == "emulator" for r in report.records.values()):
         billed, cost = "", ", free (offline emulator" + (f"; fal would charge about ${report.estimated_usd:.2f})"
                                                           if report.estimated_usd is not None else ")")
-    run = f" (run {report.run_id})" if report.run_id else ""
     print(f"{len(report.done)}/{report.samples} videos, {report.frames} frames, {sum(report.tracks.values())} tracks "
           f"-> frames.{field}{cost}{billed} ({report.seconds:.1f} s){run}")
     for sample_id, message in report.failed.items():
@@ -106,8 +106,10 @@ def _segment(args: argparse.Namespace) -> int:
         report = segment_videos(dataset, prompt=args.prompt, label_field=args.field, backend=args.backend,
                                 detection_threshold=args.threshold, max_num_objects=args.max_objects,
                                 concurrency=args.concurrency, frames=args.frames, url_field=args.url_field,
-                                prompt_fields=args.prompt_field or [], backend_options=backend_options, progress=_show, cancel=interrupts.token)
-    return _print_report(report, args.field)
+                                prompt_fields=args.prompt_field or [], backend_options=backend_options,
+                                overwrite=args.overwrite, progress=_show, cancel=interrupts.token)
+    # Without --journal the emulator keeps its journal in memory: no run to resume or redecode.
+    return _print_report(report, args.field, show_run=args.backend != "emulator" or bool(args.journal))
 
 
 def load_dataset(name: str) -> Any:
@@ -190,7 +192,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     seg.add_argument("--prompt-field", action="append", default=None, metavar="FIELD",
                      help="frame field whose boxes/clicks (Detections, Keypoints, Polylines) are prompts; repeatable")
     seg.add_argument("--field", default="sam", help="frame field the tracks are written to (default 'sam'); "
-                     "an existing Detections field of that name is replaced on the processed frames")
+                     "a field of an earlier run is replaced on the processed frames")
+    seg.add_argument("--overwrite", action="store_true",
+                     help="replace labels in --field that sam31-video did not write (e.g. ground truth)")
     seg.add_argument("--backend", default="fal", help="fal (default; needs FAL_KEY), emulator (offline, no cost) or local")
     seg.add_argument("--threshold", type=float, default=0.5, help="detection threshold in [0, 1] (default 0.5)")
     seg.add_argument("--max-objects", type=int, default=16, help="at most this many objects per video (default 16)")

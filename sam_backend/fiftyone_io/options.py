@@ -37,6 +37,8 @@ class SegmentOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     label_field: str = "sam"
+    # Replace labels in label_field that this plugin did not write (e.g. ground truth).
+    overwrite: bool = False
     backend: str = "fal"
     backend_options: dict[str, Any] = Field(default_factory=dict)
     prompt: str = ""

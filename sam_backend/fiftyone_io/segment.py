@@ -32,7 +32,7 @@ from ..types import SegmentRequest, VideoInfo
 from .options import DEFAULT_CONCURRENCY, SampleProgress, SegmentOptions, SegmentReport
 from .plan import SamplePlan, plan_sample
 from .runner import Job, Runner, already_written
-from .writer import check_label_field
+from .writer import check_label_field, labels_not_ours
 
 logger = logging.getLogger(__name__)
 
@@ -133,6 +133,10 @@ def _check_collection(samples: fo.core.collections.SampleCollection, opts: Segme
         check_label_field(dataset, opts.label_field)
     except ValueError as exc:
         raise InvalidRequest(str(exc)) from None
+    if not opts.overwrite and opts.refine_track is None and (held := labels_not_ours(samples, opts.label_field)):
+        raise InvalidRequest(f"frames.{opts.label_field} already holds labels on {held:,} frame{'s' if held != 1 else ''} "
+                             "of these videos that sam31-video did not write; a run would replace them. Pick another "
+                             "label_field, or pass overwrite=True (CLI: --overwrite) to replace them")
     frame_fields = dataset.get_frame_field_schema() or {}
     missing = [f for f in opts.prompt_fields if f.removeprefix("frames.") not in frame_fields]
     if missing:
@@ -254,7 +258,7 @@ def _frame_count_warnings(samples: fo.core.collections.SampleCollection, jobs: S
     warnings = []
     for job in jobs:
         if job.info.container_disagrees:
-            warnings.append(f"{job.path.name}: the file says {job.info.container_frame_count} frames but "
+            warnings.append(f"{job.path.name}: the file says {job.info.claimed_frame_count} frames but "
                             f"{job.info.frame_count} decode (an edit list, or a damaged or truncated file); labels "
                             f"are on the {job.info.frame_count} decoded frames, as FiftyOne's reader numbers them")
             continue

@@ -43,6 +43,8 @@ from ..owners import current_owner, owner_alive
 from ..types import FrameResult, TrackedObject, VideoInfo
 
 STAGING_COLLECTION = "sam31_staging"
+# In the info of the frame fields the writer creates: labels this plugin wrote there.
+WRITTEN_MARK = "sam31_video_written"
 _SCHEMA_LOCK = threading.Lock()
 # Frames per insert into the staging collection: big enough to amortise round trips,
 # small enough that a batch of 1080p masks stays in the tens of MB.
@@ -265,7 +267,8 @@ class FrameLabelWriter:
         field = self.label_field
         with _SCHEMA_LOCK:  # samples may be published from several threads
             if self.dataset.get_frame_field_schema().get(field) is None:
-                self.dataset.add_frame_field(field, fo.EmbeddedDocumentField, embedded_doc_type=fo.Detections)
+                self.dataset.add_frame_field(field, fo.EmbeddedDocumentField, embedded_doc_type=fo.Detections,
+                                             info={WRITTEN_MARK: True})
         pipeline: list[dict[str, Any]] = [
             {"$match": {"run": run}},
             {"$project": {
@@ -319,6 +322,19 @@ def writing_now(dataset: fo.Dataset, sample_id: str, field: str) -> bool:
                                         "field": {"$in": [field, None]},  # None: staged before fields were recorded
                                         "staged_at": {"$gte": _utcnow() - STALE_AFTER}})
     return any(owner_alive(o) is not False for o in owners)
+
+
+def labels_not_ours(samples: fo.core.collections.SampleCollection, label_field: str) -> int:
+    """How many frames of ``samples`` hold labels in ``frames.<label_field>`` that this
+    plugin did not write (a field it made carries its mark from the first write, and a
+    segment run's description after): labels a run would replace only when told to."""
+    field = samples._dataset.get_frame_field_schema().get(label_field)
+    if field is None:
+        return 0
+    info = field.info or {}
+    if info.get(WRITTEN_MARK) or "sam31_video" in info:
+        return 0
+    return samples.count(f"frames.{label_field}")
 
 
 def check_label_field(dataset: fo.Dataset, label_field: str) -> None:

@@ -40,6 +40,8 @@ def _parser() -> argparse.ArgumentParser:
     imp.add_argument("path", help="labels JSON, or an export folder holding labels.json / instances.json")
     imp.add_argument("--field", default="imported", help="frame field to write (new, or holding Detections)")
     imp.add_argument("--format", choices=["coco", "ytvis"], default=None, help="default: detected from the file")
+    imp.add_argument("--overwrite", action="store_true",
+                     help="replace labels in --field that sam31-video did not write (e.g. ground truth)")
     return parser
 
 
@@ -63,7 +65,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                                    mots_class_id=args.mots_class_id, overwrite=args.overwrite, strict=args.strict,
                                    progress=_show)
         else:
-            report = import_tracks(dataset, args.path, args.field, args.format, progress=_show)
+            report = import_tracks(dataset, args.path, args.field, args.format, overwrite=args.overwrite,
+                                   progress=_show)
         print(report.summary())
         for line in report.notes:
             print(f"note: {line}")

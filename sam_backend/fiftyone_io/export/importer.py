@@ -28,7 +28,7 @@ import fiftyone as fo
 from ... import video as video_ops
 from ...errors import InvalidRequest, VideoError
 from ...types import VideoInfo
-from ..writer import FrameLabelWriter, check_label_field
+from ..writer import FrameLabelWriter, check_label_field, labels_not_ours
 from .field_backup import FieldBackup, recover_killed
 from .readers import ImportedVideo, read_labels
 from .report import ExportProgress
@@ -63,11 +63,13 @@ def import_tracks(
     fmt: str | None = None,
     *,
     default_score: float = 1.0,
+    overwrite: bool = False,
     progress: Callable[[ExportProgress], None] | None = None,
 ) -> ImportReport:
     """Read a COCO or YouTube-VIS file (or an export folder holding one) into
     ``frames.<label_field>`` of the matching videos in ``samples``. Everything is checked
-    (format, matching, frame sizes and counts, the field) before anything is written."""
+    (format, matching, frame sizes and counts, the field) before anything is written.
+    Labels in the field that this plugin did not write are replaced only with ``overwrite``."""
     start = time.monotonic()
     if samples.media_type != "video":
         raise InvalidRequest(f"import needs video samples; this collection has media_type={samples.media_type!r}")
@@ -76,6 +78,10 @@ def import_tracks(
         check_label_field(dataset, label_field)
     except ValueError as exc:
         raise InvalidRequest(str(exc)) from None
+    if not overwrite and (held := labels_not_ours(samples, label_field)):
+        raise InvalidRequest(f"frames.{label_field} already holds labels on {held:,} frame{'s' if held != 1 else ''} "
+                             "that sam31-video did not write; importing would replace them on the matching videos. "
+                             "Pick another field, or pass overwrite=True (CLI: --overwrite) to replace them")
     data = read_labels(path, fmt)
     report = ImportReport(label_field, data.format, notes=list(data.notes))
     missing = samples.exists("metadata", False)
