@@ -216,3 +216,12 @@ def test_fields_the_writer_makes_are_marked_as_its_own(two_ways) -> None:
     assert labels_not_ours(fast, "sam") == 0
     assert labels_not_ours(naive, "sam") == naive.count("frames.sam") > 0
     assert labels_not_ours(naive, "absent") == 0
+
+
+def test_an_empty_field_made_in_fiftyone_is_the_writers_once_it_wrote_there(make_dataset, small_video) -> None:
+    path, truth = small_video
+    ds = make_dataset(path)
+    ds.add_frame_field("sam", fo.EmbeddedDocumentField, embedded_doc_type=fo.Detections, info={"note": "mine"})
+    FrameLabelWriter(ds, "sam").write_sample(ds.first().id, iter(truth_frames(truth)[:5]), video.probe(path))
+    assert labels_not_ours(ds, "sam") == 0  # a stopped run's resume must not take its own labels for the user's
+    assert ds.get_field("frames.sam").info == {"note": "mine", "sam31_video_written": True}

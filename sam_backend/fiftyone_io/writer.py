@@ -266,9 +266,13 @@ class FrameLabelWriter:
     def _publish(self, run: str, sample_oid: ObjectId, drop: set[int], replace: frozenset[int] | None) -> None:
         field = self.label_field
         with _SCHEMA_LOCK:  # samples may be published from several threads
-            if self.dataset.get_frame_field_schema().get(field) is None:
+            existing = self.dataset.get_frame_field_schema().get(field)
+            if existing is None:
                 self.dataset.add_frame_field(field, fo.EmbeddedDocumentField, embedded_doc_type=fo.Detections,
                                              info={WRITTEN_MARK: True})
+            elif not _written_here(existing):  # e.g. an empty field made in FiftyOne: ours from now on
+                existing.info = {**(existing.info or {}), WRITTEN_MARK: True}
+                existing.save()
         pipeline: list[dict[str, Any]] = [
             {"$match": {"run": run}},
             {"$project": {
@@ -329,12 +333,14 @@ def labels_not_ours(samples: fo.core.collections.SampleCollection, label_field: 
     plugin did not write (a field it made carries its mark from the first write, and a
     segment run's description after): labels a run would replace only when told to."""
     field = samples._dataset.get_frame_field_schema().get(label_field)
-    if field is None:
-        return 0
-    info = field.info or {}
-    if info.get(WRITTEN_MARK) or "sam31_video" in info:
+    if field is None or _written_here(field):
         return 0
     return samples.count(f"frames.{label_field}")
+
+
+def _written_here(field: Any) -> bool:
+    info = field.info or {}
+    return bool(info.get(WRITTEN_MARK)) or "sam31_video" in info
 
 
 def check_label_field(dataset: fo.Dataset, label_field: str) -> None:
