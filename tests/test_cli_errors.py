@@ -193,3 +193,28 @@ def test_emulator_runs_name_a_run_id_only_when_it_can_be_found_again(dataset: fo
     run_id = out.rsplit("(run ", 1)[1].split(")")[0]
     rc, _, listed = run(["status", dataset.name, "--journal", str(journal)], capsys)
     assert rc == 0 and run_id in listed
+
+
+def test_demo_on_fal_states_the_cost_before_it_sends_anything(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    from sam_backend.errors import InvalidRequest
+    from sam_backend.fiftyone_io import demo
+
+    monkeypatch.setenv("FAL_KEY", "a1b2c3d4-id:s3cr3t-value")
+    sent = []
+
+    def no_network(*args, **kwargs):  # where the demo would call fal
+        sent.append(kwargs.get("backend"))
+        raise InvalidRequest("stopped before fal")
+
+    monkeypatch.setattr(demo, "segment_videos", no_network)
+    name = f"sam31-demo-{uuid.uuid4().hex[:6]}"
+    try:
+        rc, line, out = run(["demo", "--frames", "32", "--dataset", name, "--out", str(tmp_path)], capsys)
+    finally:
+        if fo.dataset_exists(name):
+            fo.delete_dataset(name)
+    assert rc == 2 and "stopped before fal" in line and sent == ["fal"]
+    first = out.splitlines()[0]
+    assert first.startswith("FAL_KEY is set: calling the real fal API") and "about $0.03: 3 request(s) x 32 frames" in first
+    assert "s3cr3t" not in out

@@ -20,8 +20,9 @@ from .. import masks as mask_ops
 from .. import synthetic
 from .. import video as video_ops
 from ..coords import frame_index_from_number, pixel_box
+from ..cost import fal_estimate
 from ..errors import InvalidRequest
-from ..types import FrameResult, TrackedObject
+from ..types import FrameResult, SegmentRequest, TrackedObject
 from .options import SampleProgress, SegmentReport
 from .segment import segment_videos
 from .writer import FrameLabelWriter
@@ -56,7 +57,9 @@ def run(args: argparse.Namespace) -> int:
     _check_dataset_name(args.dataset)
     use_fal = bool(os.environ.get("FAL_KEY") or (os.environ.get("FAL_KEY_ID") and os.environ.get("FAL_KEY_SECRET")))
     if use_fal:
-        print("FAL_KEY is set: calling the real fal API (this costs money; estimate below).")
+        usd, detail = fal_estimate(SegmentRequest.build(prompt=args.prompt), args.frames)
+        about = f"about ${usd:.2f}: {detail}" if usd is not None else f"cost unknown: {detail}"
+        print(f"FAL_KEY is set: calling the real fal API; this costs money ({about}).")
     else:
         print("FAL_KEY is not set: using the bundled offline fal emulator on 127.0.0.1 "
               "(no network, no cost; its toy model only knows these synthetic colours).")
