@@ -197,8 +197,10 @@ def test_mots_resolves_overlaps_in_favour_of_the_more_confident(small_video, tmp
 def test_reimport_keeps_track_ids_labels_and_masks(edges, tmp_path, fmt: str) -> None:
     ds, expected = edges
     export_tracks(ds, "edges", fmt, tmp_path / fmt, frames="video")
-    report = import_tracks(ds, tmp_path / fmt, f"edges_{fmt}")
+    events: list[ExportProgress] = []
+    report = import_tracks(ds, tmp_path / fmt, f"edges_{fmt}", progress=events.append)
     assert report.frames == 48 and report.tracks == 4 + 128
+    assert [(e.frames_done, e.video_name) for e in events] == [(0, "small"), (48, "small")]  # the last names it too
     sample = ds.select_fields(f"frames.edges_{fmt}").first()
     for number, frame in sample.frames.items():
         dets = frame[f"edges_{fmt}"].detections

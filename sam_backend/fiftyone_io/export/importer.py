@@ -125,7 +125,7 @@ def import_tracks(
             done += len(video.frames)
         backup.commit()
     if progress is not None and matches:
-        progress(ExportProgress(done, total, len(matches) - 1, len(matches), ""))
+        progress(ExportProgress(done, total, len(matches) - 1, len(matches), list(matches)[-1].name))
     report.seconds = time.monotonic() - start
     return report
 
