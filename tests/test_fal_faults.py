@@ -611,3 +611,61 @@ def test_an_unexpected_error_fails_one_video_and_the_run_goes_on(make_dataset, c
     assert list(report.failed) == [first] and "unexpected error (OverflowError)" in report.failed[first]
     assert report.done == [second]
     assert ds.count("frames.sam") == clips[1][1].scene.frame_count
+
+
+CTRL_C_CHILD = textwrap.dedent("""
+    import json, sys, time
+    from pathlib import Path
+    import fiftyone as fo
+    from sam_backend.backends.emulator import BACKEND
+    from sam_backend.fiftyone_io import segment_videos
+
+    name, marker = sys.argv[1:3]
+    backend = BACKEND({"queue_steps": 0, "service_time_s": 20.0, "workers": 8})
+
+    def progress(p):
+        if p.backend.stage == "running":
+            Path(marker).touch()
+
+    started, outcome = time.monotonic(), "finished"
+    try:
+        segment_videos(fo.load_dataset(name), prompt="red ball, blue box", label_field="sam", backend=backend,
+                       progress=progress)
+    except KeyboardInterrupt:
+        outcome = "KeyboardInterrupt"
+    stats = backend.server.stats
+    print(json.dumps({"outcome": outcome, "seconds": time.monotonic() - started,
+                      "submitted": len(stats.submits), "cancelled": sorted(stats.cancelled_requests)}))
+    backend.close()
+""")
+
+
+def test_ctrl_c_in_a_script_cancels_the_requests_in_flight_and_writes_nothing(make_dataset, clips: list[Clip],
+                                                                             tmp_path: Path) -> None:
+    """SDK users (scripts, notebooks) get no SIGINT handler of ours: a KeyboardInterrupt
+    must cancel the requests at fal like the CLI's Ctrl-C, not wait for every video to be
+    answered (paid) and written, and then still be raised."""
+    import json
+    import signal
+
+    ds = make_dataset(*(path for path, _ in clips), persistent=True)
+    marker = tmp_path / "running"
+    child = subprocess.Popen([sys.executable, "-c", CTRL_C_CHILD, ds.name, str(marker)], env=dict(os.environ),
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not marker.exists():
+            assert child.poll() is None, child.communicate()
+            assert time.monotonic() < deadline, "no request ever ran"
+            time.sleep(0.05)
+        child.send_signal(signal.SIGINT)
+        out, err = child.communicate(timeout=60)
+    finally:
+        if child.poll() is None:
+            child.kill()
+    result = json.loads(out.strip().splitlines()[-1])
+    assert result["outcome"] == "KeyboardInterrupt", err[-2000:]
+    assert result["seconds"] < 15  # the 20 s jobs were not waited for
+    assert result["submitted"] > 0 and len(result["cancelled"]) == result["submitted"]
+    ds.reload()
+    assert not ds.has_frame_field("sam") and ds.count("frames") == 0

@@ -62,13 +62,26 @@ class Runner:
         if self.journal is not None and callable(harvest := getattr(self.backend, "harvest", None)):
             harvest(work_keys)  # results finished while nobody watched expire within minutes
         errors: list[BaseException] = []
+        interrupted: KeyboardInterrupt | None = None
         with concurrent.futures.ThreadPoolExecutor(max_workers=min(self.opts.concurrency, max(1, len(self.jobs))),
                                                    thread_name_prefix="sam31-sample") as pool:
             for future in [pool.submit(self._one, job) for job in self.jobs]:
-                try:
-                    future.result()
-                except BaseException as exc:  # noqa: BLE001 - re-raised below, once every worker stopped
-                    errors.append(exc)
+                while True:
+                    try:
+                        future.result()
+                    except KeyboardInterrupt as exc:
+                        # Ctrl-C in a script or notebook: cancel like the CLI does (the requests in
+                        # flight are cancelled at fal, nothing partial is written), then raise it.
+                        if interrupted is not None:
+                            raise  # a second Ctrl-C: stop waiting
+                        interrupted = exc
+                        logger.warning("interrupted: cancelling every request in flight (Ctrl-C again to stop "
+                                       "waiting; resume picks up what is left)")
+                        self.cancel.cancel()
+                        continue
+                    except BaseException as exc:  # noqa: BLE001 - re-raised below, once every worker stopped
+                        errors.append(exc)
+                    break
         for job in self.jobs:  # report in sample order, whatever order they finished in
             outcome = self._results.get(job.index)
             if outcome is not None and outcome[0] == "done":
@@ -77,6 +90,8 @@ class Runner:
             if callable(cancel_inflight := getattr(self.backend, "cancel_inflight", None)):
                 cancel_inflight(work_keys)  # requests journaled by an earlier run no worker reached
             self._set_run_state("cancelled")
+            if interrupted is not None:
+                raise interrupted
             raise next((e for e in errors if isinstance(e, Cancelled)), None) or Cancelled("run cancelled")
         fatal = next((e for e in errors if not isinstance(e, Cancelled)), None)
         if fatal is not None:
