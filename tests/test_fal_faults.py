@@ -620,17 +620,29 @@ CTRL_C_CHILD = textwrap.dedent("""
     from sam_backend.backends.emulator import BACKEND
     from sam_backend.fiftyone_io import segment_videos
 
-    name, marker = sys.argv[1:3]
+    name, marker, how = sys.argv[1:4]
     backend = BACKEND({"queue_steps": 0, "service_time_s": 20.0, "workers": 8})
-
-    def progress(p):
-        if p.backend.stage == "running":
-            Path(marker).touch()
-
     started, outcome = time.monotonic(), "finished"
     try:
-        segment_videos(fo.load_dataset(name), prompt="red ball, blue box", label_field="sam", backend=backend,
-                       progress=progress)
+        if how == "segment_videos":
+            def progress(p):
+                if p.backend.stage == "running":
+                    Path(marker).touch()
+
+            segment_videos(fo.load_dataset(name), prompt="red ball, blue box", label_field="sam", backend=backend,
+                           progress=progress)
+        else:  # apply_model: FiftyOne's loop calls the backend on this (the main) thread
+            from sam_backend.fiftyone_io import SamVideoModel
+
+            segment = backend.segment
+
+            def segment_and_mark(*args, **kwargs):
+                Path(marker).touch()  # submitted at once; the emulator holds each job 20 s
+                return segment(*args, **kwargs)
+
+            backend.segment = segment_and_mark
+            with SamVideoModel(prompt="red ball, blue box", backend=backend) as model:
+                fo.load_dataset(name).apply_model(model, label_field="sam")
     except KeyboardInterrupt:
         outcome = "KeyboardInterrupt"
     stats = backend.server.stats
@@ -640,7 +652,8 @@ CTRL_C_CHILD = textwrap.dedent("""
 """)
 
 
-def test_ctrl_c_in_a_script_cancels_the_requests_in_flight_and_writes_nothing(make_dataset, clips: list[Clip],
+@pytest.mark.parametrize("how", ["segment_videos", "apply_model"])
+def test_ctrl_c_in_a_script_cancels_the_requests_in_flight_and_writes_nothing(how: str, make_dataset, clips: list[Clip],
                                                                              tmp_path: Path) -> None:
     """SDK users (scripts, notebooks) get no SIGINT handler of ours: a KeyboardInterrupt
     must cancel the requests at fal like the CLI's Ctrl-C, not wait for every video to be
@@ -650,7 +663,7 @@ def test_ctrl_c_in_a_script_cancels_the_requests_in_flight_and_writes_nothing(ma
 
     ds = make_dataset(*(path for path, _ in clips), persistent=True)
     marker = tmp_path / "running"
-    child = subprocess.Popen([sys.executable, "-c", CTRL_C_CHILD, ds.name, str(marker)], env=dict(os.environ),
+    child = subprocess.Popen([sys.executable, "-c", CTRL_C_CHILD, ds.name, str(marker), how], env=dict(os.environ),
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 60
@@ -658,6 +671,7 @@ def test_ctrl_c_in_a_script_cancels_the_requests_in_flight_and_writes_nothing(ma
             assert child.poll() is None, child.communicate()
             assert time.monotonic() < deadline, "no request ever ran"
             time.sleep(0.05)
+        time.sleep(1.0)  # the requests are submitted and running at the emulator
         child.send_signal(signal.SIGINT)
         out, err = child.communicate(timeout=60)
     finally:

@@ -13,12 +13,14 @@ Packages outside this one can register through the ``sam31_video.backends`` entr
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import importlib
 import importlib.metadata
+import logging
 import pkgutil
 import threading
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
@@ -26,6 +28,8 @@ from pydantic import BaseModel, ConfigDict, model_validator
 
 from ..errors import Cancelled, InvalidRequest
 from ..types import FrameRange, FrameResult, Progress, SegmentRequest, VideoInfo
+
+log = logging.getLogger(__name__)
 
 ProgressCallback = Callable[[Progress], None]
 
@@ -67,6 +71,32 @@ class CancelToken:
     def wait(self, seconds: float) -> bool:
         """Sleep up to ``seconds``; True if cancelled meanwhile (so polling loops wake at once)."""
         return self._event.wait(seconds)
+
+
+def wait_all(futures: Iterable[concurrent.futures.Future[Any]],
+             cancel: CancelToken) -> tuple[list[BaseException], KeyboardInterrupt | None]:
+    """Wait for every future: their exceptions in order, and the Ctrl-C that came meanwhile.
+    A Ctrl-C (KeyboardInterrupt in the waiting thread: a script or notebook) cancels
+    ``cancel``, so the workers cancel their remote requests and stop, and waiting goes on
+    until they did; the caller raises it after its own bookkeeping. A second Ctrl-C stops
+    waiting at once."""
+    errors: list[BaseException] = []
+    interrupted: KeyboardInterrupt | None = None
+    for future in futures:
+        while True:
+            try:
+                future.result()
+            except KeyboardInterrupt as exc:
+                if interrupted is not None:
+                    raise
+                interrupted = exc
+                log.warning("interrupted: cancelling every request in flight (Ctrl-C again to stop waiting)")
+                cancel.cancel()
+                continue
+            except BaseException as exc:  # noqa: BLE001 - the caller re-raises, once every worker stopped
+                errors.append(exc)
+            break
+    return errors, interrupted
 
 
 class CostEstimate(BaseModel):

@@ -15,7 +15,7 @@ from typing import Any
 
 import fiftyone as fo
 
-from ..backends.base import Backend, CancelToken, RunRecord, VideoSource
+from ..backends.base import Backend, CancelToken, RunRecord, VideoSource, wait_all
 from ..errors import AuthError, Cancelled, QuotaError, SamError
 from ..postprocess import clean_frames
 from ..types import Progress, VideoInfo
@@ -61,27 +61,11 @@ class Runner:
         work_keys = [self.work_key(j) for j in self.jobs]
         if self.journal is not None and callable(harvest := getattr(self.backend, "harvest", None)):
             harvest(work_keys)  # results finished while nobody watched expire within minutes
-        errors: list[BaseException] = []
-        interrupted: KeyboardInterrupt | None = None
         with concurrent.futures.ThreadPoolExecutor(max_workers=min(self.opts.concurrency, max(1, len(self.jobs))),
                                                    thread_name_prefix="sam31-sample") as pool:
-            for future in [pool.submit(self._one, job) for job in self.jobs]:
-                while True:
-                    try:
-                        future.result()
-                    except KeyboardInterrupt as exc:
-                        # Ctrl-C in a script or notebook: cancel like the CLI does (the requests in
-                        # flight are cancelled at fal, nothing partial is written), then raise it.
-                        if interrupted is not None:
-                            raise  # a second Ctrl-C: stop waiting
-                        interrupted = exc
-                        logger.warning("interrupted: cancelling every request in flight (Ctrl-C again to stop "
-                                       "waiting; resume picks up what is left)")
-                        self.cancel.cancel()
-                        continue
-                    except BaseException as exc:  # noqa: BLE001 - re-raised below, once every worker stopped
-                        errors.append(exc)
-                    break
+            # Ctrl-C in a script or notebook cancels like the CLI's: requests in flight are
+            # cancelled at fal, nothing partial is written; it is raised below.
+            errors, interrupted = wait_all([pool.submit(self._one, job) for job in self.jobs], self.cancel)
         for job in self.jobs:  # report in sample order, whatever order they finished in
             outcome = self._results.get(job.index)
             if outcome is not None and outcome[0] == "done":

@@ -47,7 +47,7 @@ from ... import video as video_ops
 from ...errors import (BackendUnavailable, Cancelled, InvalidRequest, RemoteFailure, ResultExpired, SamError,
                       UnexpectedResponse)
 from ...types import FrameRange, FrameResult, Progress, SegmentRequest, TrackedObject, VideoInfo
-from ..base import CancelToken, CostEstimate, ProgressCallback, RunRecord, SegmentRun, VideoSource, report
+from ..base import CancelToken, CostEstimate, ProgressCallback, RunRecord, SegmentRun, VideoSource, report, wait_all
 from . import endpoints as endpoint_table
 from .endpoints import plan_cost
 from .client import (
@@ -301,17 +301,13 @@ class FalBackend:
                                                       f"{r.entry.request_id}", request_id=r.entry.request_id))
         if not pending:
             return
-        if len(pending) == 1:
-            self._one_request(pending[0], get_url, work_key, on_progress, cancel)
-            return
-        errors: list[BaseException] = []
+        # On worker threads even when there is one: a Ctrl-C then lands in wait_all, which
+        # cancels the requests at fal (SDK and apply_model callers have no handler of ours).
         with concurrent.futures.ThreadPoolExecutor(max_workers=len(pending), thread_name_prefix="sam31-fal-request") as pool:
-            futures = [pool.submit(self._one_request, r, get_url, work_key, on_progress, cancel) for r in pending]
-            for future in futures:
-                try:
-                    future.result()
-                except BaseException as exc:  # noqa: BLE001 - re-raised below once every request stopped
-                    errors.append(exc)
+            errors, interrupted = wait_all(
+                [pool.submit(self._one_request, r, get_url, work_key, on_progress, cancel) for r in pending], cancel)
+        if interrupted is not None:
+            raise interrupted
         if errors:
             raise next((e for e in errors if not isinstance(e, Cancelled)), errors[0])
 
