@@ -3,6 +3,7 @@ MongoDB, checked against the synthetic video's exact ground truth."""
 
 from __future__ import annotations
 
+import collections
 from pathlib import Path
 
 import fiftyone as fo
@@ -259,6 +260,46 @@ def test_apply_model_gives_the_same_labels(scene_dataset, fal_backend: FalBacken
         a = sorted((d.index, d.label, tuple(d.bounding_box), d.mask.tobytes()) for d in frame["sdk"].detections)
         b = sorted((d.index, d.label, tuple(d.bounding_box), d.mask.tobytes()) for d in frame["model"].detections)
         assert a == b
+
+
+def _frame_labels(sample: fo.Sample, field: str) -> dict[int, list]:
+    return {n: sorted((d.index, d.label, tuple(d.bounding_box), d.mask.tobytes()) for d in f[field].detections)
+            for n, f in sample.frames.items() if f[field] is not None}
+
+
+def test_apply_model_honours_frames_and_clean_ups_like_segment_videos(scene_dataset, fal_backend: FalBackend) -> None:
+    ds, truth = scene_dataset
+    from sam_backend.types import FrameRange
+
+    wanted = range(4, 40, 3)
+    frames = FrameRange(start=4, stop=40, step=3)
+    with SamVideoModel(backend=fal_backend, prompt=PROMPT, frames=frames) as model:
+        ds.apply_model(model, label_field="raw")
+    raw = _frame_labels(ds.first(), "raw")
+    assert set(raw) == {i + 1 for i in wanted}  # only the range, on the video's own frame numbers
+    detections = [d for f in ds.first().frames.values() if f["raw"] for d in f["raw"].detections]
+    areas = sorted(int(d.mask.sum()) for d in detections)
+    min_area = areas[len(areas) // 3]
+    # Frames per track among the masks that big: keep only the longest track(s).
+    seen = collections.Counter(d.index for d in detections if d.mask.sum() >= min_area)
+    assert len(set(seen.values())) > 1  # so the track filter has something to drop
+    opts = {"prompt": PROMPT, "frames": frames, "min_mask_area": min_area, "min_track_frames": max(seen.values())}
+    segment_videos(ds, label_field="sdk", backend=fal_backend, **opts)
+    with SamVideoModel(backend=fal_backend, **opts) as model:
+        ds.apply_model(model, label_field="model")
+    sample = ds.first()
+    sdk, mod = _frame_labels(sample, "sdk"), _frame_labels(sample, "model")
+    assert set(mod) == set(raw) and mod == {n: sdk.get(n, []) for n in mod}
+    kept = [d for f in sample.frames.values() if f["model"] for d in f["model"].detections]
+    assert 0 < len(kept) < len(areas) and min(int(d.mask.sum()) for d in kept) >= opts["min_mask_area"]
+    assert {d.index for d in kept} == {i for i, n in seen.items() if n == max(seen.values())}
+
+
+@pytest.mark.parametrize(("option", "value"), [("mask_dir", "/tmp/masks"), ("prompt_fields", ["boxes"]),
+                                               ("label_field", "other"), ("overwrite", True)])
+def test_apply_model_refuses_what_it_cannot_honour(option: str, value: object) -> None:
+    with pytest.raises(InvalidRequest, match=f"SamVideoModel cannot use {option} .*use segment_videos"):
+        SamVideoModel(backend="emulator", prompt="red ball", **{option: value})
 
 
 def test_emulator_backend_by_name(make_dataset, small_video) -> None:

@@ -7,6 +7,7 @@ generic, slower write path; :func:`segment_videos` is the fast one with the same
 
 from __future__ import annotations
 
+import collections
 from pathlib import Path
 from typing import Any
 
@@ -16,23 +17,41 @@ from fiftyone.core.models import Model
 from .. import video as video_ops
 from ..backends.base import Backend, VideoSource, get_backend
 from ..coords import frame_number_from_index
+from ..errors import InvalidRequest
+from ..postprocess import clean_frames
+from ..types import FrameResult
 from .labels import to_detections
 from .options import SegmentOptions
+
+
+# The settings of segment_videos that apply_model's loop can honour. The others need
+# segment_videos itself: prompts per video (prompt_fields, selections, refine), its writer
+# (mask_dir, overwrite), its run bookkeeping (run_key, concurrency, ...).
+MODEL_OPTIONS = ("backend", "backend_options", "prompt", "point_prompts", "box_prompts", "detection_threshold",
+                 "max_num_objects", "frames", "min_mask_area", "min_track_frames")
 
 
 class SamVideoModel(Model):
     """SAM 3.1 video segmentation as a FiftyOne model.
 
-    Takes the same settings as :func:`segment_videos` (``prompt``, ``point_prompts``,
-    ``backend``, ...). ``apply_model`` enters the model as a context manager; on exit a
-    backend the model built itself is closed (for ``backend="emulator"`` that stops the
-    emulator) and built again if the model is used again.
+    Takes the settings of :func:`segment_videos` that apply to one video at a time
+    (:data:`MODEL_OPTIONS`: prompts, threshold, ``frames``, the clean-ups, ``backend``);
+    any other is refused rather than ignored. ``apply_model`` enters the model as a
+    context manager; on exit a backend the model built itself is closed (for
+    ``backend="emulator"`` that stops the emulator) and built again if the model is used again.
     """
 
     def __init__(self, options: SegmentOptions | None = None, *, backend: str | Backend | None = None, **option_fields: Any) -> None:
         if isinstance(backend, str):
             option_fields["backend"], backend = backend, None
         self.options = SegmentOptions.build(options, **option_fields)
+        defaults = SegmentOptions()
+        ignored = [k for k in SegmentOptions.model_fields
+                   if k not in MODEL_OPTIONS and getattr(self.options, k) != getattr(defaults, k)]
+        if ignored:
+            raise InvalidRequest(f"SamVideoModel cannot use {', '.join(ignored)} (apply_model writes one video's "
+                                 f"labels at a time, through FiftyOne); use segment_videos for "
+                                 f"{'them' if len(ignored) > 1 else 'it'}. The model takes: {', '.join(MODEL_OPTIONS)}")
         self.request = self.options.request()  # shape errors now, not on the first video
         self._given = backend
         self._owned: Backend | None = None
@@ -68,8 +87,14 @@ class SamVideoModel(Model):
         """``arg`` is the video reader FiftyOne opened (or a path): labels per frame number."""
         path = Path(getattr(arg, "inpath", arg))
         info = video_ops.probe(path)
-        run = self._backend().segment(VideoSource(info=info, path=path), self.request)
-        return {frame_number_from_index(f.frame_index): to_detections(f, info.width, info.height) for f in run}
+        run = self._backend().segment(VideoSource(info=info, path=path), self.request, frames=self.options.frames)
+        frames = list(clean_frames(run, min_mask_area=self.options.min_mask_area))
+        seen = collections.Counter(o.track_id for f in frames for o in f.objects)
+        short = {t for t, n in seen.items() if n < self.options.min_track_frames}
+        return {frame_number_from_index(f.frame_index):
+                to_detections(FrameResult(f.frame_index, [o for o in f.objects if o.track_id not in short]),
+                              info.width, info.height)
+                for f in frames}
 
     def close(self) -> None:
         if self._owned is not None:
