@@ -181,6 +181,14 @@ def test_labels_sam31_did_not_write_are_replaced_only_when_asked(dataset: fo.Dat
     assert dataset.distinct("frames.hand2.detections.label") == ["hand"]
     rc, _, _ = run([*imported, "--overwrite"], capsys)
     assert rc == 0 and dataset.distinct("frames.hand2.detections.label") == ["red ball"]
+    # The emulator's per-object answers carry no score: the round trip keeps "none", not 1.0.
+    source = dataset.values("frames.new.detections.confidence", unwind=True)
+    back = dataset.values("frames.hand2.detections.confidence", unwind=True)
+    assert len(source) == len(back) > 0 and set(source) == set(back) == {None}
+    from sam_backend.fiftyone_io import import_tracks
+
+    import_tracks(dataset, tmp_path / "coco", "hand2", default_score=0.25)
+    assert set(dataset.values("frames.hand2.detections.confidence", unwind=True)) == {0.25}
 
 
 def test_emulator_runs_name_a_run_id_only_when_it_can_be_found_again(dataset: fo.Dataset, tmp_path: Path,

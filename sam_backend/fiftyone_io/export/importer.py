@@ -4,8 +4,9 @@ Each video of the file is matched to a sample of the collection (same file path,
 same file name, else the video's name equals the file's stem), then written with the
 project's :class:`FrameLabelWriter`: the documents FiftyOne itself would store, all or
 nothing per video. ``index`` = the track id in the file, ``label`` = the category name,
-``confidence`` = the file's score (``default_score`` when the file has none: FiftyOne
-stores a number). Every frame listed in the file gets a ``Detections``, empty where it
+``confidence`` = the file's score (``default_score``, None unless given, when the file
+has none: an export of tracks without a score imports back without one, as FiftyOne's own
+COCO importer reads a missing score). Every frame listed in the file gets a ``Detections``, empty where it
 has no object; frames the file does not list are left as they are.
 
 The whole import is checked before anything is written (see :meth:`ImportedVideo.check`):
@@ -62,7 +63,7 @@ def import_tracks(
     label_field: str = "imported",
     fmt: str | None = None,
     *,
-    default_score: float = 1.0,
+    default_score: float | None = None,
     overwrite: bool = False,
     progress: Callable[[ExportProgress], None] | None = None,
 ) -> ImportReport:

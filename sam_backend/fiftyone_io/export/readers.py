@@ -63,7 +63,7 @@ class ImportedVideo:
     frames: dict[int, list[RawObject]] = dataclasses.field(default_factory=dict)  # 0-based index -> objects
     source: str = ""  # the labels file, for errors
 
-    def check(self, default_score: float) -> None:
+    def check(self, default_score: float | None) -> None:
         """Raise :class:`InvalidRequest` (naming file, video, frame and annotation) on the
         first object that cannot be written as it is; decodes no mask."""
         for index in sorted(self.frames):
@@ -73,11 +73,11 @@ class ImportedVideo:
                     raise InvalidRequest(f"{self.source}: video {self.name!r}, frame index {index} (FiftyOne frame "
                                          f"{index + 1}), {obj.where or 'an object'}: {problem}")
 
-    def frame_results(self, default_score: float) -> Iterator[FrameResult]:
+    def frame_results(self, default_score: float | None) -> Iterator[FrameResult]:
         for index in sorted(self.frames):
             yield FrameResult(index, [self._decode(o, default_score) for o in self.frames[index]])
 
-    def _decode(self, obj: RawObject, default_score: float) -> TrackedObject:
+    def _decode(self, obj: RawObject, default_score: float | None) -> TrackedObject:
         h, w = self.height, self.width
         mask = _decode_segmentation(obj.segmentation, h, w)
         if obj.bbox is not None:
@@ -108,7 +108,7 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def _problem(obj: RawObject, height: int, width: int, default_score: float) -> str | None:
+def _problem(obj: RawObject, height: int, width: int, default_score: float | None) -> str | None:
     """What makes ``obj`` unwritable, or None. Mirrors what decoding and writing need."""
     if not 0 <= obj.track_id <= MAX_TRACK_ID:
         return f"track id {obj.track_id} is not in 0..{MAX_TRACK_ID}"
