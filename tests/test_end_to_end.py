@@ -249,6 +249,22 @@ def test_rerun_replaces_only_the_named_field(scene_dataset, fal_backend: FalBack
     assert ds.count("frames") == truth.scene.frame_count
 
 
+def test_a_frame_range_into_a_labelled_field_says_what_it_keeps(scene_dataset, fal_backend: FalBackend) -> None:
+    from sam_backend.types import FrameRange
+
+    ds, truth = scene_dataset
+    frames = FrameRange(start=5, stop=20, step=2)
+    fresh = segment_videos(ds, prompt="green ball", label_field="ranged", backend=fal_backend, frames=frames)
+    assert not any("earlier run" in w for w in fresh.warnings)
+    segment_videos(ds, prompt=PROMPT, label_field="sam", backend=fal_backend)
+    report = segment_videos(ds, prompt="green ball", label_field="sam", backend=fal_backend, frames=frames)
+    kept = truth.scene.frame_count - len(range(5, 20, 2))
+    assert any(f"frames.sam keeps the labels of an earlier run on {kept} frames outside frames 5:20:2" in w
+               for w in report.warnings), report.warnings
+    labels = {n: {d.label for d in f["sam"].detections} for n, f in ds.first().frames.items()}
+    assert labels[6] <= {"green ball"} and "red ball" in labels[5]  # what the warning says
+
+
 def test_apply_model_gives_the_same_labels(scene_dataset, fal_backend: FalBackend) -> None:
     ds, truth = scene_dataset
     segment_videos(ds, prompt=PROMPT, label_field="sdk", backend=fal_backend)

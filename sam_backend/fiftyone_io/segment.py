@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import fiftyone as fo
+from fiftyone import ViewField as F
 
 from .. import video as video_ops
 from ..backends.base import Backend, CancelToken, get_backend
@@ -86,6 +87,9 @@ def segment_collection(samples: fo.core.collections.SampleCollection, opts: Segm
                            failed=dict(unreadable))
     for sample_id, message in unreadable.items():
         logger.warning("skipping sample %s: %s", sample_id, message)
+    mixed = _labels_outside_range(dataset, opts, jobs)  # said before anything is sent
+    for warning in mixed:
+        logger.warning(warning)
     backend_options = dict(opts.backend_options)
     if opts.render_video and opts.backend in ("fal", "emulator"):
         backend_options.setdefault("render_overlay", True)  # the RLE endpoints draw nothing unless asked
@@ -110,8 +114,8 @@ def segment_collection(samples: fo.core.collections.SampleCollection, opts: Segm
         metadata.join()
         if run_id is not None and journal is not None:  # a resumed run: what its earlier part wrote
             earlier = _written_earlier(journal, run_id, dataset.name, opts.label_field, set(report.done))
-        report.warnings = _frame_count_warnings(samples, jobs)
-        for warning in report.warnings:
+        report.warnings = mixed + _frame_count_warnings(samples, jobs)
+        for warning in report.warnings[len(mixed):]:
             logger.warning(warning)
     finally:
         if owned is not None:
@@ -249,6 +253,28 @@ def _fill_missing_metadata(samples: fo.core.collections.SampleCollection) -> Non
     missing = samples.exists("metadata", False)
     if len(missing):
         missing.compute_metadata()
+
+
+def _labels_outside_range(dataset: fo.Dataset, opts: SegmentOptions, jobs: Sequence[Job]) -> list[str]:
+    """A frame range replaces labels on its own frames only: where the field holds labels
+    outside the range (an earlier run's), the user is told that they stay and whose ids they carry."""
+    # (A refine edits one track in place, by design.)
+    if opts.frames is None or opts.refine_track is not None or not dataset.has_frame_field(opts.label_field):
+        return []
+    f = opts.frames
+    shown = f"{f.start}:{'' if f.stop is None else f.stop}" + (f":{f.step}" if f.step != 1 else "")
+    labelled = dataset.select([j.sample_id for j in jobs]).match_frames(F(opts.label_field).exists())
+    numbers = dict(zip(labelled.values("id"), labelled.values("frames.frame_number")))
+    warnings = []
+    for job in jobs:
+        processed = {i + 1 for i in opts.frames.indices(job.info.frame_count)}
+        kept = len(set(numbers.get(job.sample_id) or ()) - processed)
+        if kept:
+            warnings.append(f"{job.path.name}: frames.{opts.label_field} keeps the labels of an earlier run on {kept} "
+                            f"frame{'s' if kept != 1 else ''} outside frames {shown}; their track "
+                            "ids are that run's, not this one's (segment the whole video, or into a new field, to "
+                            "keep one run per field)")
+    return warnings
 
 
 def _frame_count_warnings(samples: fo.core.collections.SampleCollection, jobs: Sequence[Job]) -> list[str]:
