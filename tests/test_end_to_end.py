@@ -265,6 +265,18 @@ def test_a_frame_range_into_a_labelled_field_says_what_it_keeps(scene_dataset, f
     assert labels[6] <= {"green ball"} and "red ball" in labels[5]  # what the warning says
 
 
+def test_a_run_over_some_videos_keeps_the_others_provenance(make_dataset, small_video,
+                                                           fal_backend: FalBackend) -> None:
+    path, _ = small_video
+    ds = make_dataset(path, path)
+    first, second = ds.values("id")
+    segment_videos(ds, prompt="red ball", label_field="sam", backend=fal_backend)
+    report = segment_videos(ds.skip(1), prompt="green ball", label_field="sam", backend=fal_backend)
+    samples = ds.get_field("frames.sam").info["sam31_video"]["samples"]
+    assert (samples[first]["prompt"], samples[second]["prompt"]) == ("red ball", "green ball")
+    assert samples[second]["request_id"] == report.records[second].request_id != samples[first]["request_id"]
+
+
 def test_apply_model_gives_the_same_labels(scene_dataset, fal_backend: FalBackend) -> None:
     ds, truth = scene_dataset
     segment_videos(ds, prompt=PROMPT, label_field="sdk", backend=fal_backend)

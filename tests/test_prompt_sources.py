@@ -145,6 +145,12 @@ def test_refine_one_track_forward_keeps_everything_else(scene, fal_backend, emul
             assert same == (track != red_id or number < 50), (number, track)
         assert set(after[number]) == set(before[number])
     assert {label for f in after.values() for t, (_, label) in f.items() if t == red_id} == {"red ball"}
+    # Where the labels came from: the first run's prompt stays, the refine is added to it.
+    field = ds.get_field("frames.sam")
+    provenance = field.info["sam31_video"]["samples"][ds.first().id]
+    assert provenance["prompt"] == "red ball, blue box" and "'red ball, blue box'" in field.description
+    assert [(r["track"], r["frame"], r["direction"]) for r in provenance["refines"]] == [(red_id, 50, "forward")]
+    assert provenance["refines"][0]["request_id"] == report.records[ds.first().id].request_id
 
 
 def test_refine_needs_a_prompt_for_that_track(scene, fal_backend, emulator) -> None:

@@ -342,10 +342,11 @@ def _describe_field(dataset: fo.Dataset, opts: SegmentOptions, report: SegmentRe
     field = dataset.get_field(f"frames.{opts.label_field}")
     records = [report.records[s] for s in report.done if s in report.records]
     last = records[-1]
-    field.description = f"SAM tracks ({last.model or last.backend}) for prompt {opts.prompt!r}"
+    if opts.refine_track is None:  # a refine edits tracks of the run the description names
+        field.description = f"SAM tracks ({last.model or last.backend}) for prompt {opts.prompt!r}"
+    previous = (field.info or {}).get("sam31_video") or {}
     # A resumed run (same run id) adds its samples to what the earlier part recorded.
-    earlier = (field.info or {}).get("sam31_video") or {}
-    earlier = earlier if report.run_id is not None and earlier.get("run_id") == report.run_id else {}
+    earlier = previous if report.run_id is not None and previous.get("run_id") == report.run_id else {}
     field.info = {
         "sam31_video": {
             "backend": last.backend,
@@ -366,9 +367,31 @@ def _describe_field(dataset: fo.Dataset, opts: SegmentOptions, report: SegmentRe
                                **{sid: r.billable_units for sid, r in report.records.items() if sid in report.done}},
             "run_id": report.run_id,
             "warnings": sorted({w for r in records for w in r.warnings} | set(earlier.get("warnings", []))),
+            "samples": _sample_provenance(previous.get("samples") or {}, opts, report, earlier_samples or {}),
         }
     }
     field.save()
+
+
+def _sample_provenance(previous: dict[str, Any], opts: SegmentOptions, report: SegmentReport,
+                       earlier_samples: dict[str, tuple[str | None, float | None]]) -> dict[str, Any]:
+    """Per video, what its labels in the field came from, kept across runs: a run over some
+    videos, or a refine of one track, leaves the others' (and the refined video's own
+    prompt) as they were; a refine is added to the video's list of refines."""
+    out = dict(previous)
+    written = {sid: (r.request_id, r.endpoint, r.model) for sid, r in report.records.items() if sid in report.done}
+    written.update({sid: (ids, None, None) for sid, (ids, _) in earlier_samples.items() if sid not in written})
+    for sid, (request_id, endpoint, model) in written.items():
+        if opts.refine_track is not None:
+            base = out.get(sid, {})
+            refine = {"track": opts.refine_track, "frame": opts.refine_frame, "direction": opts.refine_direction,
+                      "endpoint": endpoint, "model": model, "request_id": request_id, "run_id": report.run_id}
+            out[sid] = {**base, "refines": [*base.get("refines", []), refine]}
+        else:
+            out[sid] = {"prompt": opts.prompt, "prompt_fields": opts.prompt_fields,
+                        "frames": opts.frames.model_dump() if opts.frames is not None else None,
+                        "endpoint": endpoint, "model": model, "request_id": request_id, "run_id": report.run_id}
+    return out
 
 
 __all__ = ["DEFAULT_CONCURRENCY", "SampleProgress", "SegmentOptions", "SegmentReport", "segment_videos"]
