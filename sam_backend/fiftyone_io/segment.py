@@ -387,10 +387,11 @@ def _sample_provenance(previous: dict[str, Any], opts: SegmentOptions, report: S
             refine = {"track": opts.refine_track, "frame": opts.refine_frame, "direction": opts.refine_direction,
                       "endpoint": endpoint, "model": model, "request_id": request_id, "run_id": report.run_id}
             out[sid] = {**base, "refines": [*base.get("refines", []), refine]}
-        else:
-            out[sid] = {"prompt": opts.prompt, "prompt_fields": opts.prompt_fields,
-                        "frames": opts.frames.model_dump() if opts.frames is not None else None,
-                        "endpoint": endpoint, "model": model, "request_id": request_id, "run_id": report.run_id}
+        else:  # only what is set: one entry per video, so big datasets keep a small field document
+            entry = {"prompt": opts.prompt, "prompt_fields": opts.prompt_fields,
+                     "frames": opts.frames.model_dump() if opts.frames is not None else None,
+                     "endpoint": endpoint, "model": model, "request_id": request_id, "run_id": report.run_id}
+            out[sid] = {k: v for k, v in entry.items() if v not in (None, [], "")}
     return out
 
 
