@@ -683,3 +683,47 @@ def test_ctrl_c_in_a_script_cancels_the_requests_in_flight_and_writes_nothing(ho
     assert result["submitted"] > 0 and len(result["cancelled"]) == result["submitted"]
     ds.reload()
     assert not ds.has_frame_field("sam") and ds.count("frames") == 0
+
+
+def test_an_emulator_journal_outlives_its_emulator(make_dataset, clips: list[Clip], tmp_path: Path) -> None:
+    """With journal_path, requests an emulator accepted stay 'submitted' when it stops (its
+    process killed). The next run's emulator listens on another port: it sends them again
+    (the emulator charges nothing) instead of polling a dead port until the outage limit,
+    run after run."""
+    from sam_backend.backends.emulator import BACKEND
+
+    ds = make_dataset(clips[0][0])
+    journal = tmp_path / "journal.sqlite3"
+    first = BACKEND({"queue_steps": 0, "service_time_s": 60.0}, journal_path=journal, status_outage_s=0.5,
+                    max_retries=1, poll_initial_s=0.05)
+    done = threading.Event()
+
+    def run_first() -> None:
+        try:
+            segment_videos(ds, prompt="red ball", label_field="sam", backend=first)
+        finally:
+            done.set()
+
+    worker = threading.Thread(target=run_first)
+    worker.start()
+    deadline = time.monotonic() + 30
+    while not first.server.stats.submits:
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    first.server.stop()  # the process that held it is gone
+    assert done.wait(60)
+    worker.join()
+    first.close()
+    with Journal(journal) as j:
+        assert [e.state for e in j.entries()] == [RequestState.SUBMITTED]
+    second = BACKEND({"queue_steps": 0}, journal_path=journal, status_outage_s=60.0)
+    try:
+        started = time.monotonic()
+        report = segment_videos(ds, prompt="red ball", label_field="sam", backend=second)
+        assert time.monotonic() - started < 20 and report.failed == {} and len(second.server.stats.submits) == 1
+    finally:
+        second.close()
+    assert ds.count("frames.sam.detections") > 0
+    with Journal(journal) as j:
+        states = sorted(e.state.value for e in j.entries())
+    assert states == sorted([RequestState.EXPIRED.value, RequestState.WRITTEN.value])

@@ -4,11 +4,12 @@ money; its toy segmenter only knows the synthetic videos' colours."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from ..emulator import EmulatorConfig, EmulatorServer
 from .fal import FalBackend, FalConfig
+from .fal.journal import Entry, RequestState
 
 
 class EmulatorBackend(FalBackend):
@@ -30,6 +31,39 @@ class EmulatorBackend(FalBackend):
             super().close()
         finally:
             self.server.stop()
+
+    # A journal kept across runs (journal_path=...) can name requests that an emulator of an
+    # earlier, stopped process accepted: they died with it. The emulator charges nothing, so
+    # they are sent again here rather than polled at a port nobody listens on.
+
+    def _gone_elsewhere(self, entry: Entry) -> bool:
+        if entry.state is RequestState.SUBMITTED:
+            return not (entry.status_url or "").startswith(self.server.queue_url)
+        if entry.state is RequestState.SUBMITTING:
+            return not entry.owner_alive()
+        return entry.state is RequestState.UNCERTAIN
+
+    def _forget_gone(self, entry: Entry | None) -> None:
+        if entry is not None and self._gone_elsewhere(entry):
+            self.journal.mark(entry.id, RequestState.EXPIRED, "the emulator that accepted it has stopped; sent again "
+                                                             "(the emulator charges nothing)")
+
+    def _reusable_entry(self, work_key: str | None, rhash: str) -> Entry | None:
+        if work_key is not None:
+            self._forget_gone(self.journal.latest(work_key, rhash))
+        return super()._reusable_entry(work_key, rhash)
+
+    def harvest(self, work_keys: Iterable[str]) -> int:
+        keys = list(work_keys)
+        for entry in self.journal.entries(states=[RequestState.SUBMITTED], work_keys=keys):
+            self._forget_gone(entry)
+        return super().harvest(keys)
+
+    def cancel_inflight(self, work_keys: Iterable[str]) -> int:
+        keys = list(work_keys)
+        for entry in self.journal.entries(states=[RequestState.SUBMITTED], work_keys=keys):
+            self._forget_gone(entry)
+        return super().cancel_inflight(keys)
 
 
 def BACKEND(emulator: EmulatorConfig | Mapping[str, Any] | None = None, *, environ: Mapping[str, str] | None = None,
