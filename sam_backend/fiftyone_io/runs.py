@@ -54,7 +54,8 @@ def _open_journal(journal_path: str | os.PathLike[str] | None, environ: Mapping[
 
     path = Path(journal_path) if journal_path is not None else default_journal_path(environ or os.environ)
     if not path.exists():
-        raise InvalidRequest(f"no journal at {path}: nothing was ever submitted with it (pass journal_path=...)")
+        raise InvalidRequest(f"no journal at {path}: nothing was ever submitted with it (pass journal_path=..., "
+                             "CLI: --journal; the emulator keeps its journal in memory unless given one)")
     return Journal(path)
 
 
