@@ -250,7 +250,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _fal_check(args)
         return _status(args)
     except Cancelled as exc:
-        print(f"cancelled: {exc}", file=sys.stderr)
+        message = str(exc)
+        print(message if message.startswith("cancelled") else f"cancelled: {message}", file=sys.stderr)
         return 130
     except SamError as exc:
         print(f"error: {exc}", file=sys.stderr)
