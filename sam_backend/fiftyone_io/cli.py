@@ -107,7 +107,8 @@ def _segment(args: argparse.Namespace) -> int:
                                 detection_threshold=args.threshold, max_num_objects=args.max_objects,
                                 concurrency=args.concurrency, frames=args.frames, url_field=args.url_field,
                                 prompt_fields=args.prompt_field or [], backend_options=backend_options,
-                                overwrite=args.overwrite, progress=_show, cancel=interrupts.token)
+                                overwrite=args.overwrite, skip_failures=not args.stop_on_failure, progress=_show,
+                                cancel=interrupts.token)
     # Without --journal the emulator keeps its journal in memory: no run to resume or redecode.
     return _print_report(report, args.field, show_run=args.backend != "emulator" or bool(args.journal))
 
@@ -199,6 +200,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     seg.add_argument("--threshold", type=float, default=0.5, help="detection threshold in [0, 1] (default 0.5)")
     seg.add_argument("--max-objects", type=int, default=16, help="at most this many objects per video (default 16)")
     seg.add_argument("--concurrency", type=int, default=None, help="videos in flight at once (default 8)")
+    seg.add_argument("--stop-on-failure", action="store_true",
+                     help="refuse the run when a video cannot be read, and stop at the first video that fails "
+                          "(default: report it and label the others)")
     seg.add_argument("--frames", type=_frames, default=None, help="only these frames, START:STOP[:STEP] (0-based)")
     seg.add_argument("--url-field", default=None, help="sample field with a public video URL to use instead of uploading")
     seg.add_argument("--endpoint", default=None, help="fal endpoint id (default fal-ai/sam-3-1/video-rle)")
