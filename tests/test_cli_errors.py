@@ -149,6 +149,12 @@ def test_demo_never_replaces_a_dataset_it_did_not_make(make_dataset, small_video
     assert not (tmp_path / "shapes.mp4").exists()  # stopped before any work
     refused(["demo", "--frames", "0", "--dataset", f"{name}-x", "--out", str(tmp_path)], capsys, "at least 1")
     mine.delete()
+    # A demo from before the mark: one shapes.mp4 with its ground truth. It is the demo's own.
+    old_demo = make_dataset(small_video[0], name=name)
+    sample = old_demo.first()
+    sample.filepath = str(tmp_path / "shapes.mp4")  # what the demo generates
+    sample.save()
+    old_demo.add_frame_field("ground_truth", fo.EmbeddedDocumentField, embedded_doc_type=fo.Detections)
     try:
         for _ in range(2):  # its own dataset from an earlier run is replaced
             rc, _, out = run(["demo", "--frames", "6", "--dataset", name, "--out", str(tmp_path)], capsys)

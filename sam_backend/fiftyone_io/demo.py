@@ -102,9 +102,18 @@ def run(args: argparse.Namespace) -> int:
     return 0 if not report.failed else 1
 
 
+def _made_by_demo(dataset: fo.Dataset) -> bool:
+    """The demo's mark, or (demos before the mark) exactly what they made: one sample, the
+    generated shapes.mp4, with the generator's frames.ground_truth."""
+    if dataset.info.get(DEMO_MARK):
+        return True
+    return (len(dataset) == 1 and dataset.has_frame_field("ground_truth")
+            and Path(dataset.first().filepath).name == "shapes.mp4")
+
+
 def _check_dataset_name(name: str) -> None:
     """The demo replaces the datasets it made, never a user's dataset that has the same name."""
-    if fo.dataset_exists(name) and not fo.load_dataset(name).info.get(DEMO_MARK):
+    if fo.dataset_exists(name) and not _made_by_demo(fo.load_dataset(name)):
         raise InvalidRequest(f"a dataset named {name!r} already exists and was not made by the demo; it was left "
                              "as it is. Pick another name with --dataset")
 
