@@ -100,8 +100,8 @@ def test_unreadable_video_is_reported_and_skipped(make_dataset, small_video: Cli
     assert sum(len(f.sam.detections) for f in good.frames.values() if f.sam is not None) > 0
     # the emulator is free: no "estimated $" as if fal had been paid
     assert "free (offline emulator; fal would charge about $" in out and "estimated $" not in out
-    line = refused(["segment", ds.name, "--prompt", "red ball", "--backend", "emulator", "--field", "strict",
-                    "--stop-on-failure"], capsys, "cannot read video", str(junk))
+    refused(["segment", ds.name, "--prompt", "red ball", "--backend", "emulator", "--field", "strict",
+             "--stop-on-failure"], capsys, "cannot read video", str(junk))
     assert not ds.has_frame_field("strict")  # refused before anything was sent
 
 

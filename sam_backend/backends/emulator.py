@@ -53,17 +53,16 @@ class EmulatorBackend(FalBackend):
             self._forget_gone(self.journal.latest(work_key, rhash))
         return super()._reusable_entry(work_key, rhash)
 
-    def harvest(self, work_keys: Iterable[str]) -> int:
-        keys = list(work_keys)
-        for entry in self.journal.entries(states=[RequestState.SUBMITTED], work_keys=keys):
+    def _forget_gone_submitted(self, work_keys: list[str]) -> list[str]:
+        for entry in self.journal.entries(states=[RequestState.SUBMITTED], work_keys=work_keys):
             self._forget_gone(entry)
-        return super().harvest(keys)
+        return work_keys
+
+    def harvest(self, work_keys: Iterable[str]) -> int:
+        return super().harvest(self._forget_gone_submitted(list(work_keys)))
 
     def cancel_inflight(self, work_keys: Iterable[str]) -> int:
-        keys = list(work_keys)
-        for entry in self.journal.entries(states=[RequestState.SUBMITTED], work_keys=keys):
-            self._forget_gone(entry)
-        return super().cancel_inflight(keys)
+        return super().cancel_inflight(self._forget_gone_submitted(list(work_keys)))
 
 
 def BACKEND(emulator: EmulatorConfig | Mapping[str, Any] | None = None, *, environ: Mapping[str, str] | None = None,

@@ -33,7 +33,7 @@ from ..types import SegmentRequest, VideoInfo
 from .options import DEFAULT_CONCURRENCY, SampleProgress, SegmentOptions, SegmentReport
 from .plan import SamplePlan, plan_sample
 from .runner import Job, Runner, already_written
-from .writer import check_label_field, labels_not_ours
+from .writer import check_label_field, refuse_replacing_labels_not_ours
 
 logger = logging.getLogger(__name__)
 
@@ -114,9 +114,10 @@ def segment_collection(samples: fo.core.collections.SampleCollection, opts: Segm
         metadata.join()
         if run_id is not None and journal is not None:  # a resumed run: what its earlier part wrote
             earlier = _written_earlier(journal, run_id, dataset.name, opts.label_field, set(report.done))
-        report.warnings = mixed + _frame_count_warnings(samples, jobs)
-        for warning in report.warnings[len(mixed):]:
+        frame_counts = _frame_count_warnings(samples, jobs)
+        for warning in frame_counts:
             logger.warning(warning)
+        report.warnings = mixed + frame_counts
     finally:
         if owned is not None:
             owned.close()
@@ -137,10 +138,9 @@ def _check_collection(samples: fo.core.collections.SampleCollection, opts: Segme
         check_label_field(dataset, opts.label_field)
     except ValueError as exc:
         raise InvalidRequest(str(exc)) from None
-    if not opts.overwrite and opts.refine_track is None and (held := labels_not_ours(samples, opts.label_field)):
-        raise InvalidRequest(f"frames.{opts.label_field} already holds labels on {held:,} frame{'s' if held != 1 else ''} "
-                             "of these videos that sam31-video did not write; a run would replace them. Pick another "
-                             "label_field, or pass overwrite=True (CLI: --overwrite) to replace them")
+    if not opts.overwrite and opts.refine_track is None:  # a refine edits one track of the field in place
+        refuse_replacing_labels_not_ours(samples, opts.label_field, "of these videos that sam31-video did not write; "
+                                                                    "a run would replace them")
     frame_fields = dataset.get_frame_field_schema() or {}
     missing = [f for f in opts.prompt_fields if f.removeprefix("frames.") not in frame_fields]
     if missing:

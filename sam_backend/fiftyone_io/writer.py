@@ -39,6 +39,7 @@ import fiftyone.core.odm as foo
 import fiftyone.core.sample as fos
 
 from ..coords import frame_number_from_index, relative_box
+from ..errors import InvalidRequest
 from ..owners import current_owner, owner_alive
 from ..types import FrameResult, TrackedObject, VideoInfo
 
@@ -336,6 +337,17 @@ def labels_not_ours(samples: fo.core.collections.SampleCollection, label_field: 
     if field is None or _written_here(field):
         return 0
     return samples.count(f"frames.{label_field}")
+
+
+def refuse_replacing_labels_not_ours(samples: fo.core.collections.SampleCollection, label_field: str,
+                                     consequence: str) -> None:
+    """Raise :class:`InvalidRequest` when ``frames.<label_field>`` of ``samples`` holds labels
+    this plugin did not write (``consequence``: what replacing them means for the caller)."""
+    held = labels_not_ours(samples, label_field)
+    if held:
+        raise InvalidRequest(f"frames.{label_field} already holds labels on {held:,} frame{'s' if held != 1 else ''} "
+                             f"{consequence}. Pick another field, or pass overwrite=True (CLI: --overwrite) to "
+                             "replace them")
 
 
 def _written_here(field: Any) -> bool:

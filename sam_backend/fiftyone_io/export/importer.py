@@ -29,7 +29,7 @@ import fiftyone as fo
 from ... import video as video_ops
 from ...errors import InvalidRequest, VideoError
 from ...types import VideoInfo
-from ..writer import FrameLabelWriter, check_label_field, labels_not_ours
+from ..writer import FrameLabelWriter, check_label_field, refuse_replacing_labels_not_ours
 from .field_backup import FieldBackup, recover_killed
 from .readers import ImportedVideo, read_labels
 from .report import ExportProgress
@@ -79,10 +79,9 @@ def import_tracks(
         check_label_field(dataset, label_field)
     except ValueError as exc:
         raise InvalidRequest(str(exc)) from None
-    if not overwrite and (held := labels_not_ours(samples, label_field)):
-        raise InvalidRequest(f"frames.{label_field} already holds labels on {held:,} frame{'s' if held != 1 else ''} "
-                             "that sam31-video did not write; importing would replace them on the matching videos. "
-                             "Pick another field, or pass overwrite=True (CLI: --overwrite) to replace them")
+    if not overwrite:
+        refuse_replacing_labels_not_ours(samples, label_field, "that sam31-video did not write; importing would "
+                                                               "replace them on the matching videos")
     data = read_labels(path, fmt)
     report = ImportReport(label_field, data.format, notes=list(data.notes))
     missing = samples.exists("metadata", False)
