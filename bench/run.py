@@ -20,6 +20,7 @@ import json
 import os
 import platform
 import re
+import shutil
 import statistics
 import subprocess
 import sys
@@ -90,6 +91,20 @@ def machine() -> dict[str, Any]:
             "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
 
 
+def file_create_us(folder: Path, count: int = 2000) -> float:
+    """Microseconds to create and write one 400-byte file in ``folder`` (what a mask PNG
+    costs the filesystem): the mask_path figures move with it."""
+    probe = folder / "probe"
+    probe.mkdir()
+    data = b"x" * 400
+    t = time.perf_counter()
+    for i in range(count):
+        fd = os.open(probe / f"{i:06d}.png", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        os.write(fd, data)
+        os.close(fd)
+    return 1e6 * (time.perf_counter() - t) / count
+
+
 # --------------------------------------------------------------------------- data
 
 
@@ -119,7 +134,7 @@ def moving_blobs(frames: int, objects: int, width: int = 640, height: int = 360,
 # --------------------------------------------------------------------------- writer
 
 
-def bench_writer(table: Table, frames: int, objects: int, repeats: int, *, naive: bool) -> None:
+def bench_writer(table: Table, frames: int, objects: int, repeats: int, *, naive: bool, mask_root: Path) -> None:
     import fiftyone as fo
     import fiftyone.core.odm as foo
     from bson import ObjectId
@@ -134,7 +149,7 @@ def bench_writer(table: Table, frames: int, objects: int, repeats: int, *, naive
     ds.add_sample(fo.Sample(filepath="/bench/first.mp4"))  # makes it a video dataset (with a frames collection)
     frames_coll = foo.get_db_conn()[ds._frame_collection_name]
     section = f"writer, {frames} frames x {objects} objects (640x360)"
-    tmp = Path(tempfile.mkdtemp(prefix="sam31-bench-masks-"))
+    tmp = Path(tempfile.mkdtemp(prefix=f"masks-{frames}-", dir=mask_root))
 
     def new_sample() -> str:
         return ds.add_sample(fo.Sample(filepath=f"/bench/{ObjectId()}.mp4"))
@@ -204,9 +219,6 @@ def bench_writer(table: Table, frames: int, objects: int, repeats: int, *, naive
                 print(f"  set_values baseline failed: {exc!r}"[:300])
     finally:
         ds.delete()
-        import shutil
-
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 # --------------------------------------------------------------------------- end to end
@@ -399,8 +411,6 @@ ISSUE_WEIGHT = {"speckle": 0.05, "scale": 5, "width": 1920, "height": 1080}
 
 def bench_exports(table: Table, frames: int, objects: int, repeats: int, baseline: Path | None, *,
                   heavy_frames: int) -> None:
-    import shutil
-
     import fiftyone as fo
     import numpy as np
 
@@ -560,7 +570,10 @@ def markdown(table: Table, info: dict[str, Any], args: argparse.Namespace, secon
         f"Machine: {info['cpu']} ({info['cores']} cores), {info['memory']} RAM, {info['os']}; "
         f"load average at start {', '.join(f'{v:.2f}' for v in info['load_average_at_start'])} "
         "(the machine is shared: absolute numbers are noisy, ratios against a baseline from the same run less so). "
-        + ", ".join(f"{k} {v}" for k, v in info["versions"].items()) + ".",
+        + ", ".join(f"{k} {v}" for k, v in info["versions"].items()) + ". "
+        f"Creating one 400-byte file in the temporary folder took {info['file_create_us']:.0f} us at the start "
+        "(the mask_path figures depend on it; on this project's journal-less ext4 it grows more than tenfold for minutes after "
+        "many files were deleted).",
         "",
         f"Each figure: median of {args.repeats} runs [min..max], its baseline measured in the same run, and the ratio "
         "(how many times better than the baseline: speed, or less time / memory). End-to-end baseline: the client "
@@ -599,12 +612,19 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     table = Table()
     info = machine()
     start = time.perf_counter()
+    # Mask files are deleted when the whole run ends, not after each section: on an ext4
+    # without a journal (this project's VMs), creating a file in the next 1-6 minutes scans
+    # past every recently deleted inode (the kernel's recently_deleted() check in
+    # find_inode_bit): after one section deleted its mask files, writing a mask file took
+    # ~0.4 ms of kernel time instead of ~0.025 ms.
+    mask_root = Path(tempfile.mkdtemp(prefix="sam31-bench-masks-"))
+    info["file_create_us"] = file_create_us(mask_root)
     try:
         with (baseline_tree() if "e2e_baseline" not in skip else contextlib.nullcontext(None)) as base:
             if "writer" not in skip:
                 for frames in ([20] if q else [300, 3000]):
                     print(f"writer {frames}", flush=True)
-                    bench_writer(table, frames, 16, args.repeats, naive=frames <= 300)
+                    bench_writer(table, frames, 16, args.repeats, naive=frames <= 300, mask_root=mask_root)
             if "e2e" not in skip:
                 print("end to end", flush=True)
                 bench_e2e(table, sizes, 16, args.repeats, e2e_frames=sizes[1] if len(sizes) > 1 else sizes[0],
@@ -623,6 +643,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 bench_concurrency(table, 4 if q else 16, 0.3 if q else 1.0)
     finally:
         drop_own_database()
+        shutil.rmtree(mask_root, ignore_errors=True)
     seconds = time.perf_counter() - start
     out = Path(args.out_dir)
     doc = {"machine": info, "quick": q, "repeats": args.repeats, "seconds": seconds, "baseline_commit": BASELINE_COMMIT,

@@ -1,7 +1,9 @@
-"""Masks: COCO RLE <-> arrays (pycocotools), tight boxes, crops for fo.Detection."""
+"""Masks: COCO RLE <-> arrays (pycocotools), tight boxes, crops for fo.Detection, PNG bytes."""
 
 from __future__ import annotations
 
+import struct
+import zlib
 from typing import Any
 
 import numpy as np
@@ -46,3 +48,28 @@ def iou(a: np.ndarray, b: np.ndarray) -> float:
     if union == 0:
         return 1.0
     return float(np.logical_and(a, b).sum() / union)
+
+
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(data, zlib.crc32(kind)))
+
+
+_PNG_END = _png_chunk(b"IEND", b"")
+
+
+def encode_mask_png(mask: np.ndarray) -> bytes:
+    """A 2-D mask as an 8-bit greyscale PNG of 0s and 1s (what ``fo.Detection.export_mask``
+    writes): one IHDR, one IDAT of unfiltered rows at zlib level 1, IEND (PNG spec, ISO/IEC
+    15948). Written here because cv2.imencode spent ~5x as long per small mask trying
+    row filters that two-valued masks do not need (53 vs 11 us at 91x84)."""
+    if mask.ndim != 2 or 0 in mask.shape:
+        raise ValueError(f"a PNG mask needs a non-empty 2-D array, got shape {mask.shape}")
+    height, width = mask.shape
+    rows = np.zeros((height, width + 1), np.uint8)  # each row: filter type 0 (none), then pixels
+    np.not_equal(mask, 0, out=rows[:, 1:].view(bool))
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)  # depth 8, greyscale, no interlace
+    return b"".join((_PNG_SIGNATURE, _png_chunk(b"IHDR", header),
+                     _png_chunk(b"IDAT", zlib.compress(rows.tobytes(), 1)), _PNG_END))

@@ -70,3 +70,32 @@ def test_iou() -> None:
     a[:2] = True
     b[1:3] = True
     assert masks.iou(a, b) == pytest.approx(4 / 12)
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (1, 301), (257, 1), (40, 60)])
+def test_mask_png_reads_back_in_every_decoder(shape: tuple[int, int]) -> None:
+    """encode_mask_png writes PNG by hand: libpng (cv2, FiftyOne's reader) and Pillow (the
+    App server's) must read back 8-bit greyscale 0/1, the mask exactly, at any size."""
+    import io
+
+    import cv2
+    from PIL import Image
+
+    rng = np.random.default_rng(shape[0] * 1000 + shape[1])
+    full = rng.random((shape[0] + 3, shape[1] * 2)) < 0.4
+    mask = full[2 : 2 + shape[0], ::2]  # a non-contiguous view, as crops of full masks are
+    data = masks.encode_mask_png(mask)
+    by_cv2 = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    assert by_cv2.dtype == np.uint8 and by_cv2.shape == shape and np.array_equal(by_cv2, mask.astype(np.uint8))
+    with Image.open(io.BytesIO(data)) as image:
+        image.load()  # Pillow checks the chunk CRCs while reading
+        assert image.mode == "L" and image.size == (shape[1], shape[0])
+        assert np.array_equal(np.asarray(image), mask.astype(np.uint8))
+    counts = masks.encode_mask_png(np.where(mask, 7, 0).astype(np.int32))  # any nonzero value is 1
+    assert np.array_equal(cv2.imdecode(np.frombuffer(counts, np.uint8), cv2.IMREAD_UNCHANGED), mask.astype(np.uint8))
+
+
+@pytest.mark.parametrize("shape", [(0, 4), (3, 0), (2, 3, 1)])
+def test_mask_png_refuses_what_png_cannot_hold(shape: tuple[int, ...]) -> None:
+    with pytest.raises(ValueError, match="non-empty 2-D"):
+        masks.encode_mask_png(np.zeros(shape, bool))

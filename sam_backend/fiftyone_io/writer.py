@@ -29,7 +29,6 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 from bson import ObjectId
 
@@ -40,6 +39,7 @@ import fiftyone.core.sample as fos
 
 from ..coords import frame_number_from_index, relative_box
 from ..errors import InvalidRequest
+from ..masks import encode_mask_png
 from ..owners import current_owner, owner_alive
 from ..types import FrameResult, TrackedObject, VideoInfo
 
@@ -105,12 +105,8 @@ def detection_doc(obj: TrackedObject, width: int, height: int, *, mask_path: Pat
 
 
 def write_mask_png(crop: np.ndarray, path: Path) -> bytes:
-    """What fo.Detection.export_mask writes: the cropped mask as a uint8 0/1 PNG (zlib
-    level 1: masks of two values compress nearly as well, several times faster)."""
-    pixels = np.ascontiguousarray(crop).view(np.uint8) if crop.dtype == bool else (crop > 0).astype(np.uint8)
-    ok, data = cv2.imencode(".png", pixels, [cv2.IMWRITE_PNG_COMPRESSION, 1])
-    if not ok:
-        raise OSError(f"could not encode the mask PNG for {path}")
+    """What fo.Detection.export_mask writes: the cropped mask as a uint8 0/1 PNG."""
+    data = encode_mask_png(crop)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)  # cheaper than pathlib's open
     try:
         os.write(fd, data)
