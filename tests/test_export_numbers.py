@@ -61,3 +61,12 @@ def test_write_json_splices_raw_text_where_its_value_goes(tmp_path) -> None:
                                                 for i in range(3)]}
     with pytest.raises(TypeError, match="set is not JSON serializable"):
         write_json({"x": {1, 2}}, tmp_path / "b.json")
+
+
+
+def test_yolo_texts_of_another_width_fall_back() -> None:
+    """The table holds 8-character texts ("0.xxxxxx"); a nudge that makes one "-0.xxxxxx"
+    must send the row to the per-value formatting, not into misaligned columns."""
+    points = np.array([[0.0, 1.0], [319.0, 2.0], [12.0, 0.0]])
+    assert yolo_points_text(points, 320, 4, -0.5) == _formatted(points, 320, 4, -0.5)
+    assert yolo_points_text(points[:0], 1920, 1080, 0.01) == ""

@@ -4,7 +4,8 @@ A noisy mask traces to tens of thousands of vertices, and formatting them one by
 (json's float repr, ``%.6f``) took longer than tracing them: ~40% of a COCO-polygon or
 YOLO-seg export of 1080p masks with ~4,000 holes each. The values come from small sets,
 though: COCO vertices from :mod:`.polygons` sit on a quarter-pixel grid and YOLO vertices
-on pixel centres, so each value's text is looked up in a table made once per grid.
+on pixel centres, so each value's text is looked up in a table made once per grid (for
+YOLO, a table of fixed-width bytes indexed by all of a ring's vertices at once).
 
 Each function writes exactly the text the per-value formatting wrote (tested), and falls
 back to it for any value off its grid.
@@ -25,9 +26,14 @@ def _quarter_texts(size: int) -> list[str]:
 
 
 @functools.lru_cache(maxsize=16)
-def _normalised_texts(size: int, nudge: float) -> list[str]:
-    """``"%.6f" % ((x + nudge) / size)`` for pixels x < size."""
-    return ["%.6f" % ((x + nudge) / size) for x in range(size)]
+def _normalised_table(size: int, nudge: float) -> np.ndarray | None:
+    """Entry x: the 8 bytes of ``"%.6f" % ((x + nudge) / size)`` ("0.xxxxxx") for pixels
+    x < size, read as one uint64, so a whole YOLO row is one fancy index; None if some
+    value formats to another width (a nudge outside [0, 1))."""
+    texts = ["%.6f" % ((x + nudge) / size) for x in range(size)]
+    if any(len(t) != 8 for t in texts):
+        return None
+    return np.frombuffer("".join(texts).encode("ascii"), np.uint64)  # one 8-byte text per entry
 
 
 def _grid_indices(values: np.ndarray, per_unit: int, limit: int | None = None) -> np.ndarray | None:
@@ -60,10 +66,14 @@ def yolo_points_text(points: np.ndarray, width: int, height: int, nudge: float) 
     (x, y) pixel vertices normalised to the frame, as one YOLO row holds them."""
     points = np.asarray(points, dtype=float)
     xs, ys = _grid_indices(points[:, 0], 1, width), _grid_indices(points[:, 1], 1, height)
-    if xs is None or ys is None:
+    x_table, y_table = _normalised_table(width, nudge), _normalised_table(height, nudge)
+    if xs is None or ys is None or x_table is None or y_table is None or not len(points):
         values = ((points + nudge) / [width, height]).ravel().tolist()
         return " ".join(["%.6f"] * len(values)) % tuple(values)
-    texts: list[str] = [""] * (2 * len(points))
-    texts[0::2] = map(_normalised_texts(width, nudge).__getitem__, xs.tolist())
-    texts[1::2] = map(_normalised_texts(height, nudge).__getitem__, ys.tolist())
-    return " ".join(texts)
+    values = np.empty((len(points), 2), np.uint64)  # each text's 8 bytes as one number: x, y
+    values[:, 0] = x_table[xs]
+    values[:, 1] = y_table[ys]
+    cells = np.empty((values.size, 9), np.uint8)  # the 8 characters, then a space
+    cells[:, :8] = values.view(np.uint8).reshape(-1, 8)
+    cells[:, 8] = ord(" ")
+    return cells.tobytes()[:-1].decode("ascii")
