@@ -250,7 +250,8 @@ def _output_inputs(ctx: Any, inputs: types.Object) -> None:
             inputs.view("replace_note", types.Warning(label=f"frames.{name} exists and will be replaced on the target videos"))
     inputs.float("detection_threshold", label="Detection threshold", default=DEFAULTS.detection_threshold, min=0.0,
                  max=1.0, description=_threshold_help(params))
-    inputs.int("max_num_objects", label="Max objects", default=DEFAULTS.max_num_objects, min=1, max=128)
+    inputs.int("max_num_objects", label="Max objects", default=DEFAULTS.max_num_objects, min=1, max=128,
+               description="per text concept (each is capped on its own), and for the objects named by clicks and boxes")
     inputs.int("min_mask_area", label="Drop masks smaller than (pixels)", default=DEFAULTS.min_mask_area, min=0)
     inputs.int("min_track_frames", label="Drop tracks shorter than (frames)", default=DEFAULTS.min_track_frames, min=1)
     inputs.int("frame_start", label="First frame (0-based)", min=0)

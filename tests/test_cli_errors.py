@@ -235,3 +235,20 @@ def test_demo_on_fal_states_the_cost_before_it_sends_anything(tmp_path: Path, ca
     first = out.splitlines()[0]
     assert first.startswith("FAL_KEY is set: calling the real fal API") and "about $0.03: 3 request(s) x 32 frames" in first
     assert "s3cr3t" not in out
+
+
+def test_inputs_refused_before_the_first_video_not_after(dataset: fo.Dataset, tmp_path: Path,
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    """Each of these used to pass the checks and then fail every video (exit 1, after an
+    estimate and, for the field name, after paying for each video)."""
+    base = ["segment", dataset.name, "--prompt", "red ball", "--backend", "emulator"]
+    refused([*base, "--field", "x$"], capsys, "Invalid field name: 'x$'", "cannot contain '$'")
+    line = refused([*base, "--threshold", "0.005"], capsys, "detection_threshold=0.005", "minimum 0.01")
+    refused([*base, "--url-field", "nosuch"], capsys, "url_field 'nosuch' is not a sample field")
+    assert dataset.get_frame_field_schema().keys() == {"id", "frame_number", "created_at", "last_modified_at", "clicks"}
+    assert "estimated" not in capsys.readouterr().out + line
+    journal = str(tmp_path / "j.sqlite3")
+    main([*base, "--journal", journal])  # a journal with one run in it
+    capsys.readouterr()
+    refused(["resume", "--run", "nosuch", "--journal", journal], capsys, "no run 'nosuch' in", "`status` lists")
+    refused(["redecode", "nosuch", "--journal", journal], capsys, "no run 'nosuch' in")

@@ -155,9 +155,23 @@ def test_refine_one_track_forward_keeps_everything_else(scene, fal_backend, emul
 
 def test_refine_needs_a_prompt_for_that_track(scene, fal_backend, emulator) -> None:
     ds, _ = scene
-    n = len(emulator.stats.submits)
-    with pytest.raises(InvalidRequest, match="track 9 has no detection in frames.sam on frame 5"):
+    with pytest.raises(InvalidRequest, match=r"track 9 is not in frames.sam of this video \(its tracks: none\)"):
         segment_videos(ds, refine_track=9, refine_frame=5, label_field="sam", backend=fal_backend)
+    segment_videos(ds, prompt="red ball, blue box", label_field="sam", backend=fal_backend)
+    n = len(emulator.stats.submits)
+    # refine corrects a track; given a box for an unknown id it used to start a new one
+    box = {"x_min": 10, "y_min": 12, "x_max": 40, "y_max": 44, "object_id": 9, "frame_index": 4}
+    with pytest.raises(InvalidRequest, match=r"track 9 is not in frames.sam of this video \(its tracks: 1, 2\)"):
+        segment_videos(ds, refine_track=9, refine_frame=5, box_prompts=[box], label_field="sam", backend=fal_backend)
+    frame = ds.first().frames[5]
+    frame["sam"].detections = [d for d in frame["sam"].detections if d.index != 1]
+    frame.save()
+    with pytest.raises(InvalidRequest, match="track 1 has no detection in frames.sam on frame 5"):
+        segment_videos(ds, refine_track=1, refine_frame=5, label_field="sam", backend=fal_backend)
+    # it would count only the re-run frames, and drop (delete) a long track re-run near its end
+    with pytest.raises(InvalidRequest, match="min_track_frames applies to whole runs"):
+        segment_videos(ds, refine_track=1, refine_frame=6, box_prompts=[{**box, "object_id": 1, "frame_index": 5}],
+                       min_track_frames=5, label_field="sam", backend=fal_backend)
     with pytest.raises(InvalidRequest, match="leave the text prompt empty"):
         segment_videos(ds, prompt="red ball", refine_track=1, refine_frame=5, label_field="sam", backend=fal_backend)
     assert len(emulator.stats.submits) == n
@@ -182,3 +196,37 @@ def test_run_key_skips_samples_already_written(make_dataset, small_video, fal_ba
     n = len(emulator.stats.submits)
     again = segment_videos(ds, prompt="red ball", label_field="sam", backend=fal_backend, run_key="shard-run-1")
     assert again.skipped == sorted(ds.values("id")) and again.done == [] and len(emulator.stats.submits) == n
+
+
+def test_clips_views_and_options_for_a_ready_backend_are_refused(scene, fal_backend, emulator) -> None:
+    """A clips view's ids are clip ids: its run sent whole videos and wrote their labels to
+    frame documents of no sample. backend_options with a backend object were ignored."""
+    ds, _ = scene
+    n, frames = len(emulator.stats.submits), ds.count("frames")
+    clips = ds.to_clips([[(10, 30), (40, 45)]])
+    assert len(clips) == 2 and clips.media_type == "video"
+    with pytest.raises(InvalidRequest, match="not on a clips view: pass the videos"):
+        segment_videos(clips, prompt="red ball", label_field="sam", backend=fal_backend)
+    with pytest.raises(InvalidRequest, match="this backend object is used as it is"):
+        segment_videos(ds, prompt="red ball", label_field="sam", backend=fal_backend,
+                       backend_options={"text_mode": "union"})
+    assert len(emulator.stats.submits) == n and ds.count("frames") == frames and not ds.has_frame_field("sam")
+
+
+def test_labels_outside_the_frame_are_refused_not_moved_to_its_edge(scene, fal_backend, emulator) -> None:
+    """A keypoint at (1.7, 2.5) used to be sent as the corner pixel (319, 239) and billed;
+    a click a hair past the edge (as drawn in the App) still lands on the edge pixel."""
+    ds, _ = scene
+    sample = ds.first()
+    sample.frames[3]["far"] = fo.Keypoints(keypoints=[fo.Keypoint(label="pos", points=[[1.7, 2.5]], index=2)])
+    sample.frames[4]["away"] = fo.Detections(detections=[fo.Detection(label="x", bounding_box=[1.2, 0.1, 0.2, 0.2])])
+    sample.frames[5]["edge"] = fo.Keypoints(keypoints=[fo.Keypoint(label="pos", points=[[1.002, -0.003]], index=2)])
+    sample.save()
+    n = len(emulator.stats.submits)
+    with pytest.raises(InvalidRequest, match=r"frames.far on frame 3.*point \(1.7, 2.5\) is outside the frame"):
+        segment_videos(ds, prompt_fields=["far"], label_field="sam", backend=fal_backend)
+    with pytest.raises(InvalidRequest, match=r"box \[1.2, 0.1, 0.2, 0.2\] lies outside the frame"):
+        segment_videos(ds, prompt_fields=["away"], label_field="sam", backend=fal_backend)
+    assert len(emulator.stats.submits) == n and not ds.has_frame_field("sam")
+    segment_videos(ds, prompt_fields=["edge"], label_field="sam", backend=fal_backend)
+    assert submitted(emulator, n)["point_prompts"] == [{"x": 319, "y": 0, "label": 1, "object_id": 2, "frame_index": 4}]

@@ -197,8 +197,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     seg.add_argument("--overwrite", action="store_true",
                      help="replace labels in --field that sam31-video did not write (e.g. ground truth)")
     seg.add_argument("--backend", default="fal", help="fal (default; needs FAL_KEY), emulator (offline, no cost) or local")
-    seg.add_argument("--threshold", type=float, default=0.5, help="detection threshold in [0, 1] (default 0.5)")
-    seg.add_argument("--max-objects", type=int, default=16, help="at most this many objects per video (default 16)")
+    seg.add_argument("--threshold", type=float, default=0.5,
+                     help="detection threshold in [0, 1]; fal's endpoints take 0.01 and up (default 0.5)")
+    seg.add_argument("--max-objects", type=int, default=16,
+                     help="at most this many objects per text concept, and objects named by clicks and boxes (default 16)")
     seg.add_argument("--concurrency", type=int, default=None, help="videos in flight at once (default 8)")
     seg.add_argument("--stop-on-failure", action="store_true",
                      help="refuse the run when a video cannot be read, and stop at the first video that fails "

@@ -82,6 +82,9 @@ class SegmentOptions(BaseModel):
             return None
         if self.refine_frame is None:
             raise InvalidRequest("refine_track needs refine_frame (the frame number where the track was fixed)")
+        if self.min_track_frames > 1:  # it would count only the re-run frames and could drop the whole track
+            raise InvalidRequest("min_track_frames applies to whole runs, not to a refine, which replaces part of one "
+                                 "track: leave it at 1")
         return Refine(self.refine_track, self.refine_frame, self.refine_direction)
 
     def request_fields(self) -> dict[str, Any]:

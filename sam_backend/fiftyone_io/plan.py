@@ -91,7 +91,12 @@ def _refine(sample: fo.Sample, info: VideoInfo, visual: VisualPrompts, base: dic
             raise InvalidRequest(f"refine of track {refine.track_id}: typed prompts must use object_id={refine.track_id}")
     if not 1 <= refine.frame_number <= info.frame_count:
         raise InvalidRequest(f"refine frame {refine.frame_number} is outside the video (frames 1..{info.frame_count})")
-    existing = _track_label(sample, label_field, refine.track_id)
+    tracks = _track_labels(sample, label_field)
+    if refine.track_id not in tracks:
+        known = ", ".join(map(str, sorted(tracks))) or "none"
+        raise InvalidRequest(f"track {refine.track_id} is not in frames.{label_field} of this video (its tracks: "
+                             f"{known}): refine corrects an existing track; segment new objects without refine")
+    existing = tracks[refine.track_id]
     ids = set(_ids(visual))
     if len(ids) > 1:
         raise InvalidRequest(f"refine re-runs one object, but the prompts describe {len(ids)} objects ({sorted(ids)})")
@@ -125,10 +130,16 @@ def _detection(sample: fo.Sample, field: str, track_id: int, frame_number: int) 
     return None
 
 
-def _track_label(sample: fo.Sample, field: str, track_id: int) -> str | None:
-    for frame in sample.frames.values():
-        value = frame[field] if frame.has_field(field) else None
-        for det in (value.detections if value is not None else []):
-            if det.index == track_id and det.label:
-                return det.label
-    return None
+def _track_labels(sample: fo.Sample, field: str) -> dict[int, str | None]:
+    """Track id -> its first non-empty label, for every track in ``frames.<field>`` (read
+    by projection: the masks stay in the database)."""
+    if field not in (sample.dataset.get_frame_field_schema() or {}):
+        return {}
+    path = f"frames.{field}.detections"
+    ids, labels = sample.dataset.select(sample.id).values([f"{path}.index", f"{path}.label"])
+    out: dict[int, str | None] = {}
+    for frame_ids, frame_labels in zip(ids[0] if ids else [], labels[0] if labels else []):
+        for index, label in zip(frame_ids or [], frame_labels or []):
+            if index is not None and not out.get(index):
+                out[index] = label or None
+    return out

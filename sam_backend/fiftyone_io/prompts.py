@@ -135,7 +135,11 @@ def _build(found: Sequence[_Found], info: VideoInfo) -> VisualPrompts:
         if isinstance(lb, fo.Detection):
             if _is_negative(lb):
                 raise InvalidRequest(f"{item.where}: a box cannot be negative ({lb.label!r}); draw negative clicks as points")
-            x0, y0, x1, y1 = pixel_box(lb.bounding_box, info.width, info.height)
+            bx, by, bw, bh = lb.bounding_box
+            if bx >= 1 or by >= 1 or bx + bw <= 0 or by + bh <= 0:
+                raise InvalidRequest(f"{item.where}: box {lb.bounding_box} lies outside the frame "
+                                     "(FiftyOne boxes are relative [x, y, width, height], 0..1)")
+            x0, y0, x1, y1 = pixel_box(lb.bounding_box, info.width, info.height)  # clipped to the frame
             if x1 <= x0 or y1 <= y0:
                 raise InvalidRequest(f"{item.where}: box {lb.bounding_box} is smaller than a pixel")
             oid = ids[_key(lb)][0]
@@ -147,6 +151,10 @@ def _build(found: Sequence[_Found], info: VideoInfo) -> VisualPrompts:
         for x, y in vertices:
             if x is None or y is None or x != x or y != y:  # skipped keypoints are NaN
                 continue
+            # A click drawn on the frame's edge may land a hair outside; farther is a mistake.
+            if not (-1 <= x * info.width <= info.width + 1 and -1 <= y * info.height <= info.height + 1):
+                raise InvalidRequest(f"{item.where}: point ({x:.4g}, {y:.4g}) is outside the frame "
+                                     "(FiftyOne points are relative, 0..1)")
             px, py = pixel_point(x, y, info.width, info.height)
             out.point_prompts.append(PointPrompt(x=px, y=py, label=1 if positive else 0, object_id=oid, frame_index=frame_index))
     return out

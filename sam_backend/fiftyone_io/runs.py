@@ -109,7 +109,7 @@ def resume(
 
     try:
         if run_id is not None:
-            run = journal.run(run_id)
+            run = _journal_run(journal, run_id)
         else:
             runs = [r for r in journal.runs(dataset=name, states=[RunState.RUNNING, RunState.FAILED, RunState.CANCELLED])
                     if label_field is None or r.label_field == label_field]
@@ -159,7 +159,7 @@ def redecode(
     if journal is None:
         raise InvalidRequest(f"backend {getattr(backend, 'name', backend)!r} keeps no journal: nothing to redecode")
     try:
-        run = journal.run(run_id)
+        run = _journal_run(journal, run_id)
         location = str(journal.path) if journal.path is not None else None
     finally:
         if backend is None:
@@ -189,6 +189,13 @@ def redecode(
         return segment_collection(samples, opts, backend=backend, secrets=None, progress=progress, cancel=None, run_id=run.run_id)
     finally:
         backend.stored_only = previous  # type: ignore[attr-defined]
+
+
+def _journal_run(journal: Any, run_id: str) -> Any:
+    try:
+        return journal.run(run_id)
+    except KeyError:
+        raise InvalidRequest(f"no run {run_id!r} in {journal.location} (`status` lists its runs)") from None
 
 
 __all__ = ["RunStatus", "redecode", "resume", "status"]

@@ -69,6 +69,9 @@ def segment_videos(
     if isinstance(backend, str):
         option_fields["backend"], backend = backend, None
     opts = SegmentOptions.build(options, **option_fields)
+    if backend is not None and opts.backend_options:
+        raise InvalidRequest("backend_options configure a backend built from its name; this backend object is used "
+                             "as it is: set them when you build it, or pass backend='<name>'")
     return segment_collection(samples, opts, backend=backend, secrets=secrets, progress=progress, cancel=cancel)
 
 
@@ -134,6 +137,9 @@ def _check_collection(samples: fo.core.collections.SampleCollection, opts: Segme
         raise InvalidRequest(f"nothing to segment: this view of {dataset.name!r} has no samples")
     if samples.media_type != "video":
         raise InvalidRequest(f"segment needs video samples; {dataset.name!r} has media_type={samples.media_type!r}")
+    if samples._is_clips:  # its ids are clip ids, not the videos' own
+        raise InvalidRequest("segment runs on whole videos, not on a clips view: pass the videos (e.g. "
+                             "dataset.select(clips.values('sample_id'))) and frames=FrameRange(...) for a part of each")
     try:
         check_label_field(dataset, opts.label_field)
     except ValueError as exc:
@@ -141,6 +147,8 @@ def _check_collection(samples: fo.core.collections.SampleCollection, opts: Segme
     if not opts.overwrite and opts.refine_track is None:  # a refine edits one track of the field in place
         refuse_replacing_labels_not_ours(samples, opts.label_field, "of these videos that sam31-video did not write; "
                                                                     "a run would replace them")
+    if opts.url_field and opts.url_field not in dataset.get_field_schema():
+        raise InvalidRequest(f"url_field {opts.url_field!r} is not a sample field of {dataset.name!r}")
     frame_fields = dataset.get_frame_field_schema() or {}
     missing = [f for f in opts.prompt_fields if f.removeprefix("frames.") not in frame_fields]
     if missing:

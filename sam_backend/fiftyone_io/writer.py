@@ -355,6 +355,7 @@ def check_label_field(dataset: fo.Dataset, label_field: str) -> None:
     """The output field must be a frame field that is absent or already holds Detections."""
     if not label_field or "." in label_field or label_field.startswith("_"):
         raise ValueError(f"label_field {label_field!r} must be a plain frame field name like 'sam'")
+    foo.utils.validate_field_name(label_field, media_type="video", is_frame_field=True)  # e.g. no '$'
     if label_field in dataset.get_field_schema():
         raise ValueError(f"{label_field!r} is a sample-level field of {dataset.name!r}; pick a frame field name")
     existing = dataset.get_frame_field_schema().get(label_field)

@@ -180,8 +180,12 @@ class FalBackend:
 
     def estimate_cost(self, video: VideoInfo, request: SegmentRequest) -> CostEstimate:
         """Every planned request x frames x its endpoint's price (``video.frame_count`` is
-        what will be sent: pass the trimmed count when segmenting a frame range)."""
-        usd, detail = plan_cost(self.plan(request), video.frame_count,
+        what will be sent: pass the trimmed count when segmenting a frame range). Refuses
+        what no planned endpoint takes (e.g. a threshold below its minimum), so a run that
+        estimates first is refused before its first video."""
+        planned = self.plan(request)
+        _check_planned(planned, frame_indices=False)
+        usd, detail = plan_cost(planned, video.frame_count,
                                 lambda p: self._endpoint_for(p.endpoints, raise_missing=False))
         return CostEstimate(backend=self.name, frames=video.frame_count, usd=usd, detail=detail)
 
@@ -204,13 +208,7 @@ class FalBackend:
             if video.path is None:
                 raise InvalidRequest("a frame range is cut from the local video file before upload; this sample has only a URL")
         planned = self.plan(remap_prompts(request, indices))
-        problems = [f"{p.key}: {msg}" for p in planned for e in p.endpoints
-                    for msg in endpoint_table.problems(endpoint_table.endpoint(e), prompt=p.fields.get("prompt", ""),
-                                                       point_prompts=p.fields.get("point_prompts", []),
-                                                       box_prompts=p.fields.get("box_prompts", []),
-                                                       detection_threshold=p.fields["detection_threshold"])]
-        if problems:
-            raise InvalidRequest(problems)
+        _check_planned(planned)
         first = endpoint_table.endpoint(planned[0].endpoints[0])
         record = RunRecord(backend=self.name, endpoint=first.id, model=first.model)
         done: list[int] = []
@@ -649,3 +647,15 @@ def merge(requests: list[_Request], decoded: list[DecodedResult], frame_count: i
                 objects.append(TrackedObject.from_crop(track_id, r.planned.label, cm.score, cm.crop, cm.box, shape))
         objects.sort(key=lambda o: o.track_id)
         yield FrameResult(index, objects)
+
+
+def _check_planned(planned: list[PlannedRequest], *, frame_indices: bool = True) -> None:
+    """Refuse planned requests some endpoint of theirs cannot take (see endpoints.problems)."""
+    problems = [f"{p.key}: {msg}" for p in planned for e in p.endpoints
+                for msg in endpoint_table.problems(endpoint_table.endpoint(e), prompt=p.fields.get("prompt", ""),
+                                                   point_prompts=p.fields.get("point_prompts", []),
+                                                   box_prompts=p.fields.get("box_prompts", []),
+                                                   detection_threshold=p.fields["detection_threshold"],
+                                                   frame_indices=frame_indices)]
+    if problems:
+        raise InvalidRequest(problems)

@@ -111,12 +111,13 @@ def endpoint(endpoint_id: str) -> Endpoint:
 
 
 def problems(spec: Endpoint, *, prompt: str, point_prompts: list[dict[str, Any]], box_prompts: list[dict[str, Any]],
-             detection_threshold: float) -> list[str]:
-    """Why this endpoint cannot take these prompts (empty: it can)."""
+             detection_threshold: float, frame_indices: bool = True) -> list[str]:
+    """Why this endpoint cannot take these prompts (empty: it can). ``frame_indices=False``
+    leaves out the prompts' frames (a frame range renumbers them before sending)."""
     out = []
     if (point_prompts or box_prompts) and not spec.points_boxes:
         out.append(f"{spec.id} takes no point or box prompts")
-    if spec.points_boxes and not spec.frame_index:
+    if frame_indices and spec.points_boxes and not spec.frame_index:
         for kind, items in (("point_prompts", point_prompts), ("box_prompts", box_prompts)):
             for i, p in enumerate(items):
                 if p.get("frame_index", 0) != 0:
