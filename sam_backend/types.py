@@ -133,6 +133,15 @@ class FrameRange(BaseModel):
         return []
 
 
+def split_concepts(prompt: str) -> list[str]:
+    """Concepts separated by commas or line breaks (a pasted list), stripped; blank lines
+    are skipped, but an empty concept between two commas is kept (as "") to be refused."""
+    out: list[str] = []
+    for part in prompt.split(","):
+        out.extend([line.strip() for line in part.splitlines() if line.strip()] or [""])
+    return out
+
+
 class SegmentRequest(_Wire):
     """The prompts for one video. Shape errors raise when the model is built;
     video-dependent errors (frame size, frame count) raise in :meth:`check_against`."""
@@ -157,7 +166,7 @@ class SegmentRequest(_Wire):
         if len(self.prompt) > MAX_PROMPT_CHARS:
             raise ValueError(f"prompt {shorten(self.prompt)} is too long: at most {MAX_PROMPT_CHARS} characters, "
                              "comma-separated short noun phrases like 'person, dog'")
-        parts = [p.strip() for p in self.prompt.split(",")]
+        parts = split_concepts(self.prompt)
         long = [p for p in parts if len(p) > MAX_CONCEPT_CHARS]
         if long:
             raise ValueError(f"concept {shorten(long[0])} is too long: at most {MAX_CONCEPT_CHARS} characters "
@@ -182,8 +191,8 @@ class SegmentRequest(_Wire):
 
     @property
     def concepts(self) -> list[str]:
-        """The comma-separated text concepts, stripped, in order."""
-        return [p.strip() for p in self.prompt.split(",") if p.strip()]
+        """The text concepts (separated by commas or line breaks), stripped, in order."""
+        return [p for p in split_concepts(self.prompt) if p]
 
     def visual_object_ids(self) -> list[int]:
         """Object ids that point/box prompts define (a positive point or a box)."""

@@ -235,7 +235,8 @@ def corner_scene() -> synthetic.Scene:
 
 
 @pytest.mark.parametrize("via", ["sdk", "cli"])
-def test_redecode_repairs_a_failed_decode_without_a_new_request(via: str, make_dataset, tmp_path: Path) -> None:
+def test_redecode_repairs_a_failed_decode_without_a_new_request(via: str, make_dataset, tmp_path: Path,
+                                                                  capsys: pytest.CaptureFixture[str]) -> None:
     path = tmp_path / "corner.mp4"
     truth = synthetic.write_video(corner_scene(), path)
     ds = make_dataset(path, persistent=True)
@@ -259,6 +260,8 @@ def test_redecode_repairs_a_failed_decode_without_a_new_request(via: str, make_d
             save_layouts(stored, fixed)
             try:
                 assert cli(["redecode", report.run_id, "--journal", str(journal)]) == 0
+                out = capsys.readouterr().out  # it sends nothing: no estimate as if it would pay
+                assert "no charge (stored results, nothing sent)" in out and "estimated $" not in out
             finally:
                 stored.unlink()
         assert len(emu.stats.submits) == submits and emu.stats.uploads == 1  # nothing sent again

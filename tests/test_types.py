@@ -16,6 +16,9 @@ def test_defaults_and_concepts() -> None:
     assert (req.detection_threshold, req.max_num_objects) == (0.5, 16)
     assert req.point_prompts[0].model_dump() == {"x": 3, "y": 4, "label": 1, "object_id": 2, "frame_index": 0}
     assert req.visual_object_ids() == [2]
+    # a pasted list: one concept per line (the label used to be 'red ball\nblue box')
+    assert SegmentRequest.build(prompt="red ball\r\nblue box\n\ngreen ball, cup\n").concepts == [
+        "red ball", "blue box", "green ball", "cup"]
 
 
 @pytest.mark.parametrize(
@@ -26,6 +29,7 @@ def test_defaults_and_concepts() -> None:
         ({"prompt": "red,,blue"}, "'red,,blue' has an empty concept"),
         ({"prompt": "cat, red ball, red ball"}, "names the same concept twice ('red ball' and 'red ball')"),
         ({"prompt": "Red  Ball, dog, red ball"}, "names the same concept twice ('Red  Ball' and 'red ball')"),
+        ({"prompt": "dog\nDog"}, "names the same concept twice ('dog' and 'Dog')"),
         ({"prompt": "x", "point_prompts": [{"x": 1, "y": 1, "label": 2}]}, "point_prompts[0].label: Input should be 0 or 1 (got 2)"),
         ({"prompt": "x", "point_prompts": [{"x": 1.5, "y": 1}]}, "point_prompts[0].x"),
         ({"prompt": "x", "point_prompts": [{"x": -1, "y": 1}]}, "point_prompts[0].x: Input should be greater than or equal to 0 (got -1)"),

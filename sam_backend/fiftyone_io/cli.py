@@ -74,9 +74,11 @@ class _Interrupts:
         signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
-def _print_report(report: Any, field: str, *, show_run: bool = True) -> int:
+def _print_report(report: Any, field: str, *, show_run: bool = True, stored_only: bool = False) -> int:
     billed = f", {report.billed_units:g} billed units" if report.billed_units is not None else ""
     cost = f", estimated ${report.estimated_usd:.2f}" if report.estimated_usd is not None else ""
+    if stored_only:  # the estimate is what a new run would cost; this one sent nothing
+        billed, cost = "", ", no charge (stored results, nothing sent)"
     run = f" (run {report.run_id})" if report.run_id and show_run else ""
     if report.records and all(r.backend == "emulator" for r in report.records.values()):
         billed, cost = "", ", free (offline emulator" + (f"; fal would charge about ${report.estimated_usd:.2f})"
@@ -137,7 +139,7 @@ def _redecode(args: argparse.Namespace) -> int:
     from .runs import redecode
 
     report = redecode(run_id=args.run, journal_path=args.journal)
-    return _print_report(report, report.label_field)
+    return _print_report(report, report.label_field, stored_only=True)
 
 
 def _fal_check(args: argparse.Namespace) -> int:

@@ -92,7 +92,7 @@ def plan(request: SegmentRequest, *, visual_endpoint: str, objects_endpoints: Se
     visual_spec: Endpoint = endpoint(visual_endpoint)
     union_fields = {**common, "max_num_objects": request.max_num_objects, "apply_mask": render}
     if visual_spec.output == "video":
-        fields = {**union_fields, "prompt": request.prompt,
+        fields = {**union_fields, "prompt": ", ".join(request.concepts),
                   "point_prompts": [p.model_dump(mode="json", exclude_none=True) for p in request.point_prompts],
                   "box_prompts": [b.model_dump(mode="json", exclude_none=True) for b in request.box_prompts]}
         return [PlannedRequest("everything", "everything", visual_chain, fields, label="object")]
