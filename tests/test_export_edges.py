@@ -211,6 +211,23 @@ def test_reimport_keeps_track_ids_labels_and_masks(edges, tmp_path, fmt: str) ->
             assert d.label == label and np.array_equal(d.mask, mask[y0:y1, x0:x1])
 
 
+
+def test_clips_views_are_refused_by_export_and_import(edges, tmp_path) -> None:
+    """A clips view's sample ids are clip ids: its export wrote 0 labels (and every image),
+    its import wrote frame documents no sample reads, each while reporting success."""
+    ds, _ = edges
+    export_tracks(ds, "edges", "coco", tmp_path / "whole", frames="video")
+    clips = ds.to_clips([[(3, 9), (20, 30)]])
+    frames = ds.count("frames")
+    for fmt in ("coco", "mot"):
+        with pytest.raises(InvalidRequest, match="export runs on whole videos, not on a clips view"):
+            export_tracks(clips, "edges", fmt, tmp_path / fmt)
+        assert not (tmp_path / fmt).exists()
+    with pytest.raises(InvalidRequest, match="import runs on whole videos, not on a clips view"):
+        import_tracks(clips, tmp_path / "whole", "again")
+    assert ds.count("frames") == frames and not ds.has_frame_field("again")
+
+
 # ---------------------------------------------------------------------------------------
 # Polygons on their own (no database)
 

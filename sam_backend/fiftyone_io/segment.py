@@ -30,6 +30,7 @@ from .. import video as video_ops
 from ..backends.base import Backend, CancelToken, get_backend
 from ..errors import InvalidRequest, VideoError, shorten
 from ..types import SegmentRequest, VideoInfo
+from .video_info import check_whole_videos
 from .options import DEFAULT_CONCURRENCY, SampleProgress, SegmentOptions, SegmentReport
 from .plan import SamplePlan, plan_sample
 from .runner import Job, Runner, already_written
@@ -135,11 +136,7 @@ def _check_collection(samples: fo.core.collections.SampleCollection, opts: Segme
     dataset = samples._dataset
     if len(samples) == 0:
         raise InvalidRequest(f"nothing to segment: this view of {dataset.name!r} has no samples")
-    if samples.media_type != "video":
-        raise InvalidRequest(f"segment needs video samples; {dataset.name!r} has media_type={samples.media_type!r}")
-    if samples._is_clips:  # its ids are clip ids, not the videos' own
-        raise InvalidRequest("segment runs on whole videos, not on a clips view: pass the videos (e.g. "
-                             "dataset.select(clips.values('sample_id'))) and frames=FrameRange(...) for a part of each")
+    check_whole_videos(samples, "segment")
     try:
         check_label_field(dataset, opts.label_field)
     except ValueError as exc:

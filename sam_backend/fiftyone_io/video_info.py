@@ -16,6 +16,16 @@ from ..errors import InvalidRequest
 from ..types import VideoInfo
 
 
+def check_whole_videos(samples: fo.core.collections.SampleCollection, action: str) -> None:
+    """Refuse collections that are not whole video samples: other media, and clips views,
+    whose sample ids are clip ids (labels written or read under them reach no sample)."""
+    if samples.media_type != "video":
+        raise InvalidRequest(f"{action} needs video samples; this collection has media_type={samples.media_type!r}")
+    if samples._is_clips:
+        raise InvalidRequest(f"{action} runs on whole videos, not on a clips view: pass the videos (e.g. "
+                             "dataset.select(clips.values('sample_id'))) and frames=FrameRange(...) for a part of each")
+
+
 def sample_video(sample: fo.Sample) -> VideoInfo:
     """Decoded size (rotation applied) and decoded frame count of a video sample."""
     if sample.media_type != "video":

@@ -29,6 +29,7 @@ import fiftyone as fo
 from ... import video as video_ops
 from ...errors import InvalidRequest, VideoError
 from ...types import VideoInfo
+from ..video_info import check_whole_videos
 from ..writer import FrameLabelWriter, check_label_field, refuse_replacing_labels_not_ours
 from .field_backup import FieldBackup, recover_killed
 from .readers import ImportedVideo, read_labels
@@ -72,8 +73,7 @@ def import_tracks(
     (format, matching, frame sizes and counts, the field) before anything is written.
     Labels in the field that this plugin did not write are replaced only with ``overwrite``."""
     start = time.monotonic()
-    if samples.media_type != "video":
-        raise InvalidRequest(f"import needs video samples; this collection has media_type={samples.media_type!r}")
+    check_whole_videos(samples, "import")
     dataset = samples._dataset
     try:
         check_label_field(dataset, label_field)

@@ -28,6 +28,7 @@ from pymongo.errors import OperationFailure
 from ... import video as video_ops
 from ...coords import frame_index_from_number, pixel_box
 from ...errors import InvalidRequest, VideoError
+from ..video_info import check_whole_videos
 from ..writer import writing_now
 from .options import MASK_FORMATS, TRACK_FORMATS, ExportOptions
 from .tracks import Categories, ExportFrame, ExportObject, VideoRef, sequence_names
@@ -77,8 +78,7 @@ _TOO_LARGE = ("{what}: its frame labels are over MongoDB's 16 MB per query, whic
 
 
 def _plan_export(samples: fo.core.collections.SampleCollection, opts: ExportOptions) -> ExportPlan:
-    if samples.media_type != "video":
-        raise InvalidRequest(f"export needs video samples; this collection has media_type={samples.media_type!r}")
+    check_whole_videos(samples, "export")
     field = opts.label_field
     problems = _field_problems(samples, opts)
     if problems:
