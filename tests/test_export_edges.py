@@ -400,3 +400,9 @@ def test_cli_export_and_import(edges, tmp_path, capsys) -> None:
     assert ds.distinct("frames.cli_back.detections.index") == [1, 2, 3, 4, *GRID_TRACKS]
     assert cli_main(["export", ds.name, "--field", "edges", "--format", "mot", "--out", str(out)]) == 2
     assert "not empty" in capsys.readouterr().err
+    labels = out / "instances.json"  # a second video in the file, which no sample matches: exit 1
+    data = json.loads(labels.read_text())
+    data["videos"].append({**data["videos"][0], "id": 99, "name": "elsewhere", "filepath": "/nowhere/elsewhere.mp4"})
+    labels.write_text(json.dumps(data))
+    assert cli_main(["import", ds.name, str(out), "--field", "cli_back"]) == 1
+    assert "no sample for: elsewhere" in capsys.readouterr().out

@@ -323,3 +323,115 @@ def test_an_import_killed_midway_is_rolled_back_by_the_next_one(exported, tmp_pa
     assert any("killed midway" in n and f"{ds.name}/back" in n for n in report.notes)
     assert [{k: v for k, v in d.items() if k != "other"} for d in _frame_docs(ds)] == before
     assert not [c for c in ds._frame_collection.database.list_collection_names() if c.startswith("sam31_field_backup_")]
+
+
+# ---------------------------------------------------------------------------------------
+# Files other tools wrote (from a new-user review)
+
+
+def _edit(labels: Path, change) -> dict:
+    data = json.loads(labels.read_text())
+    change(data)
+    labels.write_text(json.dumps(data))
+    return data
+
+
+def _dets(ds: fo.Dataset, field: str, sample: int = 0) -> dict[int, list[fo.Detection]]:
+    s = ds.select_fields(f"frames.{field}").skip(sample).first()
+    return {n: f[field].detections for n, f in s.frames.items() if f[field] is not None}
+
+
+def test_the_mask_gives_the_box_not_the_files_bbox(exported) -> None:
+    """A polygon rasterised to 30x30 pixels from (11, 11), with the bbox a tool rounded to
+    (10.5, 10.5, 30, 30): the box was the bbox rounded and the mask cropped to it (841 of
+    900 pixels kept)."""
+    ds, labels = exported
+    square = [[10.5, 10.5, 40.5, 10.5, 40.5, 40.5, 10.5, 40.5]]
+    ann_id, _ = _bad_annotation(labels, "v1", 6, lambda a: a.update(segmentation=square, bbox=[10.5, 10.5, 30, 30]))
+    track = next(a["track_id"] for a in json.loads(labels.read_text())["annotations"] if a["id"] == ann_id)
+    import_tracks(ds.limit(1), labels, "fresh")
+    [det] = [d for d in _dets(ds, "fresh")[7] if d.index == track]
+    assert det.mask.shape == (30, 30) and det.mask.all()
+    assert np.allclose(det.bounding_box, [11 / W, 11 / H, 30 / W, 30 / H])
+
+
+@pytest.mark.parametrize("change, match", [
+    (lambda d: d["annotations"][5].update(category_id=99), r"image \d+, annotation \d+: category_id 99 is not in "
+                                                           r"'categories' \(its ids: 1, 2, 3"),
+    (lambda d: d["images"][3].update(frame_id=-1), r"image \d+ .* has frame_id -1; frames count from 0"),
+    (lambda d: d["annotations"][5].update(segmentation=None, bbox=[400, 10, 20, 20]),
+     r"bbox \[400, 10, 20, 20\] holds no pixel of the 160x120 frame"),
+    (lambda d: d["annotations"][1].update(track_id=d["annotations"][0]["track_id"],
+                                          image_id=d["annotations"][0]["image_id"]),
+     r"track id \d+ is on this frame twice"),
+])
+def test_what_no_reader_could_write_is_refused_naming_it(exported, change, match) -> None:
+    ds, labels = exported
+    _edit(labels, change)
+    before = _frame_docs(ds)
+    with pytest.raises(InvalidRequest, match=match):
+        import_tracks(ds, labels, "back")
+    assert _frame_docs(ds) == before
+
+
+@pytest.mark.parametrize("key, size", [("segmentations", +1), ("scores", -1)])
+def test_ytvis_lists_of_another_length_are_named(exported, tmp_path, key: str, size: int) -> None:
+    ds, _ = exported
+    export_tracks(ds, "sam", "ytvis", tmp_path / "yt", frames="video")
+    labels = tmp_path / "yt" / "instances.json"
+
+    def change(d: dict) -> None:
+        ann = d["annotations"][2]
+        ann[key] = ann[key] + [None] if size > 0 else ann[key][:-1]
+
+    data = _edit(labels, change)
+    frames = len(data["videos"][0]["file_names"])
+    with pytest.raises(InvalidRequest, match=rf"instances.json: annotation {data['annotations'][2]['id']}: "
+                                             rf"{frames + size} {key} for the {frames} frames"):
+        import_tracks(ds, labels, "fresh")
+
+
+def test_samples_sharing_a_file_get_their_own_labels_back(small_video, tmp_path) -> None:
+    frames = truth_frames(small_video[1])
+    info = video.probe(small_video[0])
+    ds = fo.Dataset()
+    try:
+        ds.add_samples([fo.Sample(filepath=str(small_video[0])) for _ in range(2)])
+        first, second = ds.values("id")
+        FrameLabelWriter(ds, "sam").write_sample(first, iter(frames[:10]), info)
+        FrameLabelWriter(ds, "sam").write_sample(second, iter(frames[20:24]), info)
+        export_tracks(ds, "sam", "coco", tmp_path / "c", frames="video")
+        report = import_tracks(ds, tmp_path / "c", "back")
+        assert report.unmatched == [] and any("matched to those samples in order" in n for n in report.notes)
+        for index in (0, 1):
+            assert sorted(_dets(ds, "back", index)) == sorted(_dets(ds, "sam", index)) == (
+                list(range(1, 11)) if index == 0 else list(range(21, 25)))
+    finally:
+        ds.delete()
+
+
+def test_fiftyone_frame_images_import_on_their_own_frame_numbers(small_video, tmp_path) -> None:
+    """FiftyOne's frames view names frame n '<video>/00000n.jpg' (from 1) and its COCO
+    export has no frame_id: those labels landed one frame late. Flat names ('000007.jpg',
+    no video folder) go to the one video of the view."""
+    frames = truth_frames(small_video[1])
+    ds = fo.Dataset()
+    try:
+        ds.add_sample(fo.Sample(filepath=str(small_video[0])))
+        FrameLabelWriter(ds, "sam").write_sample(ds.first().id, iter(frames), video.probe(small_video[0]))
+        view = ds.to_frames(sample_frames=True, output_dir=str(tmp_path / "img")).match(
+            fo.ViewField("frame_number").is_in([1, 7, 30]))
+        view.export(export_dir=str(tmp_path / "fo"), dataset_type=fo.types.COCODetectionDataset, label_field="sam",
+                    export_media=False, rel_dir=str(tmp_path / "img"))
+        report = import_tracks(ds, tmp_path / "fo" / "labels.json", "back")
+        assert any("read as FiftyOne frame numbers" in n for n in report.notes)
+        assert sorted(_dets(ds, "back")) == [1, 7, 30]
+        for number, dets in _dets(ds, "back").items():
+            assert sorted(d.label for d in dets) == sorted(d.label for d in _dets(ds, "sam")[number])
+        flat = _edit(tmp_path / "fo" / "labels.json",
+                     lambda d: [i.update(file_name=Path(i["file_name"]).name) for i in d["images"]])
+        assert all("/" not in i["file_name"] for i in flat["images"])
+        import_tracks(ds, tmp_path / "fo" / "labels.json", "flat")
+        assert sorted(_dets(ds, "flat")) == [1, 7, 30]
+    finally:
+        ds.delete()

@@ -72,7 +72,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"note: {line}")
         for line in getattr(report, "warnings", []):
             print(f"warning: {line}", file=sys.stderr)
-        return 0
+        return 1 if getattr(report, "unmatched", None) else 0  # videos of the file left out
     except SamError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -150,25 +150,40 @@ Match = tuple[str, fo.VideoMetadata, str]  # sample id, FiftyOne's metadata, fil
 def _match(samples: fo.core.collections.SampleCollection, videos: list[ImportedVideo],
            report: ImportReport) -> dict[ImportedVideo, Match]:
     ids, paths, metas = samples.values(["id", "filepath", "metadata"])
-    by_path = {p: (i, m, p) for i, p, m in zip(ids, paths, metas)}
+    by_path: dict[str, list[Match]] = {}
     by_file: dict[str, list[Match]] = {}
     by_stem: dict[str, list[Match]] = {}
     for i, p, m in zip(ids, paths, metas):
+        by_path.setdefault(p, []).append((i, m, p))
         by_file.setdefault(Path(p).name, []).append((i, m, p))
         by_stem.setdefault(Path(p).stem, []).append((i, m, p))
     matches: dict[ImportedVideo, Match] = {}
     taken: set[str] = set()
     for video in videos:
-        found = by_path.get(video.filepath) if video.filepath else None
+        # Samples sharing a file path take the file's videos of that path in order (as an
+        # export of this collection listed them); a lone sample by file name or stem.
+        found = next((m for m in by_path.get(video.filepath or "", []) if m[0] not in taken), None)
         for table, key in ((by_file, video.file_name), (by_stem, video.name)):
             if found is None and key and len(table.get(key, [])) == 1:
                 found = table[key][0]
+        if found is None and not video.name and len(videos) == 1 and len(ids) == 1:
+            found = (ids[0], metas[0], paths[0])
+            report.notes.append("the file's image names carry no video folder: its frames went to the one video here")
         if found is None or found[0] in taken:
-            report.unmatched.append(video.name)
+            report.unmatched.append(video.name or _NO_FOLDER)
             continue
         taken.add(found[0])
         matches[video] = found
+    shared = {v.filepath for v in matches if v.filepath and len(by_path[v.filepath]) > 1}
+    if shared:
+        report.notes.append(f"{len(shared)} file path(s) are used by several samples: the file's videos of each "
+                            "path were matched to those samples in order")
     if not matches:
+        hint = (" (to import frames named without a folder, use a view of the one video they belong to)"
+                if any(not v.name for v in videos) else "")
         raise InvalidRequest(f"no video of the file matches a sample of this collection (videos in the file: "
-                             f"{', '.join(v.name for v in videos) or 'none'})")
+                             f"{', '.join(v.name or _NO_FOLDER for v in videos) or 'none'}){hint}")
     return matches
+
+
+_NO_FOLDER = "(image names without a video folder)"

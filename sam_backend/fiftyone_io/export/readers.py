@@ -4,8 +4,10 @@ Accepts what our exporter writes and what other tools write in these formats: ma
 compressed or uncompressed RLE or polygons; track ids from ``track_id`` or
 ``instance_id`` (COCO) or the annotation itself (YouTube-VIS); videos from ``videos`` +
 ``video_id`` / ``frame_id`` (CocoVID), or else from the folder and the number in each
-image's file name (``<video>/00012.jpg``, YouTube-VIS style). Masks are decoded lazily,
-one frame at a time, when the frames are written.
+image's file name (``<video>/00012.jpg``, YouTube-VIS style, from 0; FiftyOne's frame
+images ``<video>/000001.jpg`` count from 1). Masks are decoded lazily, one frame at a
+time, when the frames are written; each mask's box is the mask's own (a file's ``bbox``
+only boxes an annotation without a mask).
 
 Nothing read is trusted: :meth:`ImportedVideo.check` validates every object (RLE counts and
 size against the frame, polygons, boxes, scores, track ids) without decoding masks, so an
@@ -22,9 +24,9 @@ from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-import numpy as np
-
 import math
+
+import numpy as np
 
 from ... import coco_rle
 from ... import masks as mask_ops
@@ -67,8 +69,12 @@ class ImportedVideo:
         """Raise :class:`InvalidRequest` (naming file, video, frame and annotation) on the
         first object that cannot be written as it is; decodes no mask."""
         for index in sorted(self.frames):
+            seen: set[int] = set()
             for obj in self.frames[index]:
                 problem = _problem(obj, self.height, self.width, default_score)
+                if problem is None and obj.track_id in seen:
+                    problem = f"track id {obj.track_id} is on this frame twice (one object per track and frame)"
+                seen.add(obj.track_id)
                 if problem:
                     raise InvalidRequest(f"{self.source}: video {self.name!r}, frame index {index} (FiftyOne frame "
                                          f"{index + 1}), {obj.where or 'an object'}: {problem}")
@@ -80,11 +86,11 @@ class ImportedVideo:
     def _decode(self, obj: RawObject, default_score: float | None) -> TrackedObject:
         h, w = self.height, self.width
         mask = _decode_segmentation(obj.segmentation, h, w)
-        if obj.bbox is not None:
-            x, y, bw, bh = (float(v) for v in obj.bbox)
-            box = (max(0, round(x)), max(0, round(y)), min(w, round(x + bw)), min(h, round(y + bh)))
-        else:
-            box = mask_ops.tight_box(mask) or (0, 0, 0, 0)
+        # The mask decides the box (a file's bbox may be rounded, loose or wrong, and
+        # cropping to it cut mask pixels off); a box-only annotation keeps its bbox.
+        box = mask_ops.tight_box(mask)
+        if box is None and obj.bbox is not None:
+            box = _pixel_box(obj.bbox, w, h)
         score = default_score if obj.score is None else float(obj.score)
         return TrackedObject(obj.track_id, obj.label, score, mask, box)
 
@@ -129,9 +135,19 @@ def _problem(obj: RawObject, height: int, width: int, default_score: float | Non
             return f"bbox {coco_rle._short(obj.bbox)} is not [x, y, width, height] of finite numbers"
         if obj.bbox[2] < 0 or obj.bbox[3] < 0:
             return f"bbox {obj.bbox} has a negative width or height"
+        x0, y0, x1, y1 = _pixel_box(obj.bbox, width, height)
+        if not seg and (x1 <= x0 or y1 <= y0):  # (with a mask, the mask gives the box)
+            return f"bbox {obj.bbox} holds no pixel of the {width}x{height} frame"
     if obj.score is not None and not _is_number(obj.score):
         return f"score {coco_rle._short(obj.score)} is not a finite number"
     return None
+
+
+def _pixel_box(bbox: list[float], width: int, height: int) -> tuple[int, int, int, int]:
+    """COCO [x, y, width, height] -> pixel (x0, y0, x1, y1), clipped to the frame."""
+    x, y, bw, bh = (float(v) for v in bbox)
+    x0, y0 = min(max(0, round(x)), width), min(max(0, round(y)), height)
+    return x0, y0, max(x0, min(width, round(x + bw))), max(y0, min(height, round(y + bh)))
 
 
 def _frame_from_name(file_name: str) -> int | None:
@@ -180,6 +196,47 @@ def _categories(data: dict[str, Any]) -> dict[int, str]:
     return {int(c["id"]): str(c["name"]) for c in data.get("categories", [])}
 
 
+def _category(cats: dict[int, str], ann: dict[str, Any], where: str) -> str:
+    cid = int(ann["category_id"])
+    if cid not in cats:
+        known = ", ".join(map(str, sorted(cats)[:20])) or "none"
+        raise InvalidRequest(f"{where}: category_id {cid} is not in 'categories' (its ids: {known})")
+    return cats[cid]
+
+
+def _coco_video(img: dict[str, Any], listed: dict[int, Any]) -> tuple[str, str, dict[str, Any]]:
+    """(key, name, videos entry) of an image's video: from video_id (CocoVID), or else the
+    folder in its file name."""
+    name = str(img.get("file_name", ""))
+    if img.get("video_id") is not None:
+        meta = listed.get(int(img["video_id"]), {})
+        key = f"id:{img['video_id']}"
+        return key, str(meta.get("name") or PurePosixPath(name).parent.name or key), meta
+    folder = PurePosixPath(name).parent.name
+    return f"dir:{folder}", folder, {}
+
+
+def _first_frame_numbers(images: list[dict[str, Any]], notes: list[str]) -> dict[str, int]:
+    """Per video (key), the number its image names give its first frame: 1 for FiftyOne's
+    frame images (``<video>/000001.jpg``, six digits, no image numbered 0: what
+    ``to_frames`` writes and a frames view exports), else 0 (YouTube-VIS style, and our
+    own exports, which also state each frame_id). Only for images without a frame_id."""
+    numbers: dict[str, list[str]] = {}
+    for img in images:
+        if img.get("frame_id") is None:
+            match = _NUMBER.search(PurePosixPath(str(img.get("file_name", ""))).stem)
+            if match:
+                numbers.setdefault(_coco_video(img, {})[0], []).append(match.group(1))
+    first = {}
+    for key, texts in numbers.items():
+        if all(len(t) == 6 for t in texts) and min(int(t) for t in texts) >= 1:
+            first[key] = 1
+    if first:
+        notes.append(f"{len(first)} video(s) have images named like FiftyOne's frame images ('000001.jpg' is frame "
+                     "number 1) and no frame_id: read as FiftyOne frame numbers")
+    return first
+
+
 def _read_coco(data: dict[str, Any], file: Path) -> ImportedFile:
     cats = _categories(data)
     notes: list[str] = []
@@ -187,19 +244,19 @@ def _read_coco(data: dict[str, Any], file: Path) -> ImportedFile:
     videos: dict[str, ImportedVideo] = {}
     where: dict[int, tuple[ImportedVideo, int]] = {}
     problems = []
+    first = _first_frame_numbers(data.get("images", []), notes)
     for img in data.get("images", []):
         name = str(img.get("file_name", ""))
-        if img.get("video_id") is not None:
-            meta = listed.get(int(img["video_id"]), {})
-            key = f"id:{img['video_id']}"
-            vname = str(meta.get("name") or PurePosixPath(name).parent.name or key)
-        else:
-            meta, vname = {}, PurePosixPath(name).parent.name
-            key = f"dir:{vname}"
+        key, vname, meta = _coco_video(img, listed)
         index = img.get("frame_id")
         index = int(index) if index is not None else _frame_from_name(name)
+        if img.get("frame_id") is None and index is not None:
+            index -= first.get(key, 0)
         if index is None:
             problems.append(f"image {img.get('id')} ({name!r}) has no frame_id and no frame number in its file name")
+            continue
+        if index < 0:
+            problems.append(f"image {img.get('id')} ({name!r}) has frame_id {index}; frames count from 0")
             continue
         video = videos.get(key)
         if video is None:
@@ -219,9 +276,9 @@ def _read_coco(data: dict[str, Any], file: Path) -> ImportedFile:
         if track is None:
             untracked += 1
             track = ann["id"]
-        video.frames[index].append(RawObject(int(track), cats.get(int(ann["category_id"]), str(ann["category_id"])),
-                                             ann.get("score"), ann.get("segmentation"), ann.get("bbox"),
-                                             f"image {ann['image_id']}, annotation {ann.get('id')}"))
+        place = f"image {ann['image_id']}, annotation {ann.get('id')}"
+        video.frames[index].append(RawObject(int(track), _category(cats, ann, f"{file.name}: {place}"),
+                                             ann.get("score"), ann.get("segmentation"), ann.get("bbox"), place))
     if untracked:
         notes.append(f"{untracked} annotations carry no track_id/instance_id: their annotation id became the track id")
     return ImportedFile("coco", list(videos.values()), notes)
@@ -241,13 +298,19 @@ def _read_ytvis(data: dict[str, Any], file: Path) -> ImportedFile:
         videos[int(v["id"])] = video
         indices[int(v["id"])] = frame_ids  # type: ignore[assignment]
     for ann in data.get("annotations", []):
-        vid = int(ann["video_id"])
+        vid, place = int(ann["video_id"]), f"{file.name}: annotation {ann.get('id')}"
+        if vid not in videos:
+            raise InvalidRequest(f"{place}: video_id {vid} is not in 'videos'")
         video, frame_ids = videos[vid], indices[vid]
-        label = cats.get(int(ann["category_id"]), str(ann["category_id"]))
+        label = _category(cats, ann, place)
         track = int(ann.get("track_id", ann["id"]))
         scores = ann.get("scores") or [None] * len(frame_ids)
         bboxes = ann.get("bboxes") or [None] * len(frame_ids)
-        for position, segmentation in enumerate(ann.get("segmentations", [])):
+        segmentations = ann.get("segmentations", [])
+        for key, values in (("segmentations", segmentations), ("scores", scores), ("bboxes", bboxes)):
+            if len(values) != len(frame_ids):
+                raise InvalidRequest(f"{place}: {len(values)} {key} for the {len(frame_ids)} frames of video {vid}")
+        for position, segmentation in enumerate(segmentations):
             if segmentation is None:
                 continue
             score = scores[position] if scores[position] is not None else ann.get("score")

@@ -58,7 +58,7 @@ def check_output_dir(output_dir: Path | str | None, overwrite: bool) -> list[str
         return [f"output_dir {out} cannot be made: {blocking} is a file"]
     if out.is_dir() and any(out.iterdir()):
         if not overwrite:
-            return [f"output_dir {out} is not empty; choose a new folder, or overwrite=True to replace an earlier export there"]
+            return [f"output_dir {out} is not empty; choose a new folder, or overwrite=True (CLI --overwrite) to replace an earlier export there"]
         if not (out / MANIFEST).is_file():
             return [f"output_dir {out} is not empty and holds no {MANIFEST}, so it was not written by an export; "
                     "refusing to replace it: choose a new folder"]
