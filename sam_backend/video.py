@@ -9,6 +9,7 @@ timestamps into frame numbers. It is also the tool that writes our synthetic vid
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
@@ -196,6 +197,9 @@ def encode_rgb_frames(frames: Iterator[np.ndarray], path: str | os.PathLike[str]
     needs High 4:4:4, which they do not); measured on the synthetic scenes, decoded luma
     still classifies to the exact rendered masks (IoU 1.0, box error 0 px).
     """
+    if width % 2 or height % 2:
+        raise VideoError(f"cannot write {path} at {width}x{height}: H.264 in yuv420p (what browsers play) needs an "
+                         "even width and height")
     ffmpeg, _ = require_ffmpeg()
     cmd = [
         ffmpeg, "-v", "error", "-y", "-f", "rawvideo", "-pix_fmt", "rgb24",
@@ -208,8 +212,11 @@ def encode_rgb_frames(frames: Iterator[np.ndarray], path: str | os.PathLike[str]
     try:
         for frame in frames:
             proc.stdin.write(np.ascontiguousarray(frame, dtype=np.uint8).tobytes())
+    except BrokenPipeError:
+        pass  # ffmpeg stopped early: its own message is read below
     finally:
-        proc.stdin.close()
+        with contextlib.suppress(BrokenPipeError):
+            proc.stdin.close()
         stderr = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
         rc = proc.wait()
     if rc != 0:

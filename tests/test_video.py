@@ -84,3 +84,14 @@ def test_closing_the_frame_iterator_early_stops_ffmpeg(small_video: tuple[Path, 
     first = next(frames)
     assert first.shape == (120, 160, 3)
     frames.close()  # must not hang or raise
+
+
+def test_writing_a_video_fails_with_a_video_error_not_a_broken_pipe(tmp_path: Path) -> None:
+    """An odd frame size (yuv420p needs even ones) and an ffmpeg that stops while frames are
+    still coming (no such folder) both raised BrokenPipeError from the frame loop."""
+    scene = synthetic.default_scene(frame_count=30, width=321, height=239)
+    with pytest.raises(VideoError, match="321x239: H.264 in yuv420p .* needs an even width and height"):
+        synthetic.write_video(scene, tmp_path / "odd.mp4")
+    frames = (np.zeros((720, 1280, 3), np.uint8) for _ in range(200))  # more than a pipe buffer holds
+    with pytest.raises(VideoError, match="ffmpeg failed writing .*missing/v.mp4: .*No such file or directory"):
+        video.encode_rgb_frames(frames, tmp_path / "missing" / "v.mp4", width=1280, height=720, fps=25)

@@ -294,11 +294,13 @@ def _frame_count_warnings(samples: fo.core.collections.SampleCollection, jobs: S
                             f"are on the {job.info.frame_count} decoded frames, as FiftyOne's reader numbers them")
             continue
         fiftyone_count = counts.get(job.sample_id)
-        if job.info.variable_frame_rate or (fiftyone_count is not None and fiftyone_count != job.info.frame_count):
+        reasons = ["has a variable frame rate"] if job.info.variable_frame_rate else []
+        if fiftyone_count is not None and fiftyone_count != job.info.frame_count:
+            reasons.append(f"decodes to {job.info.frame_count} frames where FiftyOne's metadata counts {fiftyone_count}")
+        if reasons:
             warnings.append(
-                f"{job.path.name}: variable frame rate or a frame count FiftyOne estimates differently "
-                f"(decoded {job.info.frame_count}, metadata says {fiftyone_count}); labels are stored per decoded "
-                "frame, but the App may show them on neighbouring frames. Re-encode to constant frame rate "
+                f"{job.path.name} {' and '.join(reasons)}: labels are stored per decoded frame, but the App may "
+                "show them on neighbouring frames. Re-encode to constant frame rate "
                 "(fiftyone.utils.video.reencode_videos) for exact playback."
             )
     return warnings

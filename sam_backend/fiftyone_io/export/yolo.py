@@ -15,7 +15,8 @@ Ultralytics' COCO converter joins parts); the report counts masks with holes or 
 parts and polygons that read back poorly.
 
 Why not FiftyOne's ``YOLOv5DatasetExporter`` (whose layout and ``data.yaml`` keys we
-keep, and whose importer reads these folders, see the tests): given a mask it writes
+keep, and whose importer reads these folders given ``yaml_path="data.yaml"``, the name
+Ultralytics' docs use, where FiftyOne's default is ``dataset.yaml``; see the tests): given a mask it writes
 every contour as its own row, so a hole becomes a filled object and a second part a
 second object; and handing it one polygon per object as ``fo.Polyline`` documents was ~7x
 slower than writing the rows here (5 vs 36 frames/s, 300 frames x 16 objects at 640x360,
