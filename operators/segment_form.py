@@ -231,7 +231,8 @@ def _threshold_help(params: dict[str, Any]) -> str:
     backend = params.get("backend") or DEFAULTS.backend
     if backend == "local":
         return _THRESHOLD_HELP[params.get("engine") or "sam3.1"]
-    return "fal: sent as the endpoint's detection threshold; text-prompt objects scoring below it are not found."
+    return ("fal: sent as the endpoint's detection threshold (0.01 to 1); text-prompt objects scoring below it are "
+            "not found.")
 
 
 def _output_inputs(ctx: Any, inputs: types.Object) -> None:
@@ -248,8 +249,9 @@ def _output_inputs(ctx: Any, inputs: types.Object) -> None:
             inputs.bool("overwrite", default=False, label=f"Replace the labels in frames.{name}")
         else:
             inputs.view("replace_note", types.Warning(label=f"frames.{name} exists and will be replaced on the target videos"))
-    inputs.float("detection_threshold", label="Detection threshold", default=DEFAULTS.detection_threshold, min=0.0,
-                 max=1.0, description=_threshold_help(params))
+    remote = (params.get("backend") or DEFAULTS.backend) != "local"  # fal's endpoints take 0.01..1
+    inputs.float("detection_threshold", label="Detection threshold", default=DEFAULTS.detection_threshold,
+                 min=0.01 if remote else 0.0, max=1.0, description=_threshold_help(params))
     inputs.int("max_num_objects", label="Max objects", default=DEFAULTS.max_num_objects, min=1, max=128,
                description="per text concept (each is capped on its own), and for the objects named by clicks and boxes")
     inputs.int("min_mask_area", label="Drop masks smaller than (pixels)", default=DEFAULTS.min_mask_area, min=0)
