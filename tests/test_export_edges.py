@@ -406,3 +406,15 @@ def test_cli_export_and_import(edges, tmp_path, capsys) -> None:
     labels.write_text(json.dumps(data))
     assert cli_main(["import", ds.name, str(out), "--field", "cli_back"]) == 1
     assert "no sample for: elsewhere" in capsys.readouterr().out
+
+
+def test_a_video_without_labels_is_skipped_and_said_so(edges, small_video, tmp_path) -> None:
+    ds, _ = edges
+    bare = ds.add_sample(fo.Sample(filepath=str(small_video[0])))
+    try:
+        report = export_tracks(ds, "edges", "mot", tmp_path / "one")
+        assert report.skipped[bare].endswith(": no frame has frames.edges")
+        report = export_tracks(ds, "edges", "mot", tmp_path / "ten", frame_stride=10)
+        assert report.skipped[bare].endswith(": no frame on the stride of 10 has frames.edges")
+    finally:
+        ds.delete_samples(bare)

@@ -38,6 +38,10 @@ def test_form_shows_fields_and_warns_about_overwrite(make_dataset, small_video, 
     props = httpx.post(f"{app_server}/operators/resolve-type", json=body, timeout=30).json()["type"]["properties"]
     assert {"prompt", "backend", "label_field", "detection_threshold", "max_num_objects"} <= set(props)
     assert "no_key" in props  # FAL_KEY is not set in tests
+    assert props["detection_threshold"]["type"]["min"] == 0.01  # fal's endpoints refuse less
+    local = {**body, "params": {**body["params"], "backend": "local"}}
+    local_props = httpx.post(f"{app_server}/operators/resolve-type", json=local, timeout=30).json()["type"]["properties"]
+    assert local_props["detection_threshold"]["type"]["min"] == 0.0
     assert "replace_note" not in props and "overwrite" not in props
     ds.add_frame_field("sam", fo.EmbeddedDocumentField, embedded_doc_type=fo.Detections)
     props = httpx.post(f"{app_server}/operators/resolve-type", json=body, timeout=30).json()["type"]["properties"]

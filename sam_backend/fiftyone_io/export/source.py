@@ -93,7 +93,8 @@ def _plan_export(samples: fo.core.collections.SampleCollection, opts: ExportOpti
     for sample_id, path, frame_numbers, name in zip(ids, paths, numbers, names):
         indices = tuple(i for i in sorted(frame_index_from_number(n) for n in frame_numbers or []) if i % opts.frame_stride == 0)
         if not indices:
-            skipped[sample_id] = f"{name}: no frame on the stride has frames.{field}"
+            where = "no frame" if opts.frame_stride == 1 else f"no frame on the stride of {opts.frame_stride}"
+            skipped[sample_id] = f"{name}: {where} has frames.{field}"
             continue
         try:
             info = video_ops.probe(path)
