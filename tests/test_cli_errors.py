@@ -173,6 +173,13 @@ def test_labels_sam31_did_not_write_are_replaced_only_when_asked(dataset: fo.Dat
     sample.save()
     base = ["segment", dataset.name, "--prompt", "red ball", "--backend", "emulator", "--field", "gt"]
     refused(base, capsys, "frames.gt already holds labels on 2 frames", "--overwrite")
+    # A view that hides those frames still segments (and would replace) the whole video
+    from sam_backend.fiftyone_io import segment_videos
+    from sam_backend.errors import InvalidRequest
+
+    hidden = dataset.match_frames(fo.ViewField("frame_number") > 4)  # hides frame 3
+    with pytest.raises(InvalidRequest, match="frames.gt already holds labels on 2 frames"):
+        segment_videos(hidden, prompt="red ball", label_field="gt", backend="emulator")
     assert dataset.count("frames.gt.detections") == 2 and dataset.distinct("frames.gt.detections.label") == ["hand"]
     rc, _, _ = run([*base, "--overwrite"], capsys)
     assert rc == 0 and dataset.distinct("frames.gt.detections.label") == ["red ball"]

@@ -329,10 +329,13 @@ def labels_not_ours(samples: fo.core.collections.SampleCollection, label_field: 
     """How many frames of ``samples`` hold labels in ``frames.<label_field>`` that this
     plugin did not write (a field it made carries its mark from the first write, and a
     segment run's description after): labels a run would replace only when told to."""
-    field = samples._dataset.get_frame_field_schema().get(label_field)
+    dataset = samples._dataset
+    field = dataset.get_frame_field_schema().get(label_field)
     if field is None or _written_here(field):
         return 0
-    return samples.count(f"frames.{label_field}")
+    # Whole videos: a view may hide frames (match_frames, filter_labels) that a run rewrites.
+    videos = dataset if samples is dataset else dataset.select(samples.values("id"))
+    return videos.count(f"frames.{label_field}")
 
 
 def refuse_replacing_labels_not_ours(samples: fo.core.collections.SampleCollection, label_field: str,
@@ -342,8 +345,8 @@ def refuse_replacing_labels_not_ours(samples: fo.core.collections.SampleCollecti
     held = labels_not_ours(samples, label_field)
     if held:
         raise InvalidRequest(f"frames.{label_field} already holds labels on {held:,} frame{'s' if held != 1 else ''} "
-                             f"{consequence}. Pick another field, or pass overwrite=True (CLI: --overwrite) to "
-                             "replace them")
+                             f"{consequence}. Pick another field, or pass overwrite=True (CLI: --overwrite; in the "
+                             "App, tick 'Replace the labels') to replace them")
 
 
 def _written_here(field: Any) -> bool:
