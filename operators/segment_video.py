@@ -48,6 +48,8 @@ class SegmentVideo(foo.Operator):
         except SamError as exc:
             yield from fail_in_app(ctx, exc)
         view = ctx.target_view()
+        if options.refine_track is not None and ctx.current_sample:  # the video open in the modal
+            view = view.select(ctx.current_sample)
         if (ctx.params.get("shards") or 1) > 1 and not options.run_key:
             yield from self._queue_shards(ctx, view, options)
             return

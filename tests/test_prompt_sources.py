@@ -230,3 +230,45 @@ def test_labels_outside_the_frame_are_refused_not_moved_to_its_edge(scene, fal_b
     assert len(emulator.stats.submits) == n and not ds.has_frame_field("sam")
     segment_videos(ds, prompt_fields=["edge"], label_field="sam", backend=fal_backend)
     assert submitted(emulator, n)["point_prompts"] == [{"x": 319, "y": 0, "label": 1, "object_id": 2, "frame_index": 4}]
+
+
+def test_clicks_on_one_video_of_many_segment_that_video_only(make_dataset, scene_video, fal_backend, emulator) -> None:
+    """The panel's 'Segment with these prompts' targets the whole view: the videos without
+    clicks made the run fail with 'empty request' for each ('2 of 3 have none')."""
+    path, truth = scene_video
+    ds = make_dataset(path, path, path)
+    clicked = ds.skip(1).first()
+    box = _gt_box(truth, "blue box", 10)
+    clicked.frames[11]["hints"] = fo.Detections(detections=[
+        fo.Detection(label="blue box", bounding_box=relative_box(box, 320, 240))])
+    clicked.save()
+    n = len(emulator.stats.submits)
+    report = segment_videos(ds, prompt_fields=["hints"], label_field="sam", backend=fal_backend)
+    assert report.done == [clicked.id] and report.failed == {} and len(emulator.stats.submits) == n + 1
+    assert any("2 video(s) have no prompts" in w for w in report.warnings)
+    assert ds.count("frames.sam.detections") == len(truth.frames_visible("blue box"))
+    with pytest.raises(InvalidRequest, match="no video of this view has prompts"):
+        segment_videos(ds.exclude(clicked.id), prompt_fields=["hints"], label_field="sam", backend=fal_backend)
+    # refine corrects one video's track: over several it re-ran (and billed) that id on each
+    with pytest.raises(InvalidRequest, match="refine corrects one track of one video, but this view has 3 videos"):
+        segment_videos(ds, refine_track=1, refine_frame=11, label_field="sam", backend=fal_backend)
+    assert len(emulator.stats.submits) == n + 1
+
+
+def test_refine_takes_the_refined_tracks_clicks_from_fields_with_several_objects(scene, fal_backend, emulator) -> None:
+    """The panel's fields hold clicks for several objects; refining one of them used to be
+    refused ('the prompts describe 2 objects')."""
+    ds, truth = scene
+    segment_videos(ds, prompt="red ball, blue box", label_field="sam", backend=fal_backend)
+    sample = ds.first()
+    red, blue = _gt_box(truth, "red ball", 40), _gt_box(truth, "blue box", 40)
+    sample.frames[41]["panel"] = fo.Detections(detections=[
+        fo.Detection(label="red ball", bounding_box=relative_box(red, 320, 240), index=1),
+        fo.Detection(label="blue box", bounding_box=relative_box(blue, 320, 240), index=2)])
+    sample.save()
+    n = len(emulator.stats.submits)
+    segment_videos(ds, prompt_fields=["panel"], refine_track=2, refine_frame=41, label_field="sam", backend=fal_backend)
+    x0, y0, x1, y1 = blue
+    # (the refine sends frames 41.. only: the clip's first frame is the video's frame 41)
+    assert submitted(emulator, n)["box_prompts"] == [
+        {"x_min": x0, "y_min": y0, "x_max": x1, "y_max": y1, "object_id": 2, "frame_index": 0}]

@@ -48,10 +48,15 @@ class SamplePlan:
 
 def plan_sample(sample: fo.Sample, info: VideoInfo, *, base: dict[str, Any], frames: FrameRange | None,
                 prompt_fields: list[str], selected_labels: list[dict[str, Any]], refine: Refine | None,
-                label_field: str) -> SamplePlan:
+                label_field: str) -> SamplePlan | None:
     """The request for one video: the run's own prompts (``base``: SegmentRequest fields)
-    plus prompts from labels, or the refine of one track."""
+    plus prompts from labels, or the refine of one track. None: the run gives this video
+    no prompt at all (no text or typed prompts, and none of its labels are prompts), so
+    there is nothing to send for it."""
     visual = prompts_from_sources(sample, info, fields=prompt_fields, selected_labels=selected_labels)
+    own = (base.get("prompt") or "").strip() or base.get("point_prompts") or base.get("box_prompts")
+    if refine is None and not own and not visual.point_prompts and not visual.box_prompts:
+        return None
     typed_ids = {p.object_id for p in base.get("point_prompts", []) + base.get("box_prompts", [])
                  if _get(p, "object_id") is not None}
     clash = typed_ids & set(_ids(visual))
@@ -98,8 +103,15 @@ def _refine(sample: fo.Sample, info: VideoInfo, visual: VisualPrompts, base: dic
                              f"{known}): refine corrects an existing track; segment new objects without refine")
     existing = tracks[refine.track_id]
     ids = set(_ids(visual))
+    if len(ids) > 1 and refine.track_id in ids:  # e.g. the panel's fields hold clicks for several objects
+        tid = refine.track_id
+        visual = VisualPrompts(point_prompts=[p for p in visual.point_prompts if p.object_id == tid],
+                               box_prompts=[b for b in visual.box_prompts if b.object_id == tid],
+                               names={k: v for k, v in visual.names.items() if k == tid})
+        ids = {tid}
     if len(ids) > 1:
-        raise InvalidRequest(f"refine re-runs one object, but the prompts describe {len(ids)} objects ({sorted(ids)})")
+        raise InvalidRequest(f"refine re-runs one object, but the prompts describe {len(ids)} objects ({sorted(ids)}), "
+                             f"none of them track {refine.track_id}")
     if ids or base.get("point_prompts") or base.get("box_prompts"):
         old = ids.pop() if ids else refine.track_id
         visual = VisualPrompts(

@@ -84,7 +84,7 @@ def segment_collection(samples: fo.core.collections.SampleCollection, opts: Segm
     dataset = samples._dataset
     # Per-video prompts (from labels, or a refine) are checked per video in _prepare.
     request = None if opts.per_sample_prompts else opts.request()
-    jobs, unreadable = _prepare(samples, request, opts)
+    jobs, unreadable, unprompted = _prepare(samples, request, opts)
     skipped = already_written(opts.run_key, jobs)
     jobs = [dataclasses.replace(j, index=i) for i, j in enumerate(j for j in jobs if j.sample_id not in skipped)]
     report = SegmentReport(label_field=opts.label_field, samples=len(jobs) + len(unreadable), skipped=sorted(skipped),
@@ -92,6 +92,8 @@ def segment_collection(samples: fo.core.collections.SampleCollection, opts: Segm
     for sample_id, message in unreadable.items():
         logger.warning("skipping sample %s: %s", sample_id, message)
     mixed = _labels_outside_range(dataset, opts, jobs)  # said before anything is sent
+    if unprompted:
+        mixed.append(f"{len(unprompted)} video(s) have no prompts (no text prompt, none in their labels): left out")
     for warning in mixed:
         logger.warning(warning)
     backend_options = dict(opts.backend_options)
@@ -137,6 +139,9 @@ def _check_collection(samples: fo.core.collections.SampleCollection, opts: Segme
     if len(samples) == 0:
         raise InvalidRequest(f"nothing to segment: this view of {dataset.name!r} has no samples")
     check_whole_videos(samples, "segment")
+    if opts.refine_track is not None and len(samples) > 1:
+        raise InvalidRequest(f"refine corrects one track of one video, but this view has {len(samples)} videos: "
+                             "select that video (in the App, open it)")
     try:
         check_label_field(dataset, opts.label_field)
     except ValueError as exc:
@@ -189,14 +194,15 @@ def _probe_all(paths: Sequence[str]) -> list[VideoInfo | VideoError]:
 
 
 def _prepare(samples: fo.core.collections.SampleCollection, request: SegmentRequest | None,
-             opts: SegmentOptions) -> tuple[list[Job], dict[str, str]]:
+             opts: SegmentOptions) -> tuple[list[Job], dict[str, str], list[str]]:
     """Probe every video and check its request against it, before anything is spent.
     ``request`` is the run's request, or None when each video gets its own (see plan.py).
 
-    Returns the jobs and, with ``skip_failures``, the videos that cannot be read (sample id
-    -> why): those fail alone, like any other per-video failure. Bad prompts, and
+    Returns the jobs; with ``skip_failures``, the videos that cannot be read (sample id
+    -> why): those fail alone, like any other per-video failure; and the videos the run
+    gives no prompt (prompts from labels that only some videos have): left out. Bad prompts, and
     unreadable videos without ``skip_failures``, refuse the whole run."""
-    jobs, problems, unreadable = [], [], {}
+    jobs, problems, unreadable, unprompted = [], [], {}, []
     ids, paths = samples.values("id"), samples.values("filepath")
     urls = samples.values(opts.url_field) if opts.url_field else [None] * len(ids)
     refine = opts.refine()
@@ -210,6 +216,9 @@ def _prepare(samples: fo.core.collections.SampleCollection, request: SegmentRequ
                 plan = plan_sample(docs[sample_id], info, base=opts.request_fields(), frames=opts.frames,
                                    prompt_fields=opts.prompt_fields, selected_labels=opts.selected_labels,
                                    refine=refine, label_field=opts.label_field)
+                if plan is None:  # e.g. clicks drawn on one video of many: the others have none
+                    unprompted.append(sample_id)
+                    continue
             else:
                 request.check_against(info, opts.frames)
                 plan = SamplePlan(request, opts.frames, {})
@@ -228,7 +237,10 @@ def _prepare(samples: fo.core.collections.SampleCollection, request: SegmentRequ
         jobs.append(Job(len(jobs), sample_id, Path(filepath), info, url, plan))
     if problems:
         raise InvalidRequest(problems)
-    return jobs, unreadable
+    if unprompted and not jobs and not unreadable:
+        where = ", ".join(shorten(f) for f in opts.prompt_fields) or "the selected labels"
+        raise InvalidRequest(f"no video of this view has prompts: no text prompt, and none in {where}")
+    return jobs, unreadable, unprompted
 
 
 class _Background:
