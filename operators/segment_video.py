@@ -48,8 +48,10 @@ class SegmentVideo(foo.Operator):
         except SamError as exc:
             yield from fail_in_app(ctx, exc)
         view = ctx.target_view()
-        if options.refine_track is not None and ctx.current_sample:  # the video open in the modal
-            view = view.select(ctx.current_sample)
+        if options.refine_track is not None:  # one video's track: the selected label's video, or the modal's
+            chosen = {s["sample_id"] for s in ctx.selected_labels or [] if s.get("sample_id")} or (
+                {ctx.current_sample} if ctx.current_sample else set())
+            view = view.select(sorted(chosen)) if chosen else view
         if (ctx.params.get("shards") or 1) > 1 and not options.run_key:
             yield from self._queue_shards(ctx, view, options)
             return

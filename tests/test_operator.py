@@ -111,3 +111,26 @@ def test_delegated_run_is_queued_then_executed(make_dataset, small_video, delega
     DelegatedOperationService().execute_queued_operations(dataset_name=ds.name, operator=URI)
     ds.reload()
     assert _labels(ds, "queued") == {"blue box"}
+
+
+def test_refine_from_the_app_reruns_the_selected_labels_video_only(make_dataset, small_video, app_server: str) -> None:
+    """The App targets the whole dataset; a refine there re-ran (and on fal billed) the
+    track id on every video, or failed on those without it on that frame."""
+    from sam_backend.fiftyone_io import segment_videos
+
+    ds = make_dataset(small_video[0], small_video[0], persistent=True)
+    segment_videos(ds, prompt="red ball", label_field="app", backend="emulator")
+    second = ds.skip(1).first()
+    number = next(n for n, f in second.frames.items() if f["app"] and f["app"].detections)
+    label = second.frames[number]["app"].detections[0]
+    selected = [{"label_id": label.id, "sample_id": second.id, "field": "frames.app", "frame_number": number}]
+    body = {"operator_uri": URI, "dataset_name": ds.name, "view": [], "selected_labels": selected,
+            "params": {"backend": "emulator", "label_field": "app", "refine": True, "prompt_fields": []}}
+    with httpx.stream("POST", f"{app_server}/operators/execute/generator", json=body, timeout=120) as response:
+        messages = [json.loads(line) for line in response.iter_lines() if line.strip()]
+    notes = [m["body"]["params"]["message"] for m in messages
+             if m.get("cls") == "InvocationRequest" and m["body"]["operator_uri"].endswith("notify")]
+    assert notes and "1/1 videos" in notes[-1], notes
+    ds.reload()
+    runs = ds.get_field("frames.app").info["sam31_video"]["samples"]
+    assert [sid for sid, record in runs.items() if record.get("refines")] == [second.id]
