@@ -15,7 +15,7 @@ from sam_backend.cost import fal_estimate
 from sam_backend.errors import InvalidRequest
 from sam_backend.fiftyone_io import SegmentOptions
 from sam_backend.fiftyone_io.writer import labels_not_ours
-from sam_backend.types import FrameRange, SegmentRequest
+from sam_backend.types import FrameRange, SegmentRequest, split_concepts
 
 DEFAULTS = SegmentOptions()
 BACKENDS = {
@@ -148,11 +148,12 @@ def _prompt_field_choices(ctx: Any) -> dict[str, int]:
     if ctx.dataset is None or ctx.dataset.media_type != "video":
         return {}
     out = {}
-    for name, field in ctx.dataset.get_frame_field_schema().items():
+    view = ctx.target_view()
+    for name, field in (view.get_frame_field_schema() or {}).items():  # the view's: it may exclude fields
         doc_type = getattr(getattr(field, "document_type", None), "__name__", "")
         if doc_type in PROMPT_LABEL_TYPES:
             path = {"Detections": "detections", "Keypoints": "keypoints", "Polylines": "polylines"}.get(doc_type)
-            out[name] = ctx.target_view().count(f"frames.{name}.{path}" if path else f"frames.{name}")
+            out[name] = view.count(f"frames.{name}.{path}" if path else f"frames.{name}")
     return out
 
 
@@ -161,7 +162,7 @@ def _prompt_counts(ctx: Any, fields: dict[str, int]) -> str:
     params = ctx.params
     parts = []
     if (params.get("prompt") or "").strip():
-        parts.append(f"{len([c for c in params['prompt'].split(',') if c.strip()])} concept(s)")
+        parts.append(f"{len([c for c in split_concepts(params['prompt']) if c])} concept(s)")
     if params.get("point_prompts"):
         parts.append(f"{len(params['point_prompts'])} typed click(s)")
     if params.get("box_prompts"):

@@ -39,6 +39,12 @@ def test_form_shows_fields_and_warns_about_overwrite(make_dataset, small_video, 
     assert {"prompt", "backend", "label_field", "detection_threshold", "max_num_objects"} <= set(props)
     assert "no_key" in props  # FAL_KEY is not set in tests
     assert props["detection_threshold"]["type"]["min"] == 0.01  # fal's endpoints refuse less
+    # a view without a label field of the dataset: the form counted it and answered a traceback
+    ds.add_frame_field("gt", fo.EmbeddedDocumentField, embedded_doc_type=fo.Detections)
+    hidden = {**body, "view": [{"_cls": "fiftyone.core.stages.ExcludeFields",
+                                "kwargs": [["field_names", ["frames.gt"]], ["_allow_missing", False]]}]}
+    answer = httpx.post(f"{app_server}/operators/resolve-type", json=hidden, timeout=30).json()
+    assert "detection_threshold" in answer["type"]["properties"], answer
     local = {**body, "params": {**body["params"], "backend": "local"}}
     local_props = httpx.post(f"{app_server}/operators/resolve-type", json=local, timeout=30).json()["type"]["properties"]
     assert local_props["detection_threshold"]["type"]["min"] == 0.0
