@@ -29,16 +29,23 @@ FAL_OPTIONS = ("endpoint", "text_mode")
 DEFAULT_FAL_ENDPOINT = "fal-ai/sam-3-1/video-rle"
 
 
+_RUN_KEYS = ("label_field", "backend", "prompt", "detection_threshold", "max_num_objects", "min_mask_area",
+             "min_track_frames", "concurrency", "point_prompts", "box_prompts", "prompt_fields", "run_key",
+             "render_video", "overwrite")
+# Every param the form and execute read: what an SDK call (``__call__``) may pass.
+KNOWN_PARAMS = frozenset((*_RUN_KEYS, *LOCAL_OPTIONS, *FAL_OPTIONS, "emulator_service_s", "frame_start", "frame_stop",
+                          "frame_step", "mask_storage", "mask_dir", "refine", "refine_direction", "use_selection",
+                          "delegate", "shards", "preview_frames", "view_target"))
+
+
 def options_from_params(params: dict[str, Any], *, selected_labels: list[dict[str, Any]] | None = None) -> SegmentOptions:
     """Form/SDK params -> options; params not given take SegmentOptions' defaults."""
     fields: dict[str, Any] = {}
-    for key in ("label_field", "backend", "prompt", "detection_threshold", "max_num_objects", "min_mask_area",
-                "min_track_frames", "concurrency", "point_prompts", "box_prompts", "prompt_fields", "run_key",
-                "render_video", "overwrite"):
+    for key in _RUN_KEYS:
         if params.get(key) not in (None, ""):
             fields[key] = params[key]
     backend = params.get("backend") or DEFAULTS.backend
-    allowed = LOCAL_OPTIONS if backend == "local" else FAL_OPTIONS if backend == "fal" else ()
+    allowed = LOCAL_OPTIONS if backend == "local" else FAL_OPTIONS  # the emulator is the fal backend on loopback
     backend_options = {k: params[k] for k in allowed if params.get(k) not in (None, "", "auto")}
     if backend == "emulator" and params.get("emulator_service_s"):
         backend_options["emulator"] = {"service_time_s": float(params["emulator_service_s"])}

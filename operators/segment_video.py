@@ -14,12 +14,12 @@ from typing import Any
 import fiftyone.operators as foo
 import fiftyone.operators.types as types
 
-from sam_backend.errors import SamError
+from sam_backend.errors import InvalidRequest, SamError
 from sam_backend.fiftyone_io import SegmentOptions, segment_videos
 from sam_backend.types import FrameRange
 
 from .run_progress import fail_in_app, run_with_progress, summary
-from .segment_form import DEFAULTS, build_inputs, new_run_key, options_from_params, selection
+from .segment_form import DEFAULTS, KNOWN_PARAMS, build_inputs, new_run_key, options_from_params, selection
 
 class SegmentVideo(foo.Operator):
     @property
@@ -90,6 +90,10 @@ class SegmentVideo(foo.Operator):
     def __call__(self, sample_collection: Any, prompt: str = "", *, delegate: bool = False, **params: Any) -> Any:
         """SDK use: ``foo.get_operator("@sam31/video/segment_video")(view, "person, dog",
         backend="fal", label_field="sam", delegate=True)``; any form param is a keyword."""
+        unknown = sorted(set(params) - KNOWN_PARAMS)
+        if unknown:  # a typo such as label_feild= would otherwise write into the default field
+            raise InvalidRequest(f"segment_video has no parameter {', '.join(unknown)}; "
+                                 f"it takes {', '.join(sorted(KNOWN_PARAMS))}")
         params = {"prompt": prompt, "delegate": delegate, **params}
         return foo.execute_operator(self.uri, {"view": sample_collection.view(), "params": params},
                                     request_delegation=delegate)

@@ -10,6 +10,8 @@ import fiftyone.operators as foo
 import httpx
 import pytest
 
+from sam_backend.errors import InvalidRequest
+
 URI = "@sam31/video/segment_video"
 
 
@@ -29,6 +31,13 @@ def test_sdk_call_runs_the_operator(make_dataset, small_video) -> None:
     foo.get_operator(URI)(ds.view(), "red ball", backend="emulator", label_field="op")
     assert _labels(ds, "op") == {"red ball"}
     assert ds.get_field("frames.op").info["sam31_video"]["backend"] == "emulator"
+    # fal's options reach the emulator too (it is the fal backend on loopback): were dropped
+    foo.get_operator(URI)(ds.view(), "red ball", backend="emulator", label_field="union", text_mode="union")
+    assert {r["endpoint"] for r in ds.get_field("frames.union").info["sam31_video"]["samples"].values()} == {
+        "fal-ai/sam-3-1/video-rle"}
+    with pytest.raises(InvalidRequest, match="segment_video has no parameter label_feild; it takes .*label_field"):
+        foo.get_operator(URI)(ds.view(), "red ball", backend="emulator", label_feild="mine")
+    assert not ds.has_frame_field("sam")
 
 
 def test_form_shows_fields_and_warns_about_overwrite(make_dataset, small_video, app_server: str) -> None:
