@@ -160,6 +160,9 @@ def test_demo_never_replaces_a_dataset_it_did_not_make(make_dataset, small_video
             rc, _, out = run(["demo", "--frames", "6", "--dataset", name, "--out", str(tmp_path)], capsys)
             assert rc == 0 and "offline fal emulator" in out
             assert len(fo.load_dataset(name)) == 1
+        # its ground truth is the user's to keep: a run into it must ask (it counted as ours)
+        refused(["segment", name, "--prompt", "red ball", "--backend", "emulator", "--field", "ground_truth"], capsys,
+                "frames.ground_truth already holds labels on 6 frames", "--overwrite")
     finally:
         if fo.dataset_exists(name):
             fo.delete_dataset(name)
