@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import fiftyone as fo
@@ -87,7 +88,8 @@ class ExportTracks(foo.Operator):
                  frames: str | None = None, coco_masks: str = DEFAULTS.coco_masks, overwrite: bool = False,
                  delegate: bool = False) -> Any:
         """SDK use: ``foo.get_operator("@sam31/video/export_tracks")(view, "/tmp/out", "coco")``."""
-        params = dict(format=fmt, label_field=label_field, output_dir=str(output_dir), frame_stride=frame_stride,
+        params = dict(format=fmt, label_field=label_field, output_dir=str(Path(output_dir).expanduser().resolve()),
+                      frame_stride=frame_stride,
                       frames=frames, coco_masks=coco_masks, overwrite=overwrite, delegate=delegate)
         return foo.execute_operator(self.uri, {"view": sample_collection.view(), "params": params},
                                     request_delegation=delegate)
@@ -116,6 +118,8 @@ def _export_inputs(ctx: Any, inputs: types.Object) -> None:
                      description="A new or empty folder on the server's disk")
     if ctx.params.get("output_dir"):
         problems = check_output_dir(ctx.params["output_dir"], bool(ctx.params.get("overwrite")))
+        if not Path(ctx.params["output_dir"]).expanduser().is_absolute():  # else: the App server's own cwd
+            problems.insert(0, "give an absolute folder on the server's disk")
         if problems:
             out.invalid = True
             out.error_message = "; ".join(problems)

@@ -7,6 +7,7 @@ the App form, ``execute`` and the SDK ``__call__``.
 from __future__ import annotations
 
 import uuid
+from pathlib import Path
 from typing import Any
 
 import fiftyone.operators.types as types
@@ -57,6 +58,8 @@ def options_from_params(params: dict[str, Any], *, selected_labels: list[dict[st
     if params.get("mask_storage") == "disk":
         if not params.get("mask_dir"):
             raise InvalidRequest("mask_dir: give a folder for the mask PNGs (masks stored on disk)")
+        if not Path(params["mask_dir"]).expanduser().is_absolute():  # the App server would read it from its own cwd
+            raise InvalidRequest(f"mask_dir {params['mask_dir']!r}: give an absolute folder on the server's disk")
         fields["mask_dir"] = params["mask_dir"]
     chosen = selected_labels or []
     refine_from = [s for s in chosen if str(s.get("field", "")).removeprefix("frames.") == (params.get("label_field") or DEFAULTS.label_field)]

@@ -9,6 +9,7 @@ delegated), or a sharded run that queues one delegated operation per slice of th
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import fiftyone.operators as foo
@@ -94,6 +95,8 @@ class SegmentVideo(foo.Operator):
         if unknown:  # a typo such as label_feild= would otherwise write into the default field
             raise InvalidRequest(f"segment_video has no parameter {', '.join(unknown)}; "
                                  f"it takes {', '.join(sorted(KNOWN_PARAMS))}")
+        if params.get("mask_dir"):  # relative to this process, as SDK paths are
+            params["mask_dir"] = str(Path(params["mask_dir"]).expanduser().resolve())
         params = {"prompt": prompt, "delegate": delegate, **params}
         return foo.execute_operator(self.uri, {"view": sample_collection.view(), "params": params},
                                     request_delegation=delegate)

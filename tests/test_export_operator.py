@@ -50,6 +50,9 @@ def test_form_fields_follow_the_format_and_flag_bad_folders(scene, tmp_path) -> 
     (busy / "x.txt").write_text("not an export")
     out = op.resolve_input(_ctx(scene, {"format": "mot", "output_dir": str(busy)})).to_json()["type"]["properties"]["output_dir"]
     assert out["invalid"] and "not empty" in out["error_message"]
+    # relative to the App server's own working directory, which the user does not see
+    out = op.resolve_input(_ctx(scene, {"format": "mot", "output_dir": "exports/a"})).to_json()["type"]["properties"]["output_dir"]
+    assert out["invalid"] and "give an absolute folder" in out["error_message"]
 
 
 def test_immediate_execution_streams_progress_then_notifies(scene, tmp_path) -> None:

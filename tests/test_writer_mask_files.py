@@ -12,7 +12,7 @@ from sam_backend.fiftyone_io.writer import FrameLabelWriter, WritePolicy
 from sam_backend.types import FrameResult, TrackedObject, VideoInfo
 
 
-def test_mask_files_read_back_as_the_crops(tmp_path: Path) -> None:
+def test_mask_files_read_back_as_the_crops(tmp_path: Path, monkeypatch) -> None:
     rng = np.random.default_rng(0)
     info = VideoInfo(width=40, height=30, frame_count=70, fps=10, duration=7)
     frames, truth = [], {}
@@ -33,11 +33,13 @@ def test_mask_files_read_back_as_the_crops(tmp_path: Path) -> None:
     ds = fo.Dataset()
     try:
         ds.add_sample(fo.Sample(filepath=str(tmp_path / "v.mp4")))
-        FrameLabelWriter(ds, "sam").write_sample(ds.first().id, iter(frames), info, WritePolicy(mask_dir=tmp_path / "m"))
+        monkeypatch.chdir(tmp_path)  # a relative folder is stored absolute: FiftyOne and the App read it as stored
+        FrameLabelWriter(ds, "sam").write_sample(ds.first().id, iter(frames), info, WritePolicy(mask_dir=Path("m")))
+        monkeypatch.chdir("/")
         seen = 0
         for number, frame in ds.first().frames.items():
             for d in frame["sam"].detections:
-                assert d.mask is None and Path(d.mask_path).exists()
+                assert d.mask is None and d.mask_path.startswith(str(tmp_path / "m")) and Path(d.mask_path).exists()
                 assert np.array_equal(d.get_mask().astype(bool), truth[(number, d.index)])
                 seen += 1
         assert seen == 140

@@ -191,7 +191,9 @@ class FrameLabelWriter:
         (and delete any mask files this run wrote)."""
         run = uuid.uuid4().hex
         stats = WriteStats()
-        mask_dir = None if policy.mask_dir is None else Path(policy.mask_dir) / self.dataset.name / self.label_field / sample_id / run
+        # Absolute: FiftyOne (and the App server, in its own working directory) reads mask_path as it is stored.
+        mask_dir = (None if policy.mask_dir is None else
+                    Path(policy.mask_dir).expanduser().resolve() / self.dataset.name / self.label_field / sample_id / run)
         published = False
         threads = FILE_THREADS if mask_dir is not None else SERIALISE_THREADS
         pool = concurrent.futures.ThreadPoolExecutor(threads, thread_name_prefix="sam31-mask") if threads > 1 else None
