@@ -64,7 +64,19 @@ def run_with_progress(ctx: Any, work: Work) -> Iterator[Any]:
         if not isinstance(exc, SamError):
             raise exc
         yield from fail_in_app(ctx, exc)
-    return outcome["report"]
+    report = outcome["report"]
+    final = final_update(report)  # the last event is sent as the last video finishes, before it counts
+    if ctx.delegated:
+        ctx.set_progress(**final)
+    else:
+        yield ctx.trigger("set_progress", final)
+    return report
+
+
+def final_update(report: SegmentReport) -> dict[str, Any]:
+    finished = len(report.done) + len(report.failed)
+    label = f"{finished}/{report.samples} videos done" + (f" ({len(report.failed)} failed)" if report.failed else "")
+    return {"progress": 1.0, "label": label}
 
 
 def _watch_delegated(ctx: Any, cancel: CancelToken) -> threading.Event:

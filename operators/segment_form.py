@@ -143,13 +143,13 @@ def _prompt_inputs(ctx: Any, inputs: types.Object) -> None:
     point.int("y", required=True, label="y (px)")
     point.enum("label", [1, 0], default=1, label="1 = on the object, 0 = not")
     point.int("object_id", label="object id")
-    point.int("frame_index", default=0, label="frame (0-based, as the App's timeline counts)")
+    point.int("frame_index", default=0, label="frame index (0-based: the SAM prompts panel's frame n is n - 1)")
     inputs.list("point_prompts", point, label="Clicks", description="Optional point prompts in pixels")
     box = types.Object()
     for key in ("x_min", "y_min", "x_max", "y_max"):
         box.int(key, required=True, label=f"{key} (px)")
     box.int("object_id", label="object id")
-    box.int("frame_index", default=0, label="frame (0-based)")
+    box.int("frame_index", default=0, label="frame index (0-based: the SAM prompts panel's frame n is n - 1)")
     inputs.list("box_prompts", box, label="Boxes", description="Optional box prompts in pixels")
     inputs.view("prompt_counts", types.Notice(label=_prompt_counts(ctx, fields)))
 

@@ -81,6 +81,8 @@ def test_execute_over_http_streams_progress_and_writes_labels(make_dataset, smal
     assert "set_progress" in names and names[-2:] == ["reload_dataset", "notify"]
     stages = [p["label"] for name, p in triggered if name == "set_progress"]
     assert any("queued" in s for s in stages) and any("decode" in s for s in stages)
+    last = [p for name, p in triggered if name == "set_progress"][-1]  # it stopped at 0/1 before
+    assert (last["label"], last["progress"]) == ("1/1 videos done", 1.0)
     assert "2 tracks in frames.app" in triggered[-1][1]["message"]
     ds.reload()
     assert _labels(ds, "app") == {"green ball", "red ball"}
