@@ -315,8 +315,13 @@ def cost_line(view: Any, params: dict[str, Any]) -> str:
     if any(usd is None for usd, _ in estimates):
         return f"Cost: {scope} on fal; {estimates[0][1]}"
     detail = estimates[0][1] if estimates else ""
-    return (f"Cost: {scope} on fal: about ${sum(usd or 0 for usd, _ in estimates):.2f}"
+    line = (f"Cost: {scope} on fal: about ${sum(usd or 0 for usd, _ in estimates):.2f}"
             + (" so far" if unknown else "") + (f" ({detail} per video)" if detail else ""))
+    if params.get("prompt_fields") or params.get("use_selection") or params.get("refine"):
+        # Read per video from its labels at run time; the run prints its own estimate before sending.
+        line += ("; not counted: prompts read from labels (one request per object they name) and a refine's "
+                 "shorter range. The run logs its full estimate before anything is sent")
+    return line
 
 
 def _frames_per_video(view: Any, params: dict[str, Any]) -> list[int | None]:

@@ -60,6 +60,9 @@ def test_cost_line_and_backend_options_in_the_form(make_dataset, small_video, ap
     assert "about $0.18" in union["cost"]["view"]["label"] and "3 on fal-ai/sam-3-1/video-rle" in union["cost"]["view"]["label"]
     trimmed = form({"backend": "fal", "prompt": "ball", "frame_start": 0, "frame_stop": 16})
     assert "32 frames" in trimmed["cost"]["view"]["label"] and "$0.01" in trimmed["cost"]["view"]["label"]
+    assert "not counted" not in fal["cost"]["view"]["label"]
+    fields = form({"backend": "fal", "prompt": "ball", "prompt_fields": ["hints"]})  # was priced as the text alone
+    assert "not counted: prompts read from labels" in fields["cost"]["view"]["label"]
     local = form({"backend": "local", "prompt": "ball"})
     assert {"engine", "checkpoint", "device", "chunk_size", "offload"} <= set(local) and "endpoint" not in local
     assert "no fee" in local["cost"]["view"]["label"] and "no_key" not in local
