@@ -489,7 +489,12 @@ def test_render_video_keeps_the_overlay_next_to_the_labels_only_when_asked(emu: 
     with FalBackend(fal_config(emu, text_mode="union")) as backend:  # SAM 3.1's RLE endpoint can draw the overlay
         run_all(ds, backend, label_field="plain")
     with FalBackend(fal_config(emu, text_mode="union", render_overlay=True)) as backend:
-        run_all(ds, backend, label_field="rendered", render_video=True)
+        report = run_all(ds, backend, label_field="rendered", render_video=True)
+    assert not any("render_video" in w for w in report.warnings)
+    with FalBackend(fal_config(emu, render_overlay=True)) as backend:  # per instance: SAM 3 renders nothing
+        report = run_all(ds, backend, label_field="instances", render_video=True)
+    assert any("objects endpoint, which renders nothing" in w for w in report.warnings)
+    assert not ds.has_sample_field("instances_outputs")
     sample = ds.first()
     assert not ds.has_sample_field("plain_outputs")
     outputs = sample["rendered_outputs"]

@@ -94,6 +94,11 @@ def segment_collection(samples: fo.core.collections.SampleCollection, opts: Segm
     mixed = _labels_outside_range(dataset, opts, jobs)  # said before anything is sent
     if unprompted:
         mixed.append(f"{len(unprompted)} video(s) have no prompts (no text prompt, none in their labels): left out")
+    text_mode = getattr(getattr(backend, "config", None), "text_mode", None) or opts.backend_options.get("text_mode")
+    if opts.render_video and opts.prompt.strip() and (text_mode or "instances") == "instances" and (
+            backend is not None or opts.backend in ("fal", "emulator")):
+        mixed.append("render_video: text concepts run per instance on SAM 3's objects endpoint, which renders "
+                     "nothing; only clicked or boxed objects (and text_mode='union') get an overlay video")
     for warning in mixed:
         logger.warning(warning)
     backend_options = dict(opts.backend_options)
