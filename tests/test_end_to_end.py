@@ -364,3 +364,22 @@ def test_variable_frame_rate_video_gets_labels_per_decoded_frame_and_a_warning(m
     counted = sample.metadata.total_frame_count
     assert report.warnings and "reencode_videos" in report.warnings[0]
     assert f"decodes to 48 frames where FiftyOne's metadata counts {counted}" in report.warnings[0]
+
+
+def test_videos_finished_before_a_cancel_keep_their_record(make_dataset, small_video, fal_backend) -> None:
+    """Each video is written all or nothing, so one finished before a cancel keeps its
+    labels; the field's info then said nothing about where they came from."""
+    ds = make_dataset(small_video[0], small_video[0])
+    cancel = CancelToken()
+
+    def progress(p) -> None:
+        if p.done >= 1:
+            cancel.cancel()
+
+    with pytest.raises(Cancelled):
+        segment_videos(ds, prompt="red ball", label_field="sam", backend=fal_backend, concurrency=1,
+                       progress=progress, cancel=cancel)
+    labelled = [s.id for s in ds.select_fields("frames.sam") if any(f["sam"] for f in s.frames.values())]
+    assert len(labelled) == 1
+    record = ds.get_field("frames.sam").info["sam31_video"]["samples"]
+    assert list(record) == labelled and record[labelled[0]]["prompt"] == "red ball"

@@ -121,6 +121,11 @@ def segment_collection(samples: fo.core.collections.SampleCollection, opts: Segm
             runner.run()
         except BaseException:
             metadata.join(reraise=False)  # the run's own error is the one to show
+            if report.done:  # videos finished before a cancel or a stop keep their labels: say what made them
+                try:
+                    _describe_field(dataset, opts, report, {})
+                except Exception:  # noqa: BLE001 - the run's own error is the one to raise
+                    logger.exception("could not record the run on frames.%s", opts.label_field)
             raise
         metadata.join()
         if run_id is not None and journal is not None:  # a resumed run: what its earlier part wrote
