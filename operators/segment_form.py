@@ -15,7 +15,7 @@ import fiftyone.operators.types as types
 from sam_backend.cost import fal_estimate
 from sam_backend.errors import InvalidRequest
 from sam_backend.fiftyone_io import SegmentOptions
-from sam_backend.fiftyone_io.writer import labels_not_ours
+from sam_backend.fiftyone_io.writer import check_label_field, labels_not_ours
 from sam_backend.types import FrameRange, SegmentRequest, split_concepts
 
 DEFAULTS = SegmentOptions()
@@ -249,14 +249,21 @@ def _threshold_help(params: dict[str, Any]) -> str:
 def _output_inputs(ctx: Any, inputs: types.Object) -> None:
     params = ctx.params
     inputs.view("output_header", types.Header(label="Output"))
-    inputs.str("label_field", label="Output frame field", default=DEFAULTS.label_field, required=True)
+    field = inputs.str("label_field", label="Output frame field", default=DEFAULTS.label_field, required=True)
     name = params.get("label_field") or DEFAULTS.label_field
-    if ctx.dataset is not None and ctx.dataset.has_frame_field(name) and not params.get("refine"):
+    valid = True
+    if ctx.dataset is not None and ctx.dataset.media_type == "video":
+        try:  # flagged here, not only at Execute (e.g. 'frames.sam2', 'x$', a field of another type)
+            check_label_field(ctx.dataset, name)
+        except ValueError as exc:
+            field.invalid, field.error_message, valid = True, str(exc), False
+    if valid and ctx.dataset is not None and ctx.dataset.has_frame_field(name) and not params.get("refine"):
         held = labels_not_ours(ctx.dataset, name)
         if held:
             inputs.view("replace_note", types.Warning(
                 label=f"frames.{name} holds labels on {held:,} frame{'s' if held != 1 else ''} that sam31-video did not write",
-                description="A run replaces them on the target videos. Pick another field to keep them."))
+                description="A run replaces them on the target videos only if you tick the box below; "
+                            "otherwise it is refused. Pick another field to keep them."))
             inputs.bool("overwrite", default=False, label=f"Replace the labels in frames.{name}")
         else:
             inputs.view("replace_note", types.Warning(label=f"frames.{name} exists and will be replaced on the target videos"))

@@ -48,6 +48,10 @@ def test_form_shows_fields_and_warns_about_overwrite(make_dataset, small_video, 
     assert {"prompt", "backend", "label_field", "detection_threshold", "max_num_objects"} <= set(props)
     assert "no_key" in props  # FAL_KEY is not set in tests
     assert props["detection_threshold"]["type"]["min"] == 0.01  # fal's endpoints refuse less
+    for bad, says in (("x$", "cannot contain '$'"), ("frames.sam2", "plain frame field name")):
+        flagged = {**body, "params": {**body["params"], "label_field": bad}}
+        field = httpx.post(f"{app_server}/operators/resolve-type", json=flagged, timeout=30).json()["type"]["properties"]
+        assert field["label_field"]["invalid"] and says in field["label_field"]["error_message"]  # before Execute
     # a view without a label field of the dataset: the form counted it and answered a traceback
     ds.add_frame_field("gt", fo.EmbeddedDocumentField, embedded_doc_type=fo.Detections)
     hidden = {**body, "view": [{"_cls": "fiftyone.core.stages.ExcludeFields",
