@@ -321,6 +321,12 @@ class TrackedObject:
         return self._mask
 
     @property
+    def nbytes(self) -> int:
+        """Bytes of mask this object holds (its full-frame mask, or only its crop)."""
+        held = self._mask if self._mask is not None else self._crop
+        return 0 if held is None else int(held.nbytes)
+
+    @property
     def crop(self) -> np.ndarray:
         if self._crop is None:
             x0, y0, x1, y1 = self.box

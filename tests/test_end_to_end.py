@@ -383,3 +383,19 @@ def test_videos_finished_before_a_cancel_keep_their_record(make_dataset, small_v
     assert len(labelled) == 1
     record = ds.get_field("frames.sam").info["sam31_video"]["samples"]
     assert list(record) == labelled and record[labelled[0]]["prompt"] == "red ball"
+
+
+def test_a_range_rerun_on_a_field_over_16_mb_per_video(make_dataset, small_video) -> None:
+    """Reading which frames hold labels went through each video's frame documents as one
+    MongoDB document (masks included): over 16 MB it failed with a pymongo traceback."""
+    from sam_backend.types import FrameRange
+
+    ds = make_dataset(small_video[0])
+    sample = ds.first()
+    for number in range(1, 49):  # 48 x 400 kB: ~19 MB of labels for one video, as long 4K masks are
+        sample.frames[number]["sam"] = fo.Detections(detections=[
+            fo.Detection(label="x", bounding_box=[0.1, 0.1, 0.2, 0.2], index=1, note="x" * 400_000)])
+    sample.save()
+    report = segment_videos(ds, prompt="red ball", label_field="sam", backend="emulator", overwrite=True,
+                            frames=FrameRange(start=0, stop=1))
+    assert report.failed == {} and any("on 47 frames outside frames 0:1" in w for w in report.warnings)

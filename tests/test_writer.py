@@ -225,3 +225,24 @@ def test_an_empty_field_made_in_fiftyone_is_the_writers_once_it_wrote_there(make
     FrameLabelWriter(ds, "sam").write_sample(ds.first().id, iter(truth_frames(truth)[:5]), video.probe(path))
     assert labels_not_ours(ds, "sam") == 0  # a stopped run's resume must not take its own labels for the user's
     assert ds.get_field("frames.sam").info == {"note": "mine", "sam31_video_written": True}
+
+
+def test_batches_are_cut_by_mask_bytes_as_well_as_frames(make_dataset, small_video, monkeypatch) -> None:
+    """128 frames of full-frame 4K masks held gigabytes per video: a batch also ends once
+    its masks reach BATCH_MASK_BYTES, and every frame is still written."""
+    import sam_backend.fiftyone_io.writer as writer_mod
+
+    path, truth = small_video
+    info = video.probe(path)
+    ds = make_dataset(path)
+    frames = truth_frames(truth)  # full-frame masks: 160 x 120 bytes per object
+    per_frame = [sum(o.nbytes for o in f.objects) for f in frames]
+    assert per_frame[5] == 160 * 120 * len(frames[5].objects)
+    monkeypatch.setattr(writer_mod, "BATCH_MASK_BYTES", 4 * 160 * 120)
+    staged: list[int] = []
+    stage = writer_mod.FrameLabelWriter._stage_batch
+    monkeypatch.setattr(writer_mod.FrameLabelWriter, "_stage_batch",
+                        lambda self, run, oid, batch, *a: (staged.append(len(batch)), stage(self, run, oid, batch, *a))[1])
+    FrameLabelWriter(ds, "sam").write_sample(ds.first().id, iter(frames), info)
+    assert sum(staged) == len(frames) and max(staged) < 8  # by bytes: 128 frames would have been one batch
+    assert ds.count("frames.sam.detections") == sum(len(f.objects) for f in frames)

@@ -23,8 +23,9 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from bson import ObjectId
+
 import fiftyone as fo
-from fiftyone import ViewField as F
 
 from .. import video as video_ops
 from ..backends.base import Backend, CancelToken, get_backend
@@ -290,12 +291,15 @@ def _labels_outside_range(dataset: fo.Dataset, opts: SegmentOptions, jobs: Seque
         return []
     f = opts.frames
     shown = f"{f.start}:{'' if f.stop is None else f.stop}" + (f":{f.step}" if f.step != 1 else "")
-    labelled = dataset.select([j.sample_id for j in jobs]).match_frames(F(opts.label_field).exists())
-    numbers = dict(zip(labelled.values("id"), labelled.values("frames.frame_number")))
+    # Straight from the frames collection, frame numbers only: through a view, each video's
+    # frames (masks included) became one document, over MongoDB's 16 MB for big label fields.
+    frames = dataset._frame_collection
     warnings = []
     for job in jobs:
         processed = {i + 1 for i in opts.frames.indices(job.info.frame_count)}
-        kept = len(set(numbers.get(job.sample_id) or ()) - processed)
+        found = frames.find({"_sample_id": ObjectId(job.sample_id), opts.label_field: {"$ne": None}},
+                            {"frame_number": 1, "_id": 0})
+        kept = len({d["frame_number"] for d in found} - processed)
         if kept:
             warnings.append(f"{job.path.name}: frames.{opts.label_field} keeps the labels of an earlier run on {kept} "
                             f"frame{'s' if kept != 1 else ''} outside frames {shown}; their track "
@@ -318,12 +322,14 @@ def _frame_count_warnings(samples: fo.core.collections.SampleCollection, jobs: S
         fiftyone_count = counts.get(job.sample_id)
         reasons = ["has a variable frame rate"] if job.info.variable_frame_rate else []
         if fiftyone_count is not None and fiftyone_count != job.info.frame_count:
-            reasons.append(f"decodes to {job.info.frame_count} frames where FiftyOne's metadata counts {fiftyone_count}")
+            reasons.append(f"decodes to {job.info.frame_count} frames where FiftyOne's metadata counts "
+                           f"{fiftyone_count} (its estimate from duration x frame rate, off for variable frame "
+                           "rates and for damaged or truncated files)")
         if reasons:
             warnings.append(
                 f"{job.path.name} {' and '.join(reasons)}: labels are stored per decoded frame, but the App may "
-                "show them on neighbouring frames. Re-encode to constant frame rate "
-                "(fiftyone.utils.video.reencode_videos) for exact playback."
+                "show them on neighbouring frames. Re-encode it (fiftyone.utils.video.reencode_videos: constant "
+                "frame rate, every frame readable) for exact playback."
             )
     return warnings
 

@@ -47,9 +47,11 @@ STAGING_COLLECTION = "sam31_staging"
 # In the info of the frame fields the writer creates: labels this plugin wrote there.
 WRITTEN_MARK = "sam31_video_written"
 _SCHEMA_LOCK = threading.Lock()
-# Frames per insert into the staging collection: big enough to amortise round trips,
-# small enough that a batch of 1080p masks stays in the tens of MB.
+# Frames per insert into the staging collection: big enough to amortise round trips.
 BATCH_FRAMES = 128
+# ... and at most this many bytes of masks per batch: 128 frames of full-frame 4K masks,
+# three objects each, held 3 GB per video (and that times the videos in flight).
+BATCH_MASK_BYTES = 64 * 2**20
 # Staged documents older than this belong to crashed runs and are swept (those of a run
 # killed on this host go at once: their owner process is gone).
 STALE_AFTER = dt.timedelta(days=1)
@@ -198,21 +200,24 @@ class FrameLabelWriter:
         threads = FILE_THREADS if mask_dir is not None else SERIALISE_THREADS
         pool = concurrent.futures.ThreadPoolExecutor(threads, thread_name_prefix="sam31-mask") if threads > 1 else None
         # Batches are staged on a thread of their own while the next batch's frames are
-        # produced (decoded) here: at most one batch in flight, so memory stays two batches.
+        # produced (decoded) here: at most one batch in flight, so memory stays two batches
+        # (each at most BATCH_FRAMES frames and BATCH_MASK_BYTES of masks).
         stager = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="sam31-stage")
         in_flight: concurrent.futures.Future[None] | None = None
         try:
             batch: list[FrameResult] = []
+            held = 0  # mask bytes in the batch
             for frame in frames:
                 batch.append(frame)
+                held += sum(o.nbytes for o in frame.objects)
                 stats.frames += 1
                 stats.detections += len(frame.objects)
                 stats.track_frames.update(o.track_id for o in frame.objects)
-                if len(batch) >= self.batch_frames:
+                if len(batch) >= self.batch_frames or held >= BATCH_MASK_BYTES:
                     if in_flight is not None:
                         in_flight.result()
                     in_flight = stager.submit(self._stage_batch, run, ObjectId(sample_id), batch, info, mask_dir, pool)
-                    batch = []
+                    batch, held = [], 0
             if in_flight is not None:
                 in_flight.result()
                 in_flight = None
