@@ -59,8 +59,12 @@ class SegmentVideo(foo.Operator):
         preview = ctx.params.get("preview_frames") or 0
         if preview:
             view = view.limit(1)
-            options = options.model_copy(update={"frames": FrameRange(stop=preview),
-                                                 "label_field": f"{options.label_field}_preview"})
+            chosen = options.frames or FrameRange()  # the first frames of the chosen range, not of the video
+            stop = chosen.start + preview * chosen.step
+            options = options.model_copy(update={
+                "frames": FrameRange(start=chosen.start, stop=stop if chosen.stop is None else min(stop, chosen.stop),
+                                     step=chosen.step),
+                "label_field": f"{options.label_field}_preview"})
         secrets = {"FAL_KEY": ctx.secret("FAL_KEY")} if options.backend == "fal" and ctx.secret("FAL_KEY") else None
         report = yield from run_with_progress(
             ctx, lambda progress, cancel: segment_videos(view, options, secrets=secrets, progress=progress, cancel=cancel))

@@ -79,6 +79,12 @@ def test_preview_runs_the_first_frames_of_one_video(make_dataset, small_video, a
     numbers = sorted(n for n, f in ds.first().frames.items() if f.has_field("sam_preview") and f["sam_preview"] is not None)
     assert numbers == list(range(1, 11))
     assert all(not f.has_field("sam_preview") or f["sam_preview"] is None for f in ds.last().frames.values())
+    # with a frame range, the preview is its first frames (it ran frames 1-10 whatever the range)
+    _execute(app_server, ds, {"prompt": "red ball", "backend": "emulator", "label_field": "ranged",
+                              "preview_frames": 4, "frame_start": 20, "frame_step": 3})
+    ds.reload()
+    numbers = sorted(n for n, f in ds.first().frames.items() if f.has_field("ranged_preview") and f["ranged_preview"])
+    assert numbers == [21, 24, 27, 30]
 
 
 def test_refine_from_the_selected_label(make_dataset, scene_video, app_server: str) -> None:
