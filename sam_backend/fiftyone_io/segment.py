@@ -31,10 +31,10 @@ from .. import video as video_ops
 from ..backends.base import Backend, CancelToken, get_backend
 from ..errors import InvalidRequest, VideoError, shorten
 from ..types import SegmentRequest, VideoInfo
-from .video_info import check_whole_videos
 from .options import DEFAULT_CONCURRENCY, SampleProgress, SegmentOptions, SegmentReport
 from .plan import SamplePlan, plan_sample
 from .runner import Job, Runner, already_written
+from .video_info import check_whole_videos
 from .writer import check_label_field, refuse_replacing_labels_not_ours
 
 logger = logging.getLogger(__name__)
@@ -95,9 +95,10 @@ def segment_collection(samples: fo.core.collections.SampleCollection, opts: Segm
     mixed = _labels_outside_range(dataset, opts, jobs)  # said before anything is sent
     if unprompted:
         mixed.append(f"{len(unprompted)} video(s) have no prompts (no text prompt, none in their labels): left out")
-    text_mode = getattr(getattr(backend, "config", None), "text_mode", None) or opts.backend_options.get("text_mode")
-    if opts.render_video and opts.prompt.strip() and (text_mode or "instances") == "instances" and (
-            backend is not None or opts.backend in ("fal", "emulator")):
+    config = getattr(backend, "config", None)  # a fal backend object's (a local backend has no text_mode)
+    on_fal = hasattr(config, "text_mode") if backend is not None else opts.backend in ("fal", "emulator")
+    text_mode = getattr(config, "text_mode", None) or opts.backend_options.get("text_mode") or "instances"
+    if opts.render_video and opts.prompt.strip() and on_fal and text_mode == "instances":
         mixed.append("render_video: text concepts run per instance on SAM 3's objects endpoint, which renders "
                      "nothing; only clicked or boxed objects (and text_mode='union') get an overlay video")
     for warning in mixed:
