@@ -74,9 +74,11 @@ def run_with_progress(ctx: Any, work: Work) -> Iterator[Any]:
 
 
 def final_update(report: SegmentReport) -> dict[str, Any]:
-    finished = len(report.done) + len(report.failed)
-    label = f"{finished}/{report.samples} videos done" + (f" ({len(report.failed)} failed)" if report.failed else "")
-    return {"progress": 1.0, "label": label}
+    return {"progress": 1.0, "label": _videos_done(len(report.done), len(report.failed), report.samples)}
+
+
+def _videos_done(done: int, failed: int, total: int) -> str:
+    return f"{done + failed}/{total} videos done" + (f" ({failed} failed)" if failed else "")
 
 
 def _watch_delegated(ctx: Any, cancel: CancelToken) -> threading.Event:
@@ -105,10 +107,7 @@ def _watch_delegated(ctx: Any, cancel: CancelToken) -> threading.Event:
 def progress_update(event: SampleProgress) -> dict[str, Any]:
     p = event.backend
     finished = event.done + event.failed
-    label = f"{finished}/{event.sample_count} videos done"
-    if event.failed:
-        label += f" ({event.failed} failed)"
-    label += f"; video {event.sample_index + 1}: {p.stage}"
+    label = _videos_done(event.done, event.failed, event.sample_count) + f"; video {event.sample_index + 1}: {p.stage}"
     if p.queue_position is not None:
         label += f" (queue position {p.queue_position})"
     elif p.frames_done is not None and p.frames_total:

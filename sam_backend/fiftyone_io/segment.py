@@ -294,13 +294,15 @@ def _labels_outside_range(dataset: fo.Dataset, opts: SegmentOptions, jobs: Seque
     shown = f"{f.start}:{'' if f.stop is None else f.stop}" + (f":{f.step}" if f.step != 1 else "")
     # Straight from the frames collection, frame numbers only: through a view, each video's
     # frames (masks included) became one document, over MongoDB's 16 MB for big label fields.
-    frames = dataset._frame_collection
+    labelled: dict[str, set[int]] = {}
+    for doc in dataset._frame_collection.find(
+            {"_sample_id": {"$in": [ObjectId(j.sample_id) for j in jobs]}, opts.label_field: {"$ne": None}},
+            {"_sample_id": 1, "frame_number": 1, "_id": 0}):
+        labelled.setdefault(str(doc["_sample_id"]), set()).add(doc["frame_number"])
     warnings = []
     for job in jobs:
         processed = {i + 1 for i in opts.frames.indices(job.info.frame_count)}
-        found = frames.find({"_sample_id": ObjectId(job.sample_id), opts.label_field: {"$ne": None}},
-                            {"frame_number": 1, "_id": 0})
-        kept = len({d["frame_number"] for d in found} - processed)
+        kept = len(labelled.get(job.sample_id, set()) - processed)
         if kept:
             warnings.append(f"{job.path.name}: frames.{opts.label_field} keeps the labels of an earlier run on {kept} "
                             f"frame{'s' if kept != 1 else ''} outside frames {shown}; their track "
