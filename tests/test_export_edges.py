@@ -6,6 +6,7 @@ that it says so when it cannot); bad requests; failures leave nothing behind; th
 
 from __future__ import annotations
 
+import itertools
 import json
 from collections.abc import Iterator
 
@@ -370,6 +371,26 @@ def test_a_failure_mid_export_leaves_no_files(small_video, tmp_path) -> None:
         assert list(tmp_path.iterdir()) == []
     finally:
         ds.delete()
+
+
+def test_a_failure_while_tracing_ahead_surfaces_and_leaves_no_files(edges, tmp_path, monkeypatch) -> None:
+    """Polygons are traced on worker threads a few frames ahead of writing: an error there
+    is the export's error (not a frame written without its polygons), and no file stays."""
+    from sam_backend.fiftyone_io.export import yolo
+
+    ds, _ = edges
+    calls = itertools.count(1)  # next() is atomic: the workers call it at once
+    real = yolo.yolo_polygon
+
+    def fails_on_the_ninth(mask, tolerance=0.0, box=None):
+        if next(calls) == 9:
+            raise RuntimeError("tracer broke on mask 9")
+        return real(mask, tolerance, box=box)
+
+    monkeypatch.setattr(yolo, "yolo_polygon", fails_on_the_ninth)
+    with pytest.raises(RuntimeError, match="tracer broke on mask 9"):
+        export_tracks(ds, "edges", "yolo-seg", tmp_path / "out")
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_progress_and_cancel(edges, tmp_path) -> None:

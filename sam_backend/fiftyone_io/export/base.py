@@ -35,7 +35,15 @@ class FormatWriter:
     def begin_video(self, video: VideoRef) -> None:
         pass
 
-    def write_frame(self, video: VideoRef, frame: ExportFrame, image: Path | None) -> None:
+    def prepare(self, video: VideoRef, frame: ExportFrame) -> Any:
+        """A frame's per-object work that reads nothing but the frame (tracing polygons,
+        encoding masks). The export runs it on worker threads a few frames ahead (it
+        releases the GIL in OpenCV, zlib and numpy) and hands the result to
+        :meth:`write_frame` in frame order, so it must not touch the report or the files."""
+        return None
+
+    def write_frame(self, video: VideoRef, frame: ExportFrame, image: Path | None, prepared: Any) -> None:
+        """Write one frame; ``prepared`` is what :meth:`prepare` returned for it."""
         raise NotImplementedError
 
     def end_video(self, video: VideoRef) -> None:

@@ -19,6 +19,7 @@ reserves that name on ``Detection``, and its COCO importer refuses files that ca
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 from pathlib import Path
 from typing import Any
@@ -28,11 +29,20 @@ import numpy as np
 from ... import masks as mask_ops
 from .base import FormatWriter, RawJSON, frame_file_name, write_json
 from .numbers import coco_polygons_json
-from .polygons import coco_polygons
+from .polygons import PolygonResult, coco_polygons
 from .tracks import ExportFrame, ExportObject, VideoRef
 
 LABELS_FILE = "labels.json"
 DATA_DIR = "data"
+
+
+@dataclasses.dataclass(frozen=True)
+class _Segmentation:
+    """One object's ``segmentation``, worked out ahead of writing (:meth:`CocoWriter.prepare`)."""
+
+    area: int  # mask pixels; 0: nothing to write
+    value: Any  # RLE dict or RawJSON polygons
+    polygons: PolygonResult | None  # what the polygons encoded, for the report
 
 
 class CocoWriter(FormatWriter):
@@ -52,35 +62,45 @@ class CocoWriter(FormatWriter):
             "length": video.frame_count, "fps": video.fps,
         })
 
-    def write_frame(self, video: VideoRef, frame: ExportFrame, image: Path | None) -> None:
+    def prepare(self, video: VideoRef, frame: ExportFrame) -> list[_Segmentation]:
+        return [self._segmentation(o) for o in frame.objects]
+
+    def _segmentation(self, obj: ExportObject) -> _Segmentation:
+        assert obj.mask is not None
+        area = int(np.count_nonzero(obj.mask))
+        if area == 0:
+            return _Segmentation(0, None, None)
+        if self.opts.coco_masks == "rle":
+            return _Segmentation(area, mask_ops.encode_rle(obj.mask), None)
+        result = coco_polygons(obj.mask, self.opts.polygon_tolerance, box=obj.box)
+        return _Segmentation(area, RawJSON(coco_polygons_json(result.polygons)), result)
+
+    def write_frame(self, video: VideoRef, frame: ExportFrame, image: Path | None,
+                    prepared: list[_Segmentation]) -> None:
         image_id = len(self._images) + 1
         self._images.append({
             "id": image_id, "file_name": frame_file_name(video, frame.frame_index, self.opts.image_format),
             "height": video.height, "width": video.width, "video_id": video.video_id,
             "frame_id": frame.frame_index, "license": None, "coco_url": None,
         })
-        for obj in frame.objects:
-            annotation = self._annotation(video, frame, obj)
+        for obj, segmentation in zip(frame.objects, prepared):
+            annotation = self._annotation(video, frame, obj, segmentation)
             if annotation is not None:
                 self._annotations.append({"id": len(self._annotations) + 1, "image_id": image_id, **annotation})
 
-    def _annotation(self, video: VideoRef, frame: ExportFrame, obj: ExportObject) -> dict[str, Any] | None:
-        assert obj.mask is not None
-        area = int(np.count_nonzero(obj.mask))
+    def _annotation(self, video: VideoRef, frame: ExportFrame, obj: ExportObject,
+                    segmentation: _Segmentation) -> dict[str, Any] | None:
+        area = segmentation.area
         if area == 0:
             self.report.objects_dropped += 1
             return None
-        if self.opts.coco_masks == "rle":
-            segmentation: Any = mask_ops.encode_rle(obj.mask)
-        else:
+        if segmentation.polygons is not None:
             where = f"{video.name} frame {frame.frame_index} track {obj.track_id}"
-            result = coco_polygons(obj.mask, self.opts.polygon_tolerance, box=obj.box)
-            self.report.count_polygon(result, where, self.opts.min_polygon_iou)
-            segmentation = RawJSON(coco_polygons_json(result.polygons))
+            self.report.count_polygon(segmentation.polygons, where, self.opts.min_polygon_iou)
         x0, y0, x1, y1 = obj.box
         annotation: dict[str, Any] = {
             "category_id": self.categories.id(obj.label),
-            "segmentation": segmentation,
+            "segmentation": segmentation.value,
             "area": area,
             "bbox": [x0, y0, x1 - x0, y1 - y0],
             "iscrowd": 0,

@@ -9,6 +9,10 @@ needs about each sequence)::
     <video>/img1/000001.jpg     frames="images" (MOTChallenge numbering: from 1)
     labels.txt                  MOTS only: line n is the concept of class_id n
 
+Frame numbers are the video's own, so ``seqLength`` is the video's frame count even when
+only some frames are exported (a frame range or stride): TrackEval reads it as the number
+of time steps, and rows and ``img1`` files then cover only the exported frames.
+
 MOT rows: ``frame,id,bb_left,bb_top,bb_width,bb_height,conf,x,y,z`` with frame counted
 from 1 (FiftyOne's frame number), id = track id, the box in pixels (top-left pixel is
 0, 0, as in COCO), conf = confidence (1 when unknown), x, y, z = -1 (no world
@@ -72,7 +76,7 @@ class _TextWriter(FormatWriter):
 class MotWriter(_TextWriter):
     fmt = "MOT"
 
-    def write_frame(self, video: VideoRef, frame: ExportFrame, image: Path | None) -> None:
+    def write_frame(self, video: VideoRef, frame: ExportFrame, image: Path | None, prepared: Any) -> None:
         check_unique_tracks(video, frame, self.fmt)
         assert self._file is not None
         number = frame.frame_index + 1
@@ -85,7 +89,7 @@ class MotWriter(_TextWriter):
 class MotsWriter(_TextWriter):
     fmt = "MOTS"
 
-    def write_frame(self, video: VideoRef, frame: ExportFrame, image: Path | None) -> None:
+    def write_frame(self, video: VideoRef, frame: ExportFrame, image: Path | None, prepared: Any) -> None:
         check_unique_tracks(video, frame, self.fmt)
         assert self._file is not None
         number = frame.frame_index + 1

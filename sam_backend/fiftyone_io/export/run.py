@@ -11,9 +11,12 @@ version: a segment run publishing that video meanwhile stops the export (source.
 
 from __future__ import annotations
 
+import collections
+import concurrent.futures
 import contextlib
 import datetime as dt
 import logging
+import os
 import shutil
 import time
 from collections.abc import Callable, Iterator
@@ -33,10 +36,16 @@ from .options import MASK_FORMATS, ExportOptions
 from .publish import new_staging, publish, sweep
 from .report import ExportProgress, ExportReport
 from .source import ExportPlan, FrameSnapshot, iter_frames, plan_export
+from .tracks import ExportFrame, VideoRef
 from .yolo import YoloWriter
 from .ytvis import YtvisWriter
 
 logger = logging.getLogger(__name__)
+
+# Frames prepared (polygons traced, masks encoded) at once, on threads: OpenCV, zlib and
+# numpy release the GIL, so this is every core. Each frame ahead holds its full-frame masks.
+PREPARE_THREADS = max(1, min(4, os.cpu_count() or 1))
+PREPARE_AHEAD = 2 * PREPARE_THREADS
 
 WRITERS: dict[str, type[FormatWriter]] = {
     "coco": CocoWriter, "yolo-seg": YoloWriter, "yolo-detect": YoloWriter,
@@ -105,13 +114,14 @@ class ExportRun:
                     images = None
                     if writer.images:
                         images = stack.enter_context(FrameImageSaver(video, partial(writer.image_path, video)))
-                    for frame in iter_frames(self.samples, video, opts.label_field, masks=opts.format in MASK_FORMATS):
+                    frames = iter_frames(self.samples, video, opts.label_field, masks=opts.format in MASK_FORMATS)
+                    for frame, prepared in stack.enter_context(contextlib.closing(_prepared(writer, video, frames))):
                         self.cancel.raise_if_cancelled()
                         image_path = None
                         if images is not None:
                             images.check()
                             image_path = writer.image_path(video, frame.frame_index)
-                        writer.write_frame(video, frame, image_path)
+                        writer.write_frame(video, frame, image_path, prepared)
                         report.frames += 1
                         report.objects += len(frame.objects)
                         tracks.update((video.video_id, o.track_id) for o in frame.objects if o.track_id is not None)
@@ -140,6 +150,29 @@ class ExportRun:
         for line in report.warnings:
             logger.warning(line)
         self.report = report
+
+
+def _prepared(writer: FormatWriter, video: VideoRef, frames: Iterator[ExportFrame]) -> Iterator[tuple[ExportFrame, Any]]:
+    """(frame, ``writer.prepare(video, frame)``) in frame order, prepared on PREPARE_THREADS
+    threads up to PREPARE_AHEAD frames ahead: tracing polygons was most of a polygon
+    export, and it runs on every core this way. Closing it drops the frames not yet used."""
+    if type(writer).prepare is FormatWriter.prepare:  # nothing to prepare (box formats)
+        yield from ((frame, None) for frame in frames)
+        return
+    pending: collections.deque[tuple[ExportFrame, concurrent.futures.Future[Any]]] = collections.deque()
+    with concurrent.futures.ThreadPoolExecutor(PREPARE_THREADS, thread_name_prefix="sam31-export") as pool:
+        try:
+            for frame in frames:
+                pending.append((frame, pool.submit(writer.prepare, video, frame)))
+                if len(pending) > PREPARE_AHEAD:
+                    done, future = pending.popleft()
+                    yield done, future.result()
+            while pending:
+                done, future = pending.popleft()
+                yield done, future.result()
+        finally:
+            for _, future in pending:
+                future.cancel()
 
 
 def _explain(report: ExportReport, opts: ExportOptions) -> None:

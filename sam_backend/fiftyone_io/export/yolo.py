@@ -35,7 +35,7 @@ import yaml
 
 from .base import FormatWriter
 from .numbers import yolo_points_text
-from .polygons import yolo_polygon
+from .polygons import PolygonResult, yolo_polygon
 from .tracks import ExportFrame, VideoRef
 
 YAML_FILE = "data.yaml"
@@ -60,23 +60,35 @@ class YoloWriter(FormatWriter):
     def image_path(self, video: VideoRef, frame_index: int) -> Path:
         return self.root / "images" / SPLIT / f"{self._stem(video, frame_index)}.{self.opts.image_format}"
 
-    def write_frame(self, video: VideoRef, frame: ExportFrame, image: Path | None) -> None:
+    def prepare(self, video: VideoRef, frame: ExportFrame) -> list[tuple[PolygonResult, str]] | None:
+        """Each object's polygon and its row's points (segments only)."""
+        if not self.segments:
+            return None
+        traced = []
+        for obj in frame.objects:
+            assert obj.mask is not None
+            result = yolo_polygon(obj.mask, self.opts.polygon_tolerance, box=obj.box)
+            points = yolo_points_text(result.polygons[0], video.width, video.height, _NUDGE_PX) if result.polygons else ""
+            traced.append((result, points))
+        return traced
+
+    def write_frame(self, video: VideoRef, frame: ExportFrame, image: Path | None,
+                    prepared: list[tuple[PolygonResult, str]] | None) -> None:
         w, h = video.width, video.height
         rows = []
-        for obj in frame.objects:
+        for k, obj in enumerate(frame.objects):
             cls = self.categories.index(obj.label)
-            if not self.segments:
+            if prepared is None:
                 x0, y0, x1, y1 = obj.box
                 rows.append(f"{cls} {(x0 + x1) / 2 / w:.6f} {(y0 + y1) / 2 / h:.6f} {(x1 - x0) / w:.6f} {(y1 - y0) / h:.6f}")
                 continue
-            assert obj.mask is not None
-            result = yolo_polygon(obj.mask, self.opts.polygon_tolerance, box=obj.box)
+            result, points = prepared[k]
             if not result.polygons:
                 self.report.objects_dropped += 1
                 continue
             self.report.count_polygon(result, f"{video.name} frame {frame.frame_index} track {obj.track_id}",
                                       self.opts.min_polygon_iou)
-            rows.append(f"{cls} {yolo_points_text(result.polygons[0], w, h, _NUDGE_PX)}")
+            rows.append(f"{cls} {points}")
         label = self.root / "labels" / SPLIT / f"{self._stem(video, frame.frame_index)}.txt"
         label.write_text("".join(f"{r}\n" for r in rows), encoding="ascii")
 

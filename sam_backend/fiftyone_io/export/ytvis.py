@@ -46,7 +46,7 @@ class YtvisWriter(FormatWriter):
     def begin_video(self, video: VideoRef) -> None:
         self._tracks = {}
 
-    def write_frame(self, video: VideoRef, frame: ExportFrame, image: Path | None) -> None:
+    def write_frame(self, video: VideoRef, frame: ExportFrame, image: Path | None, prepared: Any) -> None:
         check_unique_tracks(video, frame, "YouTube-VIS")
         for obj in frame.objects:
             assert obj.mask is not None and obj.track_id is not None
