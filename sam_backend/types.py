@@ -17,7 +17,7 @@ import dataclasses
 from typing import Annotated, Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
 from .errors import InvalidRequest, shorten
 
@@ -38,25 +38,36 @@ class _Wire(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, use_enum_values=False)
 
 
+def _a_number(value: Any) -> Any:
+    """Pixels and frame indices are numbers: pydantic would read True as 1 and "12" as 12,
+    which hide a prompt built from the wrong column (whole floats and numpy ints pass)."""
+    if isinstance(value, (bool, np.bool_)) or isinstance(value, (str, bytes)):
+        raise ValueError(f"must be a whole number, not {type(value).__name__} {value!r}")
+    return value
+
+
+Pixel = Annotated[int, BeforeValidator(_a_number), Field(ge=0)]
+
+
 class PointPrompt(_Wire):
     """A click on frame ``frame_index``: label 1 = on the object, 0 = not on it."""
 
-    x: int = Field(ge=0, description="pixel column")
-    y: int = Field(ge=0, description="pixel row")
+    x: Pixel = Field(description="pixel column")
+    y: Pixel = Field(description="pixel row")
     label: Literal[0, 1] = 1
-    object_id: int | None = Field(default=None, ge=0)
-    frame_index: int = Field(default=0, ge=0)
+    object_id: Pixel | None = None
+    frame_index: Pixel = 0
 
 
 class BoxPrompt(_Wire):
     """A box around one object on frame ``frame_index``, integer pixels, max exclusive."""
 
-    x_min: int = Field(ge=0)
-    y_min: int = Field(ge=0)
-    x_max: int = Field(ge=0)
-    y_max: int = Field(ge=0)
-    object_id: int | None = Field(default=None, ge=0)
-    frame_index: int = Field(default=0, ge=0)
+    x_min: Pixel
+    y_min: Pixel
+    x_max: Pixel
+    y_max: Pixel
+    object_id: Pixel | None = None
+    frame_index: Pixel = 0
 
     @model_validator(mode="after")
     def _positive_area(self) -> BoxPrompt:
@@ -288,9 +299,11 @@ class TrackedObject:
     (:meth:`from_crop`: what decoders that know the box up front produce, so no
     full-frame array is made per object). ``mask`` is always the full-frame bool (H x W)
     array (built on first use from a crop), ``crop`` always the part inside ``box``.
+    A :meth:`box_only` object (an imported annotation with a box and no mask) has
+    ``has_mask`` False, reads as an empty mask, and is stored without one.
     """
 
-    __slots__ = ("track_id", "label", "score", "box", "_mask", "_crop", "_frame_shape")
+    __slots__ = ("track_id", "label", "score", "box", "_mask", "_crop", "_frame_shape", "has_mask")
 
     def __init__(self, track_id: int, label: str, score: float | None, mask: np.ndarray | None,
                  box: tuple[int, int, int, int], *, crop: np.ndarray | None = None,
@@ -304,11 +317,20 @@ class TrackedObject:
         self._mask = mask
         self._crop = crop
         self._frame_shape = frame_shape
+        self.has_mask = True
 
     @classmethod
     def from_crop(cls, track_id: int, label: str, score: float | None, crop: np.ndarray,
                   box: tuple[int, int, int, int], frame_shape: tuple[int, int]) -> TrackedObject:
         return cls(track_id, label, score, None, box, crop=crop, frame_shape=frame_shape)
+
+    @classmethod
+    def box_only(cls, track_id: int, label: str, score: float | None, box: tuple[int, int, int, int],
+                 frame_shape: tuple[int, int]) -> TrackedObject:
+        x0, y0, x1, y1 = box
+        obj = cls.from_crop(track_id, label, score, np.zeros((y1 - y0, x1 - x0), bool), box, frame_shape)
+        obj.has_mask = False
+        return obj
 
     @property
     def mask(self) -> np.ndarray:
@@ -339,13 +361,16 @@ class TrackedObject:
         return int(np.count_nonzero(self.crop))
 
     def with_label(self, label: str) -> TrackedObject:
-        return TrackedObject(self.track_id, label, self.score, self._mask, self.box, crop=self._crop,
-                             frame_shape=self._frame_shape)
+        obj = TrackedObject(self.track_id, label, self.score, self._mask, self.box, crop=self._crop,
+                            frame_shape=self._frame_shape)
+        obj.has_mask = self.has_mask
+        return obj
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, TrackedObject):
             return NotImplemented
-        return ((self.track_id, self.label, self.score, self.box) == (other.track_id, other.label, other.score, other.box)
+        return ((self.track_id, self.label, self.score, self.box, self.has_mask)
+                == (other.track_id, other.label, other.score, other.box, other.has_mask)
                 and np.array_equal(self.crop, other.crop))
 
     __hash__ = None  # type: ignore[assignment]  # mutable arrays inside, like the dataclass before

@@ -355,12 +355,31 @@ def test_the_mask_gives_the_box_not_the_files_bbox(exported) -> None:
     assert np.allclose(det.bounding_box, [11 / W, 11 / H, 30 / W, 30 / H])
 
 
+def test_a_box_only_annotation_imports_as_a_detection_without_a_mask(exported, tmp_path) -> None:
+    """COCO annotations may carry a bbox and no segmentation (detectors, box tools): the
+    Detection gets that box and no mask, so mask formats say so instead of writing an
+    empty mask, and box formats export it."""
+    ds, labels = exported
+    ann_id, _ = _bad_annotation(labels, "v2", 9, lambda a: a.update(segmentation=None, bbox=[21, 13, 40, 25]))
+    track = next(a["track_id"] for a in json.loads(labels.read_text())["annotations"] if a["id"] == ann_id)
+    import_tracks(ds.skip(1).limit(1), labels, "fresh")
+    [det] = [d for d in _dets(ds, "fresh", 1)[10] if d.index == track]
+    assert det.mask is None and det.mask_path is None
+    assert np.allclose(det.bounding_box, [21 / W, 13 / H, 40 / W, 25 / H])
+    others = [d for dets in _dets(ds, "fresh", 1).values() for d in dets if d.id != det.id]
+    assert others and all(d.mask is not None and d.mask.any() for d in others)
+    with pytest.raises(InvalidRequest, match=r"1 of \d+ detections in frames.fresh have no mask"):
+        export_tracks(ds.skip(1).limit(1), "fresh", "coco", tmp_path / "masks")
+    export_tracks(ds.skip(1).limit(1), "fresh", "mot", tmp_path / "boxes")
+
+
 @pytest.mark.parametrize("change, match", [
     (lambda d: d["annotations"][5].update(category_id=99), r"image \d+, annotation \d+: category_id 99 is not in "
                                                            r"'categories' \(its ids: 1, 2, 3"),
     (lambda d: d["images"][3].update(frame_id=-1), r"image \d+ .* has frame_id -1; frames count from 0"),
     (lambda d: d["annotations"][5].update(segmentation=None, bbox=[400, 10, 20, 20]),
      r"bbox \[400, 10, 20, 20\] holds no pixel of the 160x120 frame"),
+    (lambda d: d["annotations"][5].update(segmentation=[], bbox=None), "it has neither a segmentation nor a bbox"),
     (lambda d: d["annotations"][1].update(track_id=d["annotations"][0]["track_id"],
                                           image_id=d["annotations"][0]["image_id"]),
      r"track id \d+ is on this frame twice"),

@@ -303,6 +303,35 @@ def test_missing_model_folder_is_reported() -> None:
         BACKEND(engine="transformers", model="/no/such/sam3", environ={})
 
 
+def test_a_model_that_fails_to_load_is_not_loaded_again_for_each_video(tiny_model_dir: Path, tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A folder with the config but no weights: the first video says why; the next ones say
+    the same at once instead of trying again (a hub lookup without network takes minutes)."""
+    import shutil
+
+    broken = tmp_path / "no_weights"
+    broken.mkdir()
+    for name in tiny_model_dir.iterdir():
+        if not name.name.endswith(".safetensors"):
+            shutil.copy(name, broken / name.name)
+    tries: list[str] = []
+    real = transformers.Sam3VideoModel.from_pretrained.__func__
+
+    def counting(cls, *args, **kwargs):
+        tries.append(str(args[0]))
+        return real(cls, *args, **kwargs)
+
+    monkeypatch.setattr(transformers.Sam3VideoModel, "from_pretrained", classmethod(counting))
+    with get_backend("local", engine="transformers", model=str(broken), device="cpu", environ={}) as backend:
+        with pytest.raises(EngineUnavailable, match="cannot load Sam3VideoModel from .*no_weights") as first:
+            backend.engine.video_model
+        assert "failed earlier" not in str(first.value)
+        for _ in range(2):
+            with pytest.raises(EngineUnavailable, match="cannot load Sam3VideoModel .*failed earlier in this run"):
+                backend.engine.video_model
+    assert tries == [str(broken)]
+
+
 @pytest.mark.gpu
 def test_transformers_engine_on_cuda(tiny_model_dir: Path, tiny_video) -> None:
     if not torch.cuda.is_available():

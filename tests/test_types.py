@@ -15,6 +15,10 @@ def test_defaults_and_concepts() -> None:
     assert req.concepts == ["red ball", "blue box"]
     assert (req.detection_threshold, req.max_num_objects) == (0.5, 16)
     assert req.point_prompts[0].model_dump() == {"x": 3, "y": 4, "label": 1, "object_id": 2, "frame_index": 0}
+    # numbers from numpy or computed in float arithmetic are whole pixels all the same
+    import numpy as np
+    point = SegmentRequest.build(point_prompts=[{"x": np.int64(7), "y": 5.0, "object_id": np.uint8(2)}]).point_prompts[0]
+    assert (point.x, point.y, point.object_id) == (7, 5, 2) and type(point.x) is int
     assert req.visual_object_ids() == [2]
     # a pasted list: one concept per line (the label used to be 'red ball\nblue box')
     assert SegmentRequest.build(prompt="red ball\r\nblue box\n\ngreen ball, cup\n").concepts == [
@@ -41,6 +45,13 @@ def test_defaults_and_concepts() -> None:
         ({"box_prompts": [{"x_min": 5, "y_min": 1, "x_max": 5, "y_max": 9}]}, "box_prompts[0]: box has no area: x_min=5, x_max=5"),
         ({"prompt": "x", "box_prompts": [{"x_min": 1, "y_min": 1, "x_max": 5}]}, "box_prompts[0].y_max: Field required"),
         ({"prompt": "x", "colour": "red"}, "colour: Extra inputs are not permitted"),
+        # a coordinate from the wrong column: pydantic alone read True as 1 and "37" as 37
+        ({"point_prompts": [{"x": True, "y": 3}]}, "point_prompts[0].x: must be a whole number, not bool True"),
+        ({"point_prompts": [{"x": 5, "y": "37"}]}, "point_prompts[0].y: must be a whole number, not str '37'"),
+        ({"box_prompts": [{"x_min": 1, "y_min": 2, "x_max": 9, "y_max": 8, "frame_index": False}]},
+         "box_prompts[0].frame_index: must be a whole number, not bool False"),
+        ({"box_prompts": [{"x_min": "1", "y_min": 2, "x_max": 9, "y_max": 8}]}, "box_prompts[0].x_min: must be a whole number, not str"),
+        ({"point_prompts": [{"x": 5, "y": 3, "object_id": True}]}, "point_prompts[0].object_id: must be a whole number, not bool True"),
     ],
 )
 def test_shape_errors_name_field_and_value(fields: dict, expected: str) -> None:

@@ -209,6 +209,33 @@ def test_masks_on_disk_read_back_and_failed_runs_leave_no_files(make_dataset, sm
     assert len(set(tmp_path.rglob("*.png"))) == len(dets) and not files & set(tmp_path.rglob("*.png"))
 
 
+def test_box_only_objects_are_stored_as_fiftyone_stores_them_without_a_mask(make_dataset, small_video, tmp_path) -> None:
+    """An imported box-only annotation is a Detection with no mask (not an empty one), by
+    the writer exactly as by FiftyOne's own path, and no mask file is made for it."""
+    path, truth = small_video
+    info = video.probe(path)
+    frames = truth_frames(truth)[:6]
+    box = (17, 9, 61, 40)  # x0 != y0, width != height
+    for f in frames[2:4]:
+        f.objects.append(TrackedObject.box_only(9, "boxed", 0.37, box, (info.height, info.width)))
+    fast = make_dataset(path, persistent=True)
+    naive = make_dataset(path, persistent=True)
+    FrameLabelWriter(fast, "sam").write_sample(fast.first().id, iter(frames), info)
+    sample = naive.first()
+    for f in frames:
+        sample.frames[f.frame_index + 1]["sam"] = to_detections(f, info.width, info.height)
+    sample.save()
+    assert _stored(fast) == _stored(naive)
+    [boxed] = [d for d in fast.first().frames[3]["sam"].detections if d.index == 9]
+    assert boxed.mask is None and boxed.mask_path is None and boxed.label == "boxed"
+    assert np.allclose(boxed.bounding_box, [17 / info.width, 9 / info.height, 44 / info.width, 31 / info.height])
+    on_disk = make_dataset(path)
+    FrameLabelWriter(on_disk, "sam").write_sample(on_disk.first().id, iter(frames), info, WritePolicy(mask_dir=tmp_path))
+    dets = [d for f in on_disk.first().frames.values() for d in f["sam"].detections]
+    assert {d.index for d in dets if d.mask_path is None} == {9}
+    assert len(list(tmp_path.rglob("*.png"))) == sum(1 for d in dets if d.index != 9)
+
+
 def test_fields_the_writer_makes_are_marked_as_its_own(two_ways) -> None:
     """A run that stops (or a shard still running) leaves labels in a field it created; a
     resume or the next shard must not take them for the user's own."""

@@ -16,7 +16,7 @@ def to_detection(obj: TrackedObject, width: int, height: int) -> fo.Detection:
     return fo.Detection(
         label=obj.label,
         bounding_box=relative_box(obj.box, width, height),
-        mask=obj.crop,
+        mask=obj.crop if obj.has_mask else None,
         confidence=None if obj.score is None else float(obj.score),
         index=int(obj.track_id),
     )

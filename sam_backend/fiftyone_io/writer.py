@@ -84,8 +84,9 @@ def _npy_header(shape: tuple[int, ...]) -> bytes:
 def detection_doc(obj: TrackedObject, width: int, height: int, *, mask_path: Path | None = None,
                   mask_bytes: bytes | None = None) -> dict[str, Any]:
     """The document FiftyOne stores for ``fo.Detection(label, bounding_box, mask,
-    confidence, index)`` (or with ``mask_path`` instead of ``mask``), key for key.
-    ``mask_bytes``: the crop already serialised (or, with ``mask_path``, already written)."""
+    confidence, index)`` (or with ``mask_path`` instead of ``mask``, or neither for a
+    box-only object), key for key. ``mask_bytes``: the crop already serialised (or, with
+    ``mask_path``, already written)."""
     doc: dict[str, Any] = {
         "_id": ObjectId(),
         "_cls": "Detection",
@@ -94,7 +95,9 @@ def detection_doc(obj: TrackedObject, width: int, height: int, *, mask_path: Pat
         "label": obj.label,
         "bounding_box": relative_box(obj.box, width, height),
     }
-    if mask_path is None:
+    if not obj.has_mask:
+        pass
+    elif mask_path is None:
         # Plain bytes are stored as BSON binary subtype 0, exactly what Binary(data) stores (cheaper to build).
         doc["mask"] = mask_bytes if mask_bytes is not None else serialize_mask(obj.crop)
     else:
@@ -248,11 +251,13 @@ class FrameLabelWriter:
         numbers = [frame_number_from_index(f.frame_index) for f in frames]
         paths = [[None if mask_dir is None else mask_dir / f"{n:06d}_{o.track_id}.png" for o in f.objects]
                  for n, f in zip(numbers, frames)]
-        blobs = iter(_serialise_all([(o.crop, p) for f, ps in zip(frames, paths) for o, p in zip(f.objects, ps)], pool))
+        blobs = iter(_serialise_all([(o.crop, p) for f, ps in zip(frames, paths) for o, p in zip(f.objects, ps)
+                                     if o.has_mask], pool))
         now = _utcnow()
         docs = []
         for number, frame, ps in zip(numbers, frames, paths):
-            detections = [detection_doc(o, info.width, info.height, mask_path=p, mask_bytes=next(blobs))
+            detections = [detection_doc(o, info.width, info.height, mask_path=p,
+                                        mask_bytes=next(blobs) if o.has_mask else None)
                           for o, p in zip(frame.objects, ps)]
             docs.append({
                 "run": run,

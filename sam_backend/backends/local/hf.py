@@ -71,6 +71,7 @@ class TransformersEngine:
         self._video_model: Any = None
         self._tracker_model: Any = None
         self._tokenizer: Any = None
+        self._load_errors: dict[str, str] = {}  # what failed to load -> why
         self._mean_std: tuple[tuple[float, ...], tuple[float, ...]] | None = None
         self._lock = threading.RLock()  # the samples of a run share this engine and its models
         install_nms()  # NMS without the hub-fetched kernel (else duplicate objects)
@@ -83,16 +84,27 @@ class TransformersEngine:
     def _load(self, cls_name: str) -> Any:
         import transformers
 
+        self._raise_if_failed(cls_name)
         source = str(Path(self.config.model).expanduser()) if Path(self.config.model).expanduser().is_dir() else self.config.model
         try:
             model = getattr(transformers, cls_name).from_pretrained(source)
         except OSError as exc:
-            raise EngineUnavailable(
+            raise self._failed(cls_name, EngineUnavailable(
                 f"cannot load {cls_name} from {self.config.model!r}: {str(exc).splitlines()[0][:300]}. The weights are gated "
                 "(accept the licence of facebook/sam3 on the Hugging Face hub); download them and pass model= the local "
                 f"folder, or set {ENV_MODEL}"
-            ) from exc
+            )) from exc
         return model.to(self.device).eval()
+
+    def _failed(self, what: str, error: EngineUnavailable) -> EngineUnavailable:
+        """Remember a load that failed: each video of a run would try again, and a hub
+        lookup without network takes tens of seconds to give up."""
+        self._load_errors[what] = str(error)
+        return error
+
+    def _raise_if_failed(self, what: str) -> None:
+        if what in self._load_errors:
+            raise EngineUnavailable(f"{self._load_errors[what]} (failed earlier in this run; not tried again)")
 
     @property
     def video_model(self) -> Any:
@@ -112,10 +124,12 @@ class TransformersEngine:
             from transformers import AutoTokenizer
 
             source = Path(self.config.model).expanduser()
+            self._raise_if_failed("tokenizer")
             try:
                 self._tokenizer = AutoTokenizer.from_pretrained(str(source) if source.is_dir() else self.config.model)
             except OSError as exc:
-                raise EngineUnavailable(f"cannot load the tokenizer of {self.config.model!r}: {str(exc).splitlines()[0][:300]}") from exc
+                raise self._failed("tokenizer", EngineUnavailable(
+                    f"cannot load the tokenizer of {self.config.model!r}: {str(exc).splitlines()[0][:300]}")) from exc
         return self._tokenizer
 
     def _normalisation(self) -> tuple[tuple[float, ...], tuple[float, ...]]:

@@ -85,13 +85,14 @@ class ImportedVideo:
 
     def _decode(self, obj: RawObject, default_score: float | None) -> TrackedObject:
         h, w = self.height, self.width
+        score = default_score if obj.score is None else float(obj.score)
         mask = _decode_segmentation(obj.segmentation, h, w)
         # The mask decides the box (a file's bbox may be rounded, loose or wrong, and
-        # cropping to it cut mask pixels off); a box-only annotation keeps its bbox.
+        # cropping to it cut mask pixels off); a box-only annotation keeps its bbox and
+        # is stored as a Detection without a mask, as FiftyOne's COCO importer does.
         box = mask_ops.tight_box(mask)
         if box is None and obj.bbox is not None:
-            box = _pixel_box(obj.bbox, w, h)
-        score = default_score if obj.score is None else float(obj.score)
+            return TrackedObject.box_only(obj.track_id, obj.label, score, _pixel_box(obj.bbox, w, h), (h, w))
         return TrackedObject(obj.track_id, obj.label, score, mask, box)
 
 
@@ -130,6 +131,8 @@ def _problem(obj: RawObject, height: int, width: int, default_score: float | Non
             coco_rle.check(seg, height, width)
         except coco_rle.CocoRleError as exc:
             return f"RLE mask: {exc}"
+    if not seg and obj.bbox is None:
+        return "it has neither a segmentation nor a bbox"
     if obj.bbox is not None:
         if not isinstance(obj.bbox, list) or len(obj.bbox) != 4 or not all(_is_number(v) for v in obj.bbox):
             return f"bbox {coco_rle._short(obj.bbox)} is not [x, y, width, height] of finite numbers"
