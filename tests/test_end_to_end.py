@@ -270,11 +270,17 @@ def test_a_run_over_some_videos_keeps_the_others_provenance(make_dataset, small_
     path, _ = small_video
     ds = make_dataset(path, path)
     first, second = ds.values("id")
-    segment_videos(ds, prompt="red ball", label_field="sam", backend=fal_backend)
-    report = segment_videos(ds.skip(1), prompt="green ball", label_field="sam", backend=fal_backend)
+    segment_videos(ds, prompt="red ball", label_field="sam", backend=fal_backend, detection_threshold=0.35)
+    box = {"x_min": 3, "y_min": 4, "x_max": 30, "y_max": 40, "object_id": 7, "frame_index": 0}
+    report = segment_videos(ds.skip(1), prompt="green ball", label_field="sam", backend=fal_backend,
+                            box_prompts=[box])
     samples = ds.get_field("frames.sam").info["sam31_video"]["samples"]
     assert (samples[first]["prompt"], samples[second]["prompt"]) == ("red ball", "green ball")
     assert samples[second]["request_id"] == report.records[second].request_id != samples[first]["request_id"]
+    # each video says with which prompts and threshold its labels were made (the field's
+    # top-level "request" is only the last run's)
+    assert (samples[first]["detection_threshold"], samples[second]["detection_threshold"]) == (0.35, 0.5)
+    assert "box_prompts" not in samples[first] and samples[second]["box_prompts"] == [box]
 
 
 def test_apply_model_gives_the_same_labels(scene_dataset, fal_backend: FalBackend) -> None:

@@ -393,6 +393,40 @@ def test_a_failure_while_tracing_ahead_surfaces_and_leaves_no_files(edges, tmp_p
     assert list(tmp_path.iterdir()) == []
 
 
+def test_frames_traced_ahead_are_bounded_by_their_mask_bytes(edges, tmp_path, monkeypatch) -> None:
+    """Frames go ahead of writing to be traced while their masks fit PREPARE_AHEAD_BYTES
+    (4K frames with many objects hold ~130 MB each); with a bound below one frame's masks,
+    one frame with masks goes ahead at most, and the export is the same."""
+    from sam_backend.fiftyone_io.export import run as export_run
+    from sam_backend.fiftyone_io.export.yolo import YoloWriter
+
+    ds, _ = edges
+    counts = {"read": 0, "written": 0, "lag": 0}  # frames with masks
+    real_frames, real_write = export_run.iter_frames, YoloWriter.write_frame
+
+    def reading(*args, **kwargs):
+        for frame in real_frames(*args, **kwargs):
+            counts["read"] += bool(frame.objects)
+            counts["lag"] = max(counts["lag"], counts["read"] - counts["written"])
+            yield frame
+
+    def writing(self, video, frame, *args):
+        counts["written"] += bool(frame.objects)
+        return real_write(self, video, frame, *args)
+
+    monkeypatch.setattr(export_run, "iter_frames", reading)
+    monkeypatch.setattr(YoloWriter, "write_frame", writing)
+    export_tracks(ds, "edges", "yolo-seg", tmp_path / "ahead")
+    assert counts["lag"] > 2  # small frames: up to PREPARE_AHEAD go ahead
+    counts.update(read=0, written=0, lag=0)
+    monkeypatch.setattr(export_run, "PREPARE_AHEAD_BYTES", 1)
+    export_tracks(ds, "edges", "yolo-seg", tmp_path / "bounded")
+    assert counts["lag"] == 2  # the one being written, and one ahead
+    labels = sorted((tmp_path / "ahead" / "labels").rglob("*.txt"))
+    assert labels and all(a.read_text() == (tmp_path / "bounded" / a.relative_to(tmp_path / "ahead")).read_text()
+                          for a in labels)
+
+
 def test_progress_and_cancel(edges, tmp_path) -> None:
     ds, _ = edges
     events: list[ExportProgress] = []

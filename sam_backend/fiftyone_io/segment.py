@@ -427,6 +427,9 @@ def _sample_provenance(previous: dict[str, Any], opts: SegmentOptions, report: S
             out[sid] = {**base, "refines": [*base.get("refines", []), refine]}
         else:  # only what is set: one entry per video, so big datasets keep a small field document
             entry = {"prompt": opts.prompt, "prompt_fields": opts.prompt_fields,
+                     "point_prompts": [p.model_dump(mode="json") for p in opts.point_prompts],
+                     "box_prompts": [b.model_dump(mode="json") for b in opts.box_prompts],
+                     "detection_threshold": opts.detection_threshold,
                      "frames": opts.frames.model_dump() if opts.frames is not None else None,
                      "endpoint": endpoint, "model": model, "request_id": request_id, "run_id": report.run_id}
             out[sid] = {k: v for k, v in entry.items() if v not in (None, [], "")}

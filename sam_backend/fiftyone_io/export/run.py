@@ -43,9 +43,11 @@ from .ytvis import YtvisWriter
 logger = logging.getLogger(__name__)
 
 # Frames prepared (polygons traced, masks encoded) at once, on threads: OpenCV, zlib and
-# numpy release the GIL, so this is every core. Each frame ahead holds its full-frame masks.
+# numpy release the GIL, so this is every core. Each frame ahead holds its full-frame
+# masks, so fewer frames go ahead when they are big (16 objects at 4K: ~130 MB a frame).
 PREPARE_THREADS = max(1, min(4, os.cpu_count() or 1))
 PREPARE_AHEAD = 2 * PREPARE_THREADS
+PREPARE_AHEAD_BYTES = 256 * 2**20
 
 WRITERS: dict[str, type[FormatWriter]] = {
     "coco": CocoWriter, "yolo-seg": YoloWriter, "yolo-detect": YoloWriter,
@@ -159,19 +161,23 @@ def _prepared(writer: FormatWriter, video: VideoRef, frames: Iterator[ExportFram
     if type(writer).prepare is FormatWriter.prepare:  # nothing to prepare (box formats)
         yield from ((frame, None) for frame in frames)
         return
-    pending: collections.deque[tuple[ExportFrame, concurrent.futures.Future[Any]]] = collections.deque()
+    pending: collections.deque[tuple[ExportFrame, int, concurrent.futures.Future[Any]]] = collections.deque()
+    held = 0  # mask bytes of the pending frames
     with concurrent.futures.ThreadPoolExecutor(PREPARE_THREADS, thread_name_prefix="sam31-export") as pool:
         try:
             for frame in frames:
-                pending.append((frame, pool.submit(writer.prepare, video, frame)))
-                if len(pending) > PREPARE_AHEAD:
-                    done, future = pending.popleft()
+                size = sum(o.mask.nbytes for o in frame.objects if o.mask is not None)
+                pending.append((frame, size, pool.submit(writer.prepare, video, frame)))
+                held += size
+                while len(pending) > PREPARE_AHEAD or (held > PREPARE_AHEAD_BYTES and len(pending) > 1):
+                    done, size, future = pending.popleft()
+                    held -= size
                     yield done, future.result()
             while pending:
-                done, future = pending.popleft()
+                done, _, future = pending.popleft()
                 yield done, future.result()
         finally:
-            for _, future in pending:
+            for _, _, future in pending:
                 future.cancel()
 
 

@@ -78,10 +78,11 @@ class YoloWriter(FormatWriter):
         rows = []
         for k, obj in enumerate(frame.objects):
             cls = self.categories.index(obj.label)
-            if prepared is None:
+            if not self.segments:
                 x0, y0, x1, y1 = obj.box
                 rows.append(f"{cls} {(x0 + x1) / 2 / w:.6f} {(y0 + y1) / 2 / h:.6f} {(x1 - x0) / w:.6f} {(y1 - y0) / h:.6f}")
                 continue
+            assert prepared is not None
             result, points = prepared[k]
             if not result.polygons:
                 self.report.objects_dropped += 1
