@@ -151,6 +151,10 @@ def test_refine_one_track_forward_keeps_everything_else(scene, fal_backend, emul
     assert provenance["prompt"] == "red ball, blue box" and "'red ball, blue box'" in field.description
     assert [(r["track"], r["frame"], r["direction"]) for r in provenance["refines"]] == [(red_id, 50, "forward")]
     assert provenance["refines"][0]["request_id"] == report.records[ds.first().id].request_id
+    # ... and the field's top-level request is still the run's, beside the refine
+    run = field.info["sam31_video"]
+    assert run["request"]["prompt"] == "red ball, blue box" and run["request"]["box_prompts"] == []
+    assert run["refine"] == {"track": red_id, "frame": 50, "direction": "forward"}
 
 
 def test_refine_needs_a_prompt_for_that_track(scene, fal_backend, emulator) -> None:

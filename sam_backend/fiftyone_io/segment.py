@@ -385,6 +385,13 @@ def _describe_field(dataset: fo.Dataset, opts: SegmentOptions, report: SegmentRe
     previous = (field.info or {}).get("sam31_video") or {}
     # A resumed run (same run id) adds its samples to what the earlier part recorded.
     earlier = previous if report.run_id is not None and previous.get("run_id") == report.run_id else {}
+    request = SegmentRequest.model_construct(**opts.request_fields()).model_dump(mode="json")
+    made_by = {"request": request, "prompt_fields": opts.prompt_fields,
+               "frames": opts.frames.model_dump() if opts.frames is not None else None}
+    if opts.refine_track is not None and "request" in previous:
+        # A refine edits the labels of the run these name (as the description does); the
+        # refine itself is under "refine" and in each video's "refines".
+        made_by = {key: previous.get(key) for key in made_by}
     field.info = {
         "sam31_video": {
             "backend": last.backend,
@@ -392,11 +399,9 @@ def _describe_field(dataset: fo.Dataset, opts: SegmentOptions, report: SegmentRe
             "endpoint": last.endpoint,
             "endpoints": sorted({r.endpoint for r in records if r.endpoint} | set(earlier.get("endpoints", []))),
             "models": sorted({r.model for r in records if r.model} | set(earlier.get("models", []))),
-            "request": SegmentRequest.model_construct(**opts.request_fields()).model_dump(mode="json"),
-            "prompt_fields": opts.prompt_fields,
+            **made_by,
             "refine": {"track": opts.refine_track, "frame": opts.refine_frame, "direction": opts.refine_direction}
             if opts.refine_track is not None else None,
-            "frames": opts.frames.model_dump() if opts.frames is not None else None,
             "request_ids": {**earlier.get("request_ids", {}),
                             **{sid: ids for sid, (ids, _) in (earlier_samples or {}).items()},
                             **{sid: r.request_id for sid, r in report.records.items() if sid in report.done}},
