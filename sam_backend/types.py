@@ -137,11 +137,14 @@ class FrameRange(BaseModel):
         return self.indices(frame_count) == range(frame_count)
 
     def problems(self, video: VideoInfo) -> list[str]:
+        """A range that holds no frame of ``video``. A ``stop`` past the end is not one: like
+        a Python slice, the range ends with the video (:meth:`runs_past_end` tells)."""
         if self.start >= video.frame_count:
             return [f"frames.start={self.start} is past the last frame (the video has {video.frame_count} frames)"]
-        if self.stop is not None and self.stop > video.frame_count:
-            return [f"frames.stop={self.stop} is past the end (the video has {video.frame_count} frames)"]
         return []
+
+    def runs_past_end(self, frame_count: int) -> bool:
+        return self.stop is not None and self.stop > frame_count
 
 
 def split_concepts(prompt: str) -> list[str]:

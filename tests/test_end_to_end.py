@@ -265,6 +265,33 @@ def test_a_frame_range_into_a_labelled_field_says_what_it_keeps(scene_dataset, f
     assert labels[6] <= {"green ball"} and "red ball" in labels[5]  # what the warning says
 
 
+def test_a_frame_range_over_videos_of_different_lengths(make_dataset, scene_video, small_video,
+                                                        fal_backend: FalBackend, emulator) -> None:
+    """frames 30:70 over a 96- and a 48-frame video: the short one is segmented up to its
+    end (said in a warning); frames 60: leaves it out (said) and runs the long one; only
+    when no video holds the start is the run refused, before anything is sent."""
+    from sam_backend.types import FrameRange
+
+    ds = make_dataset(scene_video[0], small_video[0])
+    long_id, short_id = ds.values("id")
+    report = segment_videos(ds, prompt="red ball", label_field="sam", backend=fal_backend,
+                            frames=FrameRange(start=30, stop=70))
+    assert report.failed == {} and sorted(report.done) == sorted([long_id, short_id])
+    assert any("frames.stop=70 is past the end of 1 video(s) (small.mp4)" in w for w in report.warnings), report.warnings
+    numbers = {sid: sorted(n for n, f in ds[sid].frames.items() if f["sam"] is not None) for sid in (long_id, short_id)}
+    assert numbers[long_id][0] >= 31 and numbers[long_id][-1] <= 70 and numbers[long_id][-1] > 48
+    assert numbers[short_id][0] >= 31 and numbers[short_id][-1] <= 48
+    report = segment_videos(ds, prompt="red ball", label_field="late", backend=fal_backend, frames=FrameRange(start=60))
+    assert report.done == [long_id]
+    assert any("1 video(s) end before the frame range starts, left out: sample " + short_id in w
+               and "frames.start=60 is past the last frame (the video has 48 frames)" in w for w in report.warnings)
+    sent = len(emulator.stats.submits)
+    with pytest.raises(InvalidRequest, match=r"small.mp4\): frames.start=60 is past the last frame"):
+        segment_videos(ds.select(short_id), prompt="red ball", label_field="none", backend=fal_backend,
+                       frames=FrameRange(start=60))
+    assert len(emulator.stats.submits) == sent
+
+
 def test_a_run_over_some_videos_keeps_the_others_provenance(make_dataset, small_video,
                                                            fal_backend: FalBackend) -> None:
     path, _ = small_video

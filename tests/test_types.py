@@ -102,7 +102,10 @@ def test_frame_ranges() -> None:
 
     assert list(FrameRange(start=2, stop=9, step=3).indices(90)) == [2, 5, 8]
     assert FrameRange().is_whole(90) and not FrameRange(step=2).is_whole(90)
-    assert FrameRange(stop=200).problems(VIDEO) == ["frames.stop=200 is past the end (the video has 90 frames)"]
+    # a stop past the end ends with the video, like a slice; a start past it holds nothing
+    assert FrameRange(stop=200).problems(VIDEO) == [] and FrameRange(start=80, stop=200).indices(90) == range(80, 90)
+    assert FrameRange(stop=200).runs_past_end(90) and not FrameRange(stop=90).runs_past_end(90)
+    assert FrameRange(start=90).problems(VIDEO) == ["frames.start=90 is past the last frame (the video has 90 frames)"]
     req = SegmentRequest.build(point_prompts=[{"x": 1, "y": 1, "frame_index": 3}])
     req.check_against(VIDEO, FrameRange(start=3))
     with pytest.raises(InvalidRequest, match=r"point_prompts\[0\].frame_index=3 is not among the frames being processed"):

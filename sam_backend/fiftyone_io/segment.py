@@ -85,7 +85,7 @@ def segment_collection(samples: fo.core.collections.SampleCollection, opts: Segm
     dataset = samples._dataset
     # Per-video prompts (from labels, or a refine) are checked per video in _prepare.
     request = None if opts.per_sample_prompts else opts.request()
-    jobs, unreadable, unprompted = _prepare(samples, request, opts)
+    jobs, unreadable, unprompted, too_short = _prepare(samples, request, opts)
     skipped = already_written(opts.run_key, jobs)
     jobs = [dataclasses.replace(j, index=i) for i, j in enumerate(j for j in jobs if j.sample_id not in skipped)]
     report = SegmentReport(label_field=opts.label_field, samples=len(jobs) + len(unreadable), skipped=sorted(skipped),
@@ -95,6 +95,14 @@ def segment_collection(samples: fo.core.collections.SampleCollection, opts: Segm
     mixed = _labels_outside_range(dataset, opts, jobs)  # said before anything is sent
     if unprompted:
         mixed.append(f"{len(unprompted)} video(s) have no prompts (no text prompt, none in their labels): left out")
+    if too_short:
+        mixed.append(f"{len(too_short)} video(s) end before the frame range starts, left out: " + "; ".join(too_short))
+    if opts.frames is not None:
+        shorter = [j.path.name for j in jobs if opts.frames.runs_past_end(j.info.frame_count)]
+        if shorter:
+            mixed.append(f"frames.stop={opts.frames.stop} is past the end of {len(shorter)} video(s) "
+                         f"({', '.join(shorter[:5])}{', ...' if len(shorter) > 5 else ''}): each is processed to its "
+                         "last frame")
     config = getattr(backend, "config", None)  # a fal backend object's (a local backend has no text_mode)
     on_fal = hasattr(config, "text_mode") if backend is not None else opts.backend in ("fal", "emulator")
     text_mode = getattr(config, "text_mode", None) or opts.backend_options.get("text_mode") or "instances"
@@ -206,15 +214,17 @@ def _probe_all(paths: Sequence[str]) -> list[VideoInfo | VideoError]:
 
 
 def _prepare(samples: fo.core.collections.SampleCollection, request: SegmentRequest | None,
-             opts: SegmentOptions) -> tuple[list[Job], dict[str, str], list[str]]:
+             opts: SegmentOptions) -> tuple[list[Job], dict[str, str], list[str], list[str]]:
     """Probe every video and check its request against it, before anything is spent.
     ``request`` is the run's request, or None when each video gets its own (see plan.py).
 
     Returns the jobs; with ``skip_failures``, the videos that cannot be read (sample id
-    -> why): those fail alone, like any other per-video failure; and the videos the run
-    gives no prompt (prompts from labels that only some videos have): left out. Bad prompts, and
+    -> why): those fail alone, like any other per-video failure; the videos the run gives
+    no prompt (prompts from labels that only some videos have) and those that end before
+    ``frames.start`` (why, per video): left out, unless no video is left. Bad prompts, and
     unreadable videos without ``skip_failures``, refuse the whole run."""
     jobs, problems, unreadable, unprompted = [], [], {}, []
+    too_short: list[str] = []  # frames.start past their end: left out, unless no video is left
     ids, paths = samples.values("id"), samples.values("filepath")
     urls = samples.values(opts.url_field) if opts.url_field else [None] * len(ids)
     refine = opts.refine()
@@ -224,6 +234,9 @@ def _prepare(samples: fo.core.collections.SampleCollection, request: SegmentRequ
             if isinstance(probed, VideoError):
                 raise probed
             info = probed
+            if opts.frames is not None and opts.refine_track is None and opts.frames.problems(info):
+                too_short.append(f"sample {sample_id} ({Path(filepath).name}): {opts.frames.problems(info)[0]}")
+                continue
             if request is None:
                 plan = plan_sample(docs[sample_id], info, base=opts.request_fields(), frames=opts.frames,
                                    prompt_fields=opts.prompt_fields, selected_labels=opts.selected_labels,
@@ -247,12 +260,14 @@ def _prepare(samples: fo.core.collections.SampleCollection, request: SegmentRequ
             problems.append(f"sample {sample_id}: {opts.url_field}={url!r} is not an http(s) URL")
             continue
         jobs.append(Job(len(jobs), sample_id, Path(filepath), info, url, plan))
+    if too_short and not jobs and not unreadable and not unprompted:
+        problems += too_short
     if problems:
         raise InvalidRequest(problems)
     if unprompted and not jobs and not unreadable:
         where = ", ".join(shorten(f) for f in opts.prompt_fields) or "the selected labels"
         raise InvalidRequest(f"no video of this view has prompts: no text prompt, and none in {where}")
-    return jobs, unreadable, unprompted
+    return jobs, unreadable, unprompted, too_short
 
 
 class _Background:
