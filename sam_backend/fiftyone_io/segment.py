@@ -96,7 +96,8 @@ def segment_collection(samples: fo.core.collections.SampleCollection, opts: Segm
     if unprompted:
         mixed.append(f"{len(unprompted)} video(s) have no prompts (no text prompt, none in their labels): left out")
     if too_short:
-        mixed.append(f"{len(too_short)} video(s) end before the frame range starts, left out: " + "; ".join(too_short))
+        mixed.append(f"{len(too_short)} video(s) end before the frame range starts, left out: "
+                     + "; ".join(too_short[:5]) + ("; ..." if len(too_short) > 5 else ""))
     if opts.frames is not None:
         shorter = [j.path.name for j in jobs if opts.frames.runs_past_end(j.info.frame_count)]
         if shorter:
@@ -234,8 +235,9 @@ def _prepare(samples: fo.core.collections.SampleCollection, request: SegmentRequ
             if isinstance(probed, VideoError):
                 raise probed
             info = probed
-            if opts.frames is not None and opts.refine_track is None and opts.frames.problems(info):
-                too_short.append(f"sample {sample_id} ({Path(filepath).name}): {opts.frames.problems(info)[0]}")
+            empty = opts.frames.problems(info) if opts.frames is not None and opts.refine_track is None else []
+            if empty:
+                too_short.append(f"sample {sample_id} ({Path(filepath).name}): {empty[0]}")
                 continue
             if request is None:
                 plan = plan_sample(docs[sample_id], info, base=opts.request_fields(), frames=opts.frames,
@@ -260,7 +262,7 @@ def _prepare(samples: fo.core.collections.SampleCollection, request: SegmentRequ
             problems.append(f"sample {sample_id}: {opts.url_field}={url!r} is not an http(s) URL")
             continue
         jobs.append(Job(len(jobs), sample_id, Path(filepath), info, url, plan))
-    if too_short and not jobs and not unreadable and not unprompted:
+    if too_short and not jobs and not unreadable:
         problems += too_short
     if problems:
         raise InvalidRequest(problems)
