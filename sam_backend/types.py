@@ -39,35 +39,36 @@ class _Wire(BaseModel):
 
 
 def _a_number(value: Any) -> Any:
-    """Pixels and frame indices are numbers: pydantic would read True as 1 and "12" as 12,
-    which hide a prompt built from the wrong column (whole floats and numpy ints pass)."""
-    if isinstance(value, (bool, np.bool_)) or isinstance(value, (str, bytes)):
+    """Pixels, frame indices and object ids are numbers: pydantic would read True as 1 and
+    "12" as 12, which hides a prompt built from the wrong column (whole floats and numpy
+    ints pass)."""
+    if isinstance(value, (bool, np.bool_, str, bytes)):
         raise ValueError(f"must be a whole number, not {type(value).__name__} {value!r}")
     return value
 
 
-Pixel = Annotated[int, BeforeValidator(_a_number), Field(ge=0)]
+WholeNumber = Annotated[int, BeforeValidator(_a_number), Field(ge=0)]
 
 
 class PointPrompt(_Wire):
     """A click on frame ``frame_index``: label 1 = on the object, 0 = not on it."""
 
-    x: Pixel = Field(description="pixel column")
-    y: Pixel = Field(description="pixel row")
+    x: WholeNumber = Field(description="pixel column")
+    y: WholeNumber = Field(description="pixel row")
     label: Literal[0, 1] = 1
-    object_id: Pixel | None = None
-    frame_index: Pixel = 0
+    object_id: WholeNumber | None = None
+    frame_index: WholeNumber = 0
 
 
 class BoxPrompt(_Wire):
     """A box around one object on frame ``frame_index``, integer pixels, max exclusive."""
 
-    x_min: Pixel
-    y_min: Pixel
-    x_max: Pixel
-    y_max: Pixel
-    object_id: Pixel | None = None
-    frame_index: Pixel = 0
+    x_min: WholeNumber
+    y_min: WholeNumber
+    x_max: WholeNumber
+    y_max: WholeNumber
+    object_id: WholeNumber | None = None
+    frame_index: WholeNumber = 0
 
     @model_validator(mode="after")
     def _positive_area(self) -> BoxPrompt:

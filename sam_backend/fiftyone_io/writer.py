@@ -95,12 +95,10 @@ def detection_doc(obj: TrackedObject, width: int, height: int, *, mask_path: Pat
         "label": obj.label,
         "bounding_box": relative_box(obj.box, width, height),
     }
-    if not obj.has_mask:
-        pass
-    elif mask_path is None:
+    if obj.has_mask and mask_path is None:
         # Plain bytes are stored as BSON binary subtype 0, exactly what Binary(data) stores (cheaper to build).
         doc["mask"] = mask_bytes if mask_bytes is not None else serialize_mask(obj.crop)
-    else:
+    elif obj.has_mask:
         if mask_bytes is None:
             write_mask_png(obj.crop, mask_path)
         doc["mask_path"] = str(mask_path)

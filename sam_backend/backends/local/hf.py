@@ -98,7 +98,7 @@ class TransformersEngine:
 
     def _failed(self, what: str, error: EngineUnavailable) -> EngineUnavailable:
         """Remember a load that failed: each video of a run would try again, and a hub
-        lookup without network takes tens of seconds to give up."""
+        lookup without network takes tens of seconds or more to give up."""
         self._load_errors[what] = str(error)
         return error
 
