@@ -36,8 +36,11 @@ def truth_frames(truth: synthetic.GroundTruth) -> list[FrameResult]:
 def two_ways(make_dataset, small_video):
     """The same labels written by our writer (dataset 'fast') and FiftyOne's path ('naive')."""
     path, truth = small_video
+    return written_both_ways(make_dataset, path, truth_frames(truth))
+
+
+def written_both_ways(make_dataset, path, frames: list[FrameResult]) -> tuple[fo.Dataset, fo.Dataset]:
     info = video.probe(path)
-    frames = truth_frames(truth)
     fast = make_dataset(path, persistent=True)
     naive = make_dataset(path, persistent=True)
     FrameLabelWriter(fast, "sam").write_sample(fast.first().id, iter(frames), info)
@@ -218,13 +221,7 @@ def test_box_only_objects_are_stored_as_fiftyone_stores_them_without_a_mask(make
     box = (17, 9, 61, 40)  # x0 != y0, width != height
     for f in frames[2:4]:
         f.objects.append(TrackedObject.box_only(9, "boxed", 0.37, box, (info.height, info.width)))
-    fast = make_dataset(path, persistent=True)
-    naive = make_dataset(path, persistent=True)
-    FrameLabelWriter(fast, "sam").write_sample(fast.first().id, iter(frames), info)
-    sample = naive.first()
-    for f in frames:
-        sample.frames[f.frame_index + 1]["sam"] = to_detections(f, info.width, info.height)
-    sample.save()
+    fast, naive = written_both_ways(make_dataset, path, frames)
     assert _stored(fast) == _stored(naive)
     [boxed] = [d for d in fast.first().frames[3]["sam"].detections if d.index == 9]
     assert boxed.mask is None and boxed.mask_path is None and boxed.label == "boxed"
