@@ -34,6 +34,8 @@ from sam_backend.errors import (
 
 KEY = "kid:ksecret"
 CONFIG = FalConfig(key=KEY, queue_url="https://queue.test", rest_url="https://rest.test", cdn_url="https://cdn.test")
+# What nginx serves for its own 5xx (the proxy fal-client recognises by "nginx" in the body).
+NGINX_PAGE = "<html><head><title>%d</title></head><body><hr><center>nginx</center></body></html>"
 SUBMIT_OK = {
     "request_id": "r1",
     "status": "IN_QUEUE",
@@ -82,8 +84,12 @@ def test_retry_rules_are_pure() -> None:
     assert submit_was_rejected(None, None, httpx.ConnectError("refused"))
     assert not submit_was_rejected(None, None, httpx.ReadTimeout("slow"))
     assert submit_was_rejected(429, httpx.Headers(), None)
-    assert submit_was_rejected(503, httpx.Headers(), None)
-    assert not submit_was_rejected(503, httpx.Headers({"x-fal-request-id": "r"}), None)
+    assert submit_was_rejected(503, httpx.Headers(), None, NGINX_PAGE % 503)
+    assert not submit_was_rejected(503, httpx.Headers(), None, '{"detail": "busy"}')  # not the proxy's page
+    assert not submit_was_rejected(503, httpx.Headers({"x-fal-request-id": "r"}), None, NGINX_PAGE % 503)
+    # A gateway that answers 502/504 had forwarded the submit: fal may have queued it.
+    assert not submit_was_rejected(502, httpx.Headers(), None, NGINX_PAGE % 502)
+    assert not submit_was_rejected(504, httpx.Headers(), None, NGINX_PAGE % 504)
     assert not submit_was_rejected(500, httpx.Headers(), None)
 
 
@@ -133,6 +139,8 @@ def test_submit_resent_only_when_fal_provably_did_not_take_it() -> None:
         lambda: (_ for _ in ()).throw(httpx.ReadTimeout("no answer")),
         lambda: httpx.Response(500, json={"detail": "boom"}),
         lambda: httpx.Response(504, headers={"x-fal-request-id": "r9"}, json={"detail": "gateway"}),
+        lambda: httpx.Response(504, text=NGINX_PAGE % 504),  # the proxy's own page: forwarded, then timed out
+        lambda: httpx.Response(502, text=NGINX_PAGE % 502),
     ],
 )
 def test_ambiguous_submit_failures_are_never_resent(failure) -> None:

@@ -32,7 +32,7 @@ from sam_backend.backends.fal import FalBackend, FalConfig
 from sam_backend.backends.fal.journal import Journal, RequestState, RunState
 from sam_backend.coords import pixel_box
 from sam_backend.emulator import EmulatorConfig, EmulatorServer, FaultPlan, FaultRule
-from sam_backend.emulator.faults import dropped, http_error, slow
+from sam_backend.emulator.faults import dropped, http_error, proxy_error, slow
 from sam_backend.errors import Cancelled
 from sam_backend.fiftyone_io.runs import resume, status
 from sam_backend.fiftyone_io.segment import segment_videos
@@ -154,9 +154,9 @@ FAULTS = {
         FaultRule("status", http_error(429, retry_after=0.02), calls=frozenset({1, 2}), per_request=True),
         FaultRule.first("result", 3, http_error(429, retry_after=0.05)),
     ),
-    # 5xx on status and result (and a proxy 503 on submit, which carries no request id).
+    # 5xx on status and result (and the proxy's own 503 page on submit: nothing forwarded, resent).
     "5xx_status_result": FaultPlan(
-        FaultRule.first("submit", 1, http_error(503)),
+        FaultRule.first("submit", 1, proxy_error(503)),
         FaultRule("status", http_error(500), calls=frozenset({1}), per_request=True),
         FaultRule("status", http_error(503), calls=frozenset({2}), per_request=True),
         FaultRule("status", http_error(504), calls=frozenset({3}), per_request=True),
@@ -295,9 +295,15 @@ def test_cancel_after_fetch_keeps_the_paid_result_and_a_rerun_writes_it_for_free
     assert_labels_exact(ds.first(), "sam", clips[0][1])
 
 
-def test_lost_submit_answer_is_never_resent_without_consent(emu: EmulatorServer, make_dataset, clips: list[Clip]) -> None:
+@pytest.mark.parametrize("lost", ["dropped", "proxy_504", "proxy_502"])
+def test_lost_submit_answer_is_never_resent_without_consent(lost: str, emu: EmulatorServer, make_dataset,
+                                                            clips: list[Clip]) -> None:
     ds = make_dataset(clips[0][0])
-    emu.set_faults(FaultPlan(FaultRule.first("submit", 1, dropped(when="after"))))  # accepted, answer lost
+    # Accepted, then its answer lost: the connection closed, or the gateway in front of fal
+    # gave up waiting (its own 504 / 502 page, no request id) after forwarding it.
+    answer = {"dropped": dropped(when="after"), "proxy_504": proxy_error(504, when="after"),
+              "proxy_502": proxy_error(502, when="after")}[lost]
+    emu.set_faults(FaultPlan(FaultRule.first("submit", 1, answer)))
     with FalBackend(fal_config(emu)) as backend:
         first = run_all(ds, backend)
         [message] = first.failed.values()

@@ -53,7 +53,8 @@ class FaultAction:
 
     - ``delay_s``: sleep first (a slow response); interrupted when the server stops.
     - ``when="before"``: the call is not handled; with ``status`` it is answered with
-      that status and ``body`` (default ``{"detail": "injected fault"}``), with ``drop``
+      that status and ``body`` (default ``{"detail": "injected fault"}``; a ``str`` is sent
+      as an HTML page), with ``drop``
       the connection is closed with no answer.
     - ``when="after"``: the call is handled (a submit is accepted, an upload stored),
       then the real answer is replaced by ``status``/``body`` or lost with ``drop``.
@@ -78,6 +79,16 @@ def http_error(status: int, *, retry_after: float | None = None, body: Any = Non
     """Answer ``status`` (e.g. 429 with ``retry_after`` seconds, 500, 503, 504)."""
     headers = {"Retry-After": f"{retry_after:g}"} if retry_after is not None else {}
     return FaultAction(status=status, body=body, headers=headers, when=when)
+
+
+def proxy_error(status: int, *, when: Literal["before", "after"] = "before") -> FaultAction:
+    """``status`` (502, 503, 504) answered by the proxy in front of fal's app: nginx's own
+    HTML page and no ``x-fal-request-id`` (how fal-client tells a proxy answer apart,
+    ../shared/reference/fal-queue-protocol.md "Retries"). ``when="after"``: the app had
+    taken the call (a gateway timeout after a submit was queued)."""
+    page = (f"<html>\r\n<head><title>{status}</title></head>\r\n<body>\r\n<center><h1>{status}</h1></center>\r\n"
+            "<hr><center>nginx</center>\r\n</body>\r\n</html>\r\n")
+    return FaultAction(status=status, body=page, when=when)
 
 
 def dropped(*, when: Literal["before", "after"] = "before") -> FaultAction:

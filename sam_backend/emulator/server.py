@@ -254,7 +254,10 @@ class _Handler(BaseHTTPRequestHandler):
             return
         assert action.status is not None
         body = action.body if action.body is not None else {"detail": "injected fault"}
-        self._send(json_response(action.status, body, dict(action.headers)))
+        if isinstance(body, str):  # a page, e.g. the proxy's own error page
+            self._send(Response(action.status, body.encode(), "text/html", dict(action.headers)))
+        else:
+            self._send(json_response(action.status, body, dict(action.headers)))
 
     def _drop(self) -> None:
         """Close the connection without a response (the client sees a disconnect)."""

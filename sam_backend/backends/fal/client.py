@@ -4,7 +4,8 @@ Retry rules (pure functions below, unit-tested without a network):
 - status, result, cancel and uploads are idempotent: retried with jittered exponential
   backoff on transport errors and on 408/409/429/5xx, honouring ``Retry-After``.
 - submit costs money: it is resent only when the failure proves fal did not accept it
-  (the connection was never made, 429, or a proxy 5xx without an ``x-fal-request-id``).
+  (the connection was never made, 429, or the proxy's own 503; never a 502 or 504, see
+  :func:`submit_was_rejected`).
   Any other failure raises :class:`SubmitUncertain`, so nothing is billed twice.
 - the key is attached only to fal's queue and REST hosts, never to CDN or video URLs.
 """
@@ -202,16 +203,23 @@ def backoff_delay(attempt: int, *, retry_after: float | None, cap_s: float, rng:
     return rng.uniform(0.5, 1.0) * min(cap_s, 0.25 * 2**attempt)
 
 
-def submit_was_rejected(status_code: int | None, headers: httpx.Headers | None, exc: Exception | None) -> bool:
-    """True only when a failed submit provably did not create a request at fal."""
+def submit_was_rejected(status_code: int | None, headers: httpx.Headers | None, exc: Exception | None,
+                        body: str = "") -> bool:
+    """True only when a failed submit provably did not create a request at fal.
+
+    - No TCP connection (or TLS handshake): nothing reached fal.
+    - 429: refused by rate limiting.
+    - 503 from the proxy (no ``x-fal-request-id``, an nginx page, as fal-client tells a proxy
+      answer apart): "unable to handle the request" (RFC 9110 15.6.4), nothing forwarded.
+    - Never 502 or 504, even from the proxy: both say it had forwarded the request upstream
+      and got a bad or no answer (RFC 9110 15.6.3, 15.6.5), so fal may have queued it.
+    """
     if exc is not None:
-        # No TCP connection (or TLS handshake) -> nothing reached fal.
         return isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout))
     if status_code == 429:
         return True
-    if status_code in (502, 503, 504):
-        # The proxy answered; a request that reached fal's app carries x-fal-request-id.
-        return headers is None or "x-fal-request-id" not in headers
+    if status_code == 503:
+        return (headers is None or "x-fal-request-id" not in headers) and "nginx" in body.lower()
     return False
 
 
@@ -340,7 +348,8 @@ class FalClient:
             if response is not None and response.status_code == 200:
                 return self._handle_from_submit(endpoint, response)
             status = response.status_code if response is not None else None
-            if submit_was_rejected(status, response.headers if response is not None else None, exc):
+            if submit_was_rejected(status, response.headers if response is not None else None, exc,
+                                   response.text if response is not None else ""):
                 if attempt < self.config.max_retries:
                     self._pause(attempt, retry_after_seconds(response.headers.get("retry-after")) if response is not None else None)
                     attempt += 1
