@@ -33,7 +33,7 @@ from sam_backend.backends.fal.journal import Journal, RequestState, RunState
 from sam_backend.coords import pixel_box
 from sam_backend.emulator import EmulatorConfig, EmulatorServer, FaultPlan, FaultRule
 from sam_backend.emulator.faults import dropped, http_error, proxy_error, slow
-from sam_backend.errors import Cancelled
+from sam_backend.errors import Cancelled, InvalidRequest
 from sam_backend.fiftyone_io.runs import resume, status
 from sam_backend.fiftyone_io.segment import segment_videos
 from sam_backend.types import FrameRange, PointPrompt
@@ -389,6 +389,42 @@ def test_sigkill_mid_run_then_resume_pays_once_and_labels_everything(make_datase
     info = ds.get_field("frames.sam").info["sam31_video"]
     assert info["run_id"] == run.run_id and sorted(info["request_ids"]) == sorted(ds.values("id"))
     assert sum(info["billable_units"].values()) == R * sum(by_path[p].scene.frame_count for p in ds.values("filepath"))
+
+
+@pytest.mark.parametrize("newer_run", ["same_journal", "another_journal"])
+def test_resume_leaves_out_videos_a_newer_run_labelled(newer_run: str, make_dataset, clips: list[Clip],
+                                                       tmp_path: Path) -> None:
+    """Run A (the wrong prompt) is cancelled; run B (the right prompt) labels video 1. A later
+    resume of A finishes only video 2: video 1 keeps B's labels and no request is paid for it
+    again; asked for A again, resume refuses naming B. B's run is known from the shared
+    journal, or (another journal, e.g. another machine) from the field's per-video record."""
+    ds = make_dataset(clips[0][0], clips[1][0])
+    first, second = ds.values("id")
+    journal_a = tmp_path / "a.sqlite3"
+    journal_b = journal_a if newer_run == "same_journal" else tmp_path / "b.sqlite3"
+    with EmulatorServer(EmulatorConfig(queue_steps=0, service_time_s=1.0, workers=6)) as emu:
+        with FalBackend(fal_config(emu, journal_path=journal_a)) as backend:
+            cancel = CancelToken()
+            on_progress, _ = cancel_once_running(cancel, 1)
+            with pytest.raises(Cancelled):
+                segment_videos(ds, prompt="green ball", label_field="sam", backend=backend, concurrency=1,
+                               progress=on_progress, cancel=cancel)
+            [run_a] = backend.journal.runs()
+        with FalBackend(fal_config(emu, journal_path=journal_b)) as backend:
+            run_b = segment_videos(ds.select(first), prompt="red ball", label_field="sam", backend=backend)
+        assert run_b.failed == {} and ds.distinct("frames.sam.detections.label") == ["red ball"]
+        before = len(emu.stats.submits)
+        with FalBackend(fal_config(emu, journal_path=journal_a)) as backend:
+            report = resume(ds.name, backend=backend)
+            assert report.run_id == run_a.run_id and report.done == [second] and report.failed == {}
+            [warning] = [w for w in report.warnings if "left out" in w]
+            assert f"(run {run_b.run_id})" in warning and run_a.run_id in warning
+            assert len(emu.stats.submits) == before + 1  # "green ball" on video 2 only
+            with pytest.raises(InvalidRequest, match=f"nothing to resume: every unfinished video of run {run_a.run_id}"):
+                resume(ds.name, run_id=run_a.run_id, backend=backend)
+        assert len(emu.stats.submits) == before + 1
+    labels = {sid: set(ds.select(sid).distinct("frames.sam.detections.label")) for sid in (first, second)}
+    assert labels == {first: {"red ball"}, second: {"green ball"}}
 
 
 def test_two_processes_segmenting_the_same_field_pay_once(make_dataset, clips: list[Clip], tmp_path: Path) -> None:

@@ -116,10 +116,17 @@ def resume(
             if not runs:
                 raise InvalidRequest(f"no unfinished run{' of ' + name if name else ''} in {journal.location}")
             run = runs[0]
+        newer = superseded(journal, run)
         location = str(journal.path) if journal.path is not None else None
     finally:
         if backend is None:
             journal.close()
+    pending = [s for s in run.pending() if s not in newer]
+    if newer and not pending:
+        raise InvalidRequest(
+            f"nothing to resume: every unfinished video of run {run.run_id} ({len(newer)}) has had its "
+            f"'{run.label_field}' labels written since by a newer run ({_runs_named(newer)}); resuming would "
+            "replace them with this older run's results. To redo those videos, segment them again")
     opts = SegmentOptions.build(**run.spec["options"])
     if backend is None:
         backend_options = dict(opts.backend_options)
@@ -128,20 +135,57 @@ def resume(
         if resubmit_uncertain:
             backend_options["resubmit_uncertain"] = True
         opts = opts.model_copy(update={"backend_options": backend_options})
-    pending = run.pending()
     if not pending:
         return SegmentReport(label_field=run.label_field, run_id=run.run_id)
     samples = fo.load_dataset(run.dataset).select(pending, ordered=True)
     config = getattr(backend, "config", None)
-    if backend is None or not resubmit_uncertain:
-        return segment_collection(samples, opts, backend=backend, secrets=secrets, progress=progress, cancel=cancel, run_id=run.run_id)
-    if config is None or not hasattr(config, "resubmit_uncertain"):
+    if backend is not None and resubmit_uncertain and (config is None or not hasattr(config, "resubmit_uncertain")):
         raise InvalidRequest("resubmit_uncertain needs a fal backend")
-    backend.config = config.model_copy(update={"resubmit_uncertain": True})  # type: ignore[attr-defined]
+    if backend is not None and resubmit_uncertain:
+        backend.config = config.model_copy(update={"resubmit_uncertain": True})  # type: ignore[attr-defined]
     try:
-        return segment_collection(samples, opts, backend=backend, secrets=secrets, progress=progress, cancel=cancel, run_id=run.run_id)
+        report = segment_collection(samples, opts, backend=backend, secrets=secrets, progress=progress, cancel=cancel,
+                                    run_id=run.run_id)
     finally:
-        backend.config = config  # type: ignore[attr-defined]
+        if backend is not None and resubmit_uncertain:
+            backend.config = config  # type: ignore[attr-defined]
+    if newer:
+        report.warnings.append(
+            f"left out {len(newer)} unfinished video(s) of run {run.run_id} whose '{run.label_field}' labels a newer "
+            f"run wrote since ({_runs_named(newer)}): resuming them would replace newer labels with older results")
+    return report
+
+
+def superseded(journal: Any, run: Any) -> dict[str, str]:
+    """The unfinished videos of ``run`` whose field a later run has written since: sample
+    id -> that run (its id, or "a run without a journal"). Read from the journal (a later
+    run of the same dataset and field that finished the video) and from the field's
+    per-video record (``written_at``, which also covers the emulator and local backends)."""
+    pending = set(run.pending())
+    if not pending:
+        return {}
+    out: dict[str, str] = {}
+    for other in journal.runs(dataset=run.dataset):
+        if other.run_id == run.run_id or other.label_field != run.label_field or other.created_at <= run.created_at:
+            continue
+        for sid, state in other.samples.items():
+            if sid in pending and state.value == "done":
+                out.setdefault(sid, other.run_id)
+    if fo.dataset_exists(run.dataset):
+        field = fo.load_dataset(run.dataset).get_field(f"frames.{run.label_field}")
+        records = (((field.info or {}) if field is not None else {}).get("sam31_video") or {}).get("samples") or {}
+        for sid in pending - set(out):
+            record = records.get(sid) or {}
+            writes = [record, *record.get("refines", [])]
+            later = [w for w in writes if w.get("run_id") != run.run_id and (w.get("written_at") or 0) > run.created_at]
+            if later:
+                out[sid] = later[-1].get("run_id") or "a run without a journal"
+    return out
+
+
+def _runs_named(newer: dict[str, str]) -> str:
+    names = sorted(set(newer.values()))
+    return ", ".join(f"run {n}" if not n.startswith("a run") else n for n in names[:3]) + (" ..." if len(names) > 3 else "")
 
 
 def redecode(

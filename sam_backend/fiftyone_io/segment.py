@@ -439,13 +439,15 @@ def _sample_provenance(previous: dict[str, Any], opts: SegmentOptions, report: S
     videos, or a refine of one track, leaves the others' (and the refined video's own
     prompt) as they were; a refine is added to the video's list of refines."""
     out = dict(previous)
+    now = time.time()  # epoch seconds: resume compares it with journal runs' start times
     written = {sid: (r.request_id, r.endpoint, r.model) for sid, r in report.records.items() if sid in report.done}
     written.update({sid: (ids, None, None) for sid, (ids, _) in earlier_samples.items() if sid not in written})
     for sid, (request_id, endpoint, model) in written.items():
         if opts.refine_track is not None:
             base = out.get(sid, {})
             refine = {"track": opts.refine_track, "frame": opts.refine_frame, "direction": opts.refine_direction,
-                      "endpoint": endpoint, "model": model, "request_id": request_id, "run_id": report.run_id}
+                      "endpoint": endpoint, "model": model, "request_id": request_id, "run_id": report.run_id,
+                      "written_at": now}
             out[sid] = {**base, "refines": [*base.get("refines", []), refine]}
         else:  # only what is set: one entry per video, so big datasets keep a small field document
             entry = {"prompt": opts.prompt, "prompt_fields": opts.prompt_fields,
@@ -453,7 +455,8 @@ def _sample_provenance(previous: dict[str, Any], opts: SegmentOptions, report: S
                      "box_prompts": [b.model_dump(mode="json") for b in opts.box_prompts],
                      "detection_threshold": opts.detection_threshold,
                      "frames": opts.frames.model_dump() if opts.frames is not None else None,
-                     "endpoint": endpoint, "model": model, "request_id": request_id, "run_id": report.run_id}
+                     "endpoint": endpoint, "model": model, "request_id": request_id, "run_id": report.run_id,
+                     "written_at": now}
             out[sid] = {k: v for k, v in entry.items() if v not in (None, [], "")}
     return out
 
