@@ -81,6 +81,7 @@ def test_retry_rules_are_pure() -> None:
     delays = [backoff_delay(a, retry_after=None, cap_s=10, rng=rng) for a in range(8)]
     assert all(0 < d <= 10 for d in delays) and delays[5] > delays[0]
     assert backoff_delay(0, retry_after=4.0, cap_s=2, rng=rng) == 4.0  # Retry-After wins over the cap
+    assert backoff_delay(0, retry_after=300.0, cap_s=2, rng=rng) == 20.0  # ... up to 20 s a wait
     assert submit_was_rejected(None, None, httpx.ConnectError("refused"))
     assert not submit_was_rejected(None, None, httpx.ReadTimeout("slow"))
     assert submit_was_rejected(429, httpx.Headers(), None)

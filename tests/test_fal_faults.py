@@ -245,6 +245,26 @@ def test_cancel_mid_run_cancels_every_request_and_writes_nothing(cancel_status: 
     assert not dataset.has_frame_field("sam") and dataset.count("frames") == 0
 
 
+def test_cancel_wakes_a_wait_on_retry_after_and_still_cancels_at_fal(make_dataset, clips: list[Clip]) -> None:
+    """fal answers every status call 429 with Retry-After: 30. A cancel 1 s in ends the run
+    at once (the wait before the next status call ends with it) and the cancel call still
+    reaches fal; before, control came back only once every retry had waited its 30 s."""
+    ds = make_dataset(clips[0][0])
+    with EmulatorServer(EmulatorConfig(queue_steps=0, service_time_s=5.0, workers=4)) as emu, \
+            FalBackend(fal_config(emu, retry_cap_s=0.2)) as backend:
+        emu.set_faults(FaultPlan(FaultRule("status", http_error(429, retry_after=30))))
+        cancel = CancelToken()
+        threading.Timer(1.0, cancel.cancel).start()
+        started = time.monotonic()
+        with pytest.raises(Cancelled, match="asked fal to stop request"):
+            run_all(ds, backend, cancel=cancel)
+        took = time.monotonic() - started
+        submitted = {e.request_id for e in backend.journal.entries() if e.request_id}
+        assert took < 6 and len(submitted) == R and sorted(emu.stats.cancelled_requests) == sorted(submitted)
+        assert {e.state for e in backend.journal.entries()} == {RequestState.CANCELLED}
+    assert not ds.has_frame_field("sam")
+
+
 @pytest.mark.parametrize("outcome", ["ALREADY_COMPLETED", "NOT_FOUND"])
 def test_cancel_answered_already_completed_or_not_found(outcome: str, make_dataset, clips: list[Clip]) -> None:
     """fal's other documented cancel outcomes (reference: fal-sam3-endpoints.md, "Cancel").

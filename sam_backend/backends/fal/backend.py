@@ -311,7 +311,7 @@ class FalBackend:
 
     def _one_request(self, r: _Request, get_url: Callable[[], str], work_key: str | None,
                      on_progress: ProgressCallback | None, cancel: CancelToken) -> None:
-        with self._slots:
+        with self._slots, self.client.cancellable(cancel):  # retry waits end at a cancel
             while True:
                 cancel.raise_if_cancelled()
                 entry = r.entry
@@ -506,6 +506,9 @@ class FalBackend:
             try:
                 status = self.client.status(handle)
                 outage_since = None
+            except Cancelled:  # while waiting to retry the status call
+                self._cancel_request(entry, handle)
+                raise Cancelled(f"cancelled; asked fal to stop request {rid}") from None
             except RequestGone as exc:
                 self.journal.mark(entry.id, RequestState.EXPIRED, str(exc))
                 raise
@@ -583,7 +586,8 @@ class FalBackend:
     def _cancel_request(self, entry: Entry, handle: RequestHandle) -> None:
         """Ask fal to stop; a request that already completed is paid for, so keep its result."""
         try:
-            outcome = self.client.cancel(handle)
+            with self.client.cancellable(None):  # the run is cancelled: this call must still get through
+                outcome = self.client.cancel(handle)
         except SamError as exc:
             log.warning("could not cancel fal request %s: %s", handle.request_id, exc)
             return

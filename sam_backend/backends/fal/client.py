@@ -29,6 +29,7 @@ import httpx
 from ...errors import (
     AuthError,
     BackendUnavailable,
+    Cancelled,
     InvalidRequest,
     QuotaError,
     RemoteFailure,
@@ -196,10 +197,16 @@ def retry_after_seconds(value: str | None, *, now: float | None = None) -> float
     return max(0.0, when - (time.time() if now is None else now))
 
 
+# A Retry-After longer than this is waited in steps of this length: the retry count then
+# bounds the whole wait (a server asking for 30 s six times held a status call over 3 min).
+RETRY_AFTER_MAX_S = 20.0
+
+
 def backoff_delay(attempt: int, *, retry_after: float | None, cap_s: float, rng: random.Random) -> float:
-    """Full-jitter exponential backoff from 0.25 s, never less than Retry-After, at most cap."""
+    """Full-jitter exponential backoff from 0.25 s, at most cap; Retry-After when given, up
+    to the larger of cap and RETRY_AFTER_MAX_S."""
     if retry_after is not None:
-        return min(max(retry_after, 0.0), max(cap_s, retry_after))
+        return min(max(retry_after, 0.0), max(cap_s, RETRY_AFTER_MAX_S))
     return rng.uniform(0.5, 1.0) * min(cap_s, 0.25 * 2**attempt)
 
 
@@ -250,6 +257,7 @@ class FalClient:
         self._secrets = sorted({s for s in (key, *key.split(":", 1)) if len(s) >= 6}, key=len, reverse=True)
         self.stats = {"submit": 0, "status": 0, "result": 0, "cancel": 0, "retries": 0}
         self._stats_lock = threading.Lock()
+        self._local = threading.local()  # this thread's cancel token (see cancellable)
 
     # -- plumbing
 
@@ -323,9 +331,26 @@ class FalClient:
         with self._stats_lock:
             self.stats[name] += 1
 
+    @contextlib.contextmanager
+    def cancellable(self, cancel: Any | None) -> Iterator[None]:
+        """Within this block, this thread's waits before a retry end at once when ``cancel``
+        (a CancelToken) is set, raising Cancelled. ``None``: not cancellable (the cancel
+        call itself must still get through)."""
+        previous = getattr(self._local, "cancel", None)
+        self._local.cancel = cancel
+        try:
+            yield
+        finally:
+            self._local.cancel = previous
+
     def _pause(self, attempt: int, retry_after: float | None) -> None:
         self._count("retries")
-        self._sleep(backoff_delay(attempt, retry_after=retry_after, cap_s=self.config.retry_cap_s, rng=self._rng))
+        delay = backoff_delay(attempt, retry_after=retry_after, cap_s=self.config.retry_cap_s, rng=self._rng)
+        cancel = getattr(self._local, "cancel", None)
+        if cancel is None:
+            self._sleep(delay)
+        elif cancel.wait(delay):
+            raise Cancelled("cancelled while waiting to retry a call to fal")
 
     # -- queue verbs
 
