@@ -32,7 +32,7 @@ from sam_backend.backends.fal import FalBackend, FalConfig
 from sam_backend.backends.fal.journal import Journal, RequestState, RunState
 from sam_backend.coords import pixel_box
 from sam_backend.emulator import EmulatorConfig, EmulatorServer, FaultPlan, FaultRule
-from sam_backend.emulator.faults import dropped, http_error, proxy_error, slow
+from sam_backend.emulator.faults import cut_short, dropped, http_error, proxy_error, slow
 from sam_backend.errors import Cancelled, InvalidRequest
 from sam_backend.fiftyone_io.runs import resume, status
 from sam_backend.fiftyone_io.segment import segment_videos
@@ -313,6 +313,30 @@ def test_cancel_after_fetch_keeps_the_paid_result_and_a_rerun_writes_it_for_free
     assert_one_submit_per_sample(emu, 1)
     assert report.failed == {} and "no new charge" in " ".join(report.records[ds.first().id].warnings)
     assert_labels_exact(ds.first(), "sam", clips[0][1])
+
+
+def test_a_result_cut_off_mid_body_is_read_again_in_the_same_run(emu: EmulatorServer, make_dataset,
+                                                                   clips: list[Clip]) -> None:
+    """A result's connection breaks half-way (fal keeps big results ~6 minutes: waiting for a
+    rerun could lose it). Cut once: read again at once, labels exact. Cut every time: the
+    video fails naming its journal entry, which stays open; a rerun reads it, no new submit."""
+    ds = make_dataset(clips[0][0])
+    emu.set_faults(FaultPlan(FaultRule("result", cut_short(0.5), calls=frozenset({1}), per_request=True)))
+    with FalBackend(fal_config(emu)) as backend:
+        report = run_all(ds, backend)
+        assert report.failed == {} and len(emu.stats.submits) == R and emu.stats.result_calls == 2 * R
+        assert_labels_exact(ds.first(), "sam", clips[0][1])
+
+        other = make_dataset(clips[1][0])
+        emu.set_faults(FaultPlan(FaultRule("result", cut_short(0.3))))
+        [message] = run_all(other, backend, label_field="cut").failed.values()
+        assert "connection broke while reading the result" in message and "7 times" in message
+        assert "a rerun reads it again without paying" in message
+        assert {e.state for e in backend.journal.entries(work_key_prefix=f"{other.name}/")} == {RequestState.SUBMITTED}
+        emu.set_faults(None)
+        submits = len(emu.stats.submits)
+        assert run_all(other, backend, label_field="cut").failed == {} and len(emu.stats.submits) == submits
+    assert_labels_exact(other.first(), "cut", clips[1][1])
 
 
 @pytest.mark.parametrize("lost", ["dropped", "proxy_504", "proxy_502"])

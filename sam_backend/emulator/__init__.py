@@ -11,7 +11,7 @@ See :mod:`.server` for the routes, :mod:`.segmenter` for what the toy model find
 """
 
 from .config import DEFAULT_KEY, KNOWN_APPS, AppSpec, EmulatorConfig
-from .faults import FaultAction, FaultHook, FaultPlan, FaultRule, RouteCall, dropped, http_error, proxy_error, slow
+from .faults import FaultAction, FaultHook, FaultPlan, FaultRule, RouteCall, cut_short, dropped, http_error, proxy_error, slow
 from .server import EmulatorServer
 from .stats import EmulatorStats, payload_hash
 
@@ -27,6 +27,7 @@ __all__ = [
     "FaultPlan",
     "FaultRule",
     "RouteCall",
+    "cut_short",
     "dropped",
     "http_error",
     "proxy_error",

@@ -58,6 +58,7 @@ class FaultAction:
       the connection is closed with no answer.
     - ``when="after"``: the call is handled (a submit is accepted, an upload stored),
       then the real answer is replaced by ``status``/``body`` or lost with ``drop``.
+    - ``cut_after``: the real answer, cut off after that share of its body.
     """
 
     status: int | None = None
@@ -66,6 +67,7 @@ class FaultAction:
     delay_s: float = 0.0
     drop: bool = False
     when: Literal["before", "after"] = "before"
+    cut_after: float | None = None  # the real answer, its connection closed after this share of the body
 
     def __post_init__(self) -> None:
         if self.drop and self.status is not None:
@@ -89,6 +91,12 @@ def proxy_error(status: int, *, when: Literal["before", "after"] = "before") -> 
     page = (f"<html>\r\n<head><title>{status}</title></head>\r\n<body>\r\n<center><h1>{status}</h1></center>\r\n"
             "<hr><center>nginx</center>\r\n</body>\r\n</html>\r\n")
     return FaultAction(status=status, body=page, when=when)
+
+
+def cut_short(share: float = 0.5) -> FaultAction:
+    """The real answer with its full Content-Length, but the connection closes once this
+    share of the body is sent (a download broken mid-way)."""
+    return FaultAction(cut_after=share)
 
 
 def dropped(*, when: Literal["before", "after"] = "before") -> FaultAction:

@@ -213,6 +213,10 @@ class _Handler(BaseHTTPRequestHandler):
             if action is not None and action.when == "after" and (action.drop or action.status is not None):
                 self._apply(action)
                 return
+            if action is not None and action.cut_after is not None:
+                response = dataclasses.replace(response, body=response.body[:int(len(response.body) * action.cut_after)],
+                                               length=len(response.body))
+                self.close_connection = True
             self._send(response)
         except (BrokenPipeError, ConnectionResetError, ConnectionAbortedError, TimeoutError):
             self.close_connection = True  # the client went away; nothing to answer

@@ -60,6 +60,7 @@ from .client import (
     RemoteCancelled,
     RequestGone,
     RequestHandle,
+    ResultInterrupted,
     ResultTooLarge,
     SubmitUncertain,
 )
@@ -548,7 +549,21 @@ class FalBackend:
 
     def _fetch(self, entry: Entry, handle: RequestHandle) -> StoredResult:
         """Fetch the result and any RLE file it points to, and store both in the journal.
-        The result's bytes go to the journal as they arrive (compressed), never held whole."""
+        The result's bytes go to the journal as they arrive (compressed), never held whole.
+        A read whose connection broke is started again (it is paid for, and fal may keep it
+        only minutes): up to max_retries times, then the request stays 'submitted'."""
+        attempt = 0
+        while True:
+            try:
+                return self._fetch_once(entry, handle)
+            except ResultInterrupted as exc:
+                if attempt >= self.config.max_retries:
+                    raise ResultInterrupted(f"{exc}, {attempt + 1} times; {entry.describe()} stays in the journal: "
+                                            "a rerun reads it again without paying") from exc
+                self.client.wait_before_retry(attempt)
+                attempt += 1
+
+    def _fetch_once(self, entry: Entry, handle: RequestHandle) -> StoredResult:
         try:
             with ResultSpool() as spool:
                 with self.client.result_stream(handle, max_bytes=self.config.max_result_bytes) as stream:

@@ -81,6 +81,10 @@ class RequestGone(ResultExpired):
     """fal no longer knows a request id it once accepted (404 on status): its retention ran out."""
 
 
+class ResultInterrupted(BackendUnavailable):
+    """The connection broke while a result was being read: fetching it again is safe."""
+
+
 class ResultTooLarge(UnexpectedResponse):
     """A result is bigger than ``FalConfig.max_result_bytes``: it was not read further,
     nothing was stored or written, and the request is not resubmitted (it is paid for;
@@ -343,6 +347,11 @@ class FalClient:
         finally:
             self._local.cancel = previous
 
+    def wait_before_retry(self, attempt: int) -> None:
+        """The backoff before retrying an idempotent step the caller repeats itself (e.g. a
+        result read again after its connection broke); cancellable like every retry wait."""
+        self._pause(attempt, None)
+
     def _pause(self, attempt: int, retry_after: float | None) -> None:
         self._count("retries")
         delay = backoff_delay(attempt, retry_after=retry_after, cap_s=self.config.retry_cap_s, rng=self._rng)
@@ -454,8 +463,8 @@ class FalClient:
                     raise ResultTooLarge(handle.request_id, max_bytes)
                 yield chunk
         except httpx.TransportError as exc:
-            raise BackendUnavailable(f"the connection broke while reading the result of fal request "
-                                     f"{handle.request_id} ({type(exc).__name__}); a rerun reads it again") from exc
+            raise ResultInterrupted(f"the connection broke while reading the result of fal request "
+                                    f"{handle.request_id} ({type(exc).__name__})") from exc
 
     def _check_result(self, response: httpx.Response, handle: RequestHandle) -> None:
         if response.status_code == 200:  # a streamed body is still unread: do not look at it
