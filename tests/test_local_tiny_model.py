@@ -303,17 +303,22 @@ def test_missing_model_folder_is_reported() -> None:
         BACKEND(engine="transformers", model="/no/such/sam3", environ={})
 
 
-def test_a_model_that_fails_to_load_is_not_loaded_again_for_each_video(tiny_model_dir: Path, tmp_path: Path,
-                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
-    """A folder with the config but no weights: the first video says why; the next ones say
-    the same at once instead of trying again (a hub lookup without network takes minutes)."""
+def _copy_model(source: Path, folder: Path, keep) -> Path:
     import shutil
 
-    broken = tmp_path / "no_weights"
-    broken.mkdir()
-    for name in tiny_model_dir.iterdir():
-        if not name.name.endswith(".safetensors"):
-            shutil.copy(name, broken / name.name)
+    folder.mkdir()
+    for name in source.iterdir():
+        if keep(name.name):
+            shutil.copy(name, folder / name.name)
+    return folder
+
+
+def test_a_model_that_fails_to_load_is_not_loaded_again_for_each_video(tiny_model_dir: Path, tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A folder whose weights file is damaged: the first video says why; the next ones say
+    the same at once instead of trying again (a hub lookup without network takes minutes)."""
+    broken = _copy_model(tiny_model_dir, tmp_path / "damaged", lambda n: not n.endswith(".safetensors"))
+    (broken / "model.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{broken}")
     tries: list[str] = []
     real = transformers.Sam3VideoModel.from_pretrained.__func__
 
@@ -323,13 +328,79 @@ def test_a_model_that_fails_to_load_is_not_loaded_again_for_each_video(tiny_mode
 
     monkeypatch.setattr(transformers.Sam3VideoModel, "from_pretrained", classmethod(counting))
     with get_backend("local", engine="transformers", model=str(broken), device="cpu", environ={}) as backend:
-        with pytest.raises(EngineUnavailable, match="cannot load Sam3VideoModel from .*no_weights") as first:
+        with pytest.raises(EngineUnavailable, match="cannot load Sam3VideoModel from .*damaged") as first:
             backend.engine.video_model
-        assert "failed earlier" not in str(first.value)
+        assert "failed earlier" not in str(first.value) and "complete SAM 3 checkpoint" in str(first.value)
         for _ in range(2):
             with pytest.raises(EngineUnavailable, match="cannot load Sam3VideoModel .*failed earlier in this run"):
                 backend.engine.video_model
     assert tries == [str(broken)]
+
+
+@pytest.mark.parametrize("folder", ["bert", "no_weights", "no_config"])
+def test_a_folder_that_is_not_a_sam3_checkpoint_is_refused_at_once(folder: str, tiny_model_dir: Path,
+                                                                   tmp_path: Path) -> None:
+    """from_pretrained loads a folder of another model (or without weights) into a SAM 3 with
+    random weights and only warns: the run then writes wrong labels. Refused when the backend
+    is built, before any video."""
+    path = tmp_path / folder
+    if folder == "bert":
+        transformers.BertModel(transformers.BertConfig(vocab_size=16, hidden_size=8, num_hidden_layers=1,
+                                                       num_attention_heads=1, intermediate_size=8)).save_pretrained(path)
+        expected = "holds a 'bert' model, not SAM 3"
+    elif folder == "no_weights":
+        _copy_model(tiny_model_dir, path, lambda n: not n.endswith(".safetensors"))
+        expected = "holds no weights"
+    else:
+        _copy_model(tiny_model_dir, path, lambda n: n != "config.json")
+        expected = "holds no config.json"
+    with pytest.raises(EngineUnavailable, match=expected):
+        BACKEND(engine="transformers", model=str(path), device="cpu", environ={})
+
+
+def test_sam3_weights_of_another_model_are_refused_not_run_random(tiny_model_dir: Path, tiny_video, make_dataset,
+                                                                   tmp_path: Path) -> None:
+    """The SAM 3 image model's folder (model_type 'sam3') passes the folder check, but none
+    of its weights fit the video model: the video fails naming the gap, nothing is written."""
+    from sam_backend.fiftyone_io import segment_videos
+
+    image_model = tmp_path / "sam3_image"
+    transformers.Sam3Model(_tiny_config().detector_config).save_pretrained(image_model)
+    _tiny_tokenizer().save_pretrained(image_model)
+    with get_backend("local", engine="transformers", model=str(image_model), device="cpu", environ={}) as backend:
+        with pytest.raises(EngineUnavailable, match=r"lacks \d+ of the \d+ weights of Sam3VideoModel"):
+            backend.engine.video_model  # loaded (full size, random) but refused: never run
+    ds = make_dataset(tiny_video[0])
+    report = segment_videos(ds, prompt="red ball", label_field="sam", backend="local",
+                            backend_options={"engine": "transformers", "model": str(image_model), "device": "cpu"})
+    [message] = report.failed.values()
+    assert "lacks" in message and "weights of Sam3VideoModel" in message and "random" in message
+    assert not ds.has_frame_field("sam")
+
+
+def test_a_model_folder_without_its_tokenizer_refuses_text_prompts(tiny_model_dir: Path, tiny_video,
+                                                                    tmp_path: Path) -> None:
+    """save_pretrained of the model alone leaves the tokenizer out; AutoTokenizer then builds
+    an empty CLIP tokenizer and every concept becomes the same tokens. Refused instead;
+    boxes (no tokenizer) still run."""
+    bare = _copy_model(tiny_model_dir, tmp_path / "bare", lambda n: n in ("config.json", "model.safetensors"))
+    path = tiny_video[0]
+    with get_backend("local", engine="transformers", model=str(bare), device="cpu", chunk_size=6, overlap=2,
+                     environ={}) as backend:
+        with pytest.raises(EngineUnavailable, match="holds no tokenizer"):
+            list(backend.segment(VideoSource(info=probe(path), path=path), SegmentRequest.build(prompt="red ball")))
+        boxed = SegmentRequest.build(box_prompts=[{"x_min": 10, "y_min": 10, "x_max": 40, "y_max": 40, "object_id": 3}])
+        assert any(fr.objects for fr in backend.segment(VideoSource(info=probe(path), path=path), boxed))
+
+
+def test_an_unknown_or_missing_device_is_refused_when_the_backend_is_built(tiny_model_dir: Path) -> None:
+    from sam_backend.errors import InvalidRequest
+
+    with pytest.raises(InvalidRequest, match="device='gpu': use 'auto', 'cpu', 'cuda' or 'cuda:N'"):
+        BACKEND(engine="transformers", model=str(tiny_model_dir), device="gpu", environ={})
+    if not torch.cuda.is_available():
+        with pytest.raises(EngineUnavailable, match="device='cuda:1' asked but no CUDA GPU is visible"):
+            BACKEND(engine="transformers", model=str(tiny_model_dir), device="cuda:1", environ={})
 
 
 @pytest.mark.gpu

@@ -4,11 +4,12 @@ environment mapping read when the backend is built (never at import)."""
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ...errors import InvalidRequest
 from ...types import describe_validation_error
@@ -53,6 +54,13 @@ class LocalConfig(BaseModel):
     offload: bool = False
     stitch_iou: float = Field(default=DEFAULT_STITCH_IOU, gt=0.0, le=1.0)
     compile: bool = False  # torch.compile is fragile in the Meta predictor: off unless asked
+
+    @field_validator("device")
+    @classmethod
+    def _known_device(cls, value: str) -> str:
+        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", value):
+            raise ValueError(f"device={value!r}: use 'auto', 'cpu', 'cuda' or 'cuda:N'")
+        return value
 
     @model_validator(mode="after")
     def _overlap_fits(self) -> LocalConfig:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import logging
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -29,6 +30,8 @@ from .config import ENV_MODEL, LocalConfig
 from .engine import ChunkJob, RawObject, Seed
 from .errors import INSTALL_TRANSFORMERS, EngineUnavailable
 from .hf_post import install_nms, postprocess_outputs
+
+log = logging.getLogger(__name__)
 
 _TEXT_MAX_LENGTH = 32  # Sam3VideoProcessor.add_text_prompt pads every prompt to 32 tokens
 _DEFAULT_MEAN_STD = (0.5, 0.5, 0.5)  # SAM 3's normalisation (Meta's loader and Sam3ImageProcessor)
@@ -49,6 +52,41 @@ def check_transformers(config: LocalConfig) -> None:
     if looks_local and not Path(config.model).expanduser().is_dir():
         raise EngineUnavailable(f"model folder not found: {config.model} (pass model= a folder saved with save_pretrained, "
                                 f"or a model id such as facebook/sam3; or set {ENV_MODEL})")
+    if looks_local:
+        check_model_folder(Path(config.model).expanduser())
+    import torch
+
+    if config.device.startswith("cuda") and not torch.cuda.is_available():
+        raise EngineUnavailable(f"device={config.device!r} asked but no CUDA GPU is visible; use device='cpu'")
+
+
+# model_type of the SAM 3 family in transformers: which one the published checkpoint's
+# config.json carries is unconfirmed here (no download), so any of them passes this check;
+# weights that do not fit the model are caught when it loads (_load: missing keys).
+SAM3_MODEL_TYPES = frozenset({"sam3_video", "sam3", "sam3_tracker_video", "sam3_tracker"})
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+# Weights absent from the checkpoint are left random by from_pretrained (it only warns): the
+# model then runs and writes wrong labels. More than this share missing refuses the model.
+MAX_MISSING_SHARE = 0.01
+
+
+def check_model_folder(folder: Path) -> None:
+    """A folder named as the model: a transformers SAM 3 checkpoint with weights (a folder of
+    another model loads with random weights and a warning, and labels nothing right)."""
+    config_file = folder / "config.json"
+    if not config_file.is_file():
+        raise EngineUnavailable(f"{folder} holds no config.json: not a model saved with save_pretrained "
+                                "(download facebook/sam3 with its files, or pass its model id)")
+    try:
+        model_type = json.loads(config_file.read_text()).get("model_type")
+    except (ValueError, AttributeError) as exc:
+        raise EngineUnavailable(f"{config_file} is not a model config ({exc})") from None
+    if model_type not in SAM3_MODEL_TYPES:
+        raise EngineUnavailable(f"{folder} holds a {model_type!r} model, not SAM 3 (model_type one of "
+                                f"{', '.join(sorted(SAM3_MODEL_TYPES))}): pass the folder of facebook/sam3")
+    if not any((folder / name).is_file() for name in WEIGHT_FILES):
+        raise EngineUnavailable(f"{folder} holds no weights ({' or '.join(WEIGHT_FILES)}): the model would run "
+                                "with random weights")
 
 
 class TransformersEngine:
@@ -86,14 +124,27 @@ class TransformersEngine:
 
         self._raise_if_failed(cls_name)
         source = str(Path(self.config.model).expanduser()) if Path(self.config.model).expanduser().is_dir() else self.config.model
+        local = Path(source).is_dir()
         try:
-            model = getattr(transformers, cls_name).from_pretrained(source)
+            model, info = getattr(transformers, cls_name).from_pretrained(source, output_loading_info=True)
         except OSError as exc:
+            hint = ("" if local else ". The weights are gated (accept the licence of facebook/sam3 on the Hugging Face "
+                    f"hub); download them and pass model= the local folder, or set {ENV_MODEL}")
             raise self._failed(cls_name, EngineUnavailable(
-                f"cannot load {cls_name} from {self.config.model!r}: {str(exc).splitlines()[0][:300]}. The weights are gated "
-                "(accept the licence of facebook/sam3 on the Hugging Face hub); download them and pass model= the local "
-                f"folder, or set {ENV_MODEL}"
-            )) from exc
+                f"cannot load {cls_name} from {self.config.model!r}: {str(exc).splitlines()[0][:300]}{hint}")) from exc
+        except Exception as exc:  # noqa: BLE001 - a damaged or foreign checkpoint fails in many ways
+            raise self._failed(cls_name, EngineUnavailable(
+                f"cannot load {cls_name} from {self.config.model!r} ({type(exc).__name__}: "
+                f"{str(exc).splitlines()[0][:300] if str(exc) else ''}): is it a complete SAM 3 checkpoint?")) from exc
+        missing = sorted(info.get("missing_keys") or [])
+        total = len(model.state_dict())
+        if missing and len(missing) > MAX_MISSING_SHARE * total:
+            raise self._failed(cls_name, EngineUnavailable(
+                f"{self.config.model!r} lacks {len(missing)} of the {total} weights of {cls_name} (e.g. {missing[0]}): "
+                "they would run random and the labels would be wrong; pass the folder of facebook/sam3"))
+        if missing:
+            log.warning("%s from %s: %d weights missing, left as initialised: %s", cls_name, self.config.model,
+                        len(missing), ", ".join(missing[:5]))
         return model.to(self.device).eval()
 
     def _failed(self, what: str, error: EngineUnavailable) -> EngineUnavailable:
@@ -125,6 +176,11 @@ class TransformersEngine:
 
             source = Path(self.config.model).expanduser()
             self._raise_if_failed("tokenizer")
+            if source.is_dir() and not any((source / n).is_file() for n in ("tokenizer.json", "vocab.json")):
+                # AutoTokenizer then builds an empty CLIP tokenizer: every concept the same tokens.
+                raise self._failed("tokenizer", EngineUnavailable(
+                    f"{source} holds no tokenizer (tokenizer.json or vocab.json + merges.txt): text prompts need it "
+                    "(save it beside the model: AutoTokenizer.from_pretrained('facebook/sam3').save_pretrained(folder))"))
             try:
                 self._tokenizer = AutoTokenizer.from_pretrained(str(source) if source.is_dir() else self.config.model)
             except OSError as exc:
