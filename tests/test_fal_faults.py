@@ -339,6 +339,27 @@ def test_a_result_cut_off_mid_body_is_read_again_in_the_same_run(emu: EmulatorSe
     assert_labels_exact(other.first(), "cut", clips[1][1])
 
 
+def test_apply_model_reruns_take_the_journaled_requests(emu: EmulatorServer, make_dataset, clips: list[Clip],
+                                                       tmp_path: Path) -> None:
+    """apply_model twice with the same prompt (or after a crash): the second takes fal's
+    journaled results, no new submit; another threshold makes new requests."""
+    from sam_backend.fiftyone_io import SamVideoModel
+
+    ds = make_dataset(clips[0][0], clips[1][0])
+    with FalBackend(fal_config(emu, journal_path=tmp_path / "journal.sqlite3")) as backend:
+        for field in ("first", "again"):
+            with SamVideoModel(prompt=PROMPT, backend=backend) as model:
+                ds.apply_model(model, label_field=field)
+            assert len(emu.stats.submits) == 2 * R
+        with SamVideoModel(prompt=PROMPT, detection_threshold=0.6, backend=backend) as model:
+            ds.apply_model(model, label_field="other")
+        assert len(emu.stats.submits) == 4 * R
+        assert {e.state for e in backend.journal.entries()} == {RequestState.WRITTEN}
+    truths = truth_by_sample(ds, clips)
+    for sample in ds:
+        assert_labels_exact(sample, "again", truths[sample.id])
+
+
 @pytest.mark.parametrize("lost", ["dropped", "proxy_504", "proxy_502"])
 def test_lost_submit_answer_is_never_resent_without_consent(lost: str, emu: EmulatorServer, make_dataset,
                                                             clips: list[Clip]) -> None:

@@ -87,8 +87,13 @@ class SamVideoModel(Model):
         """``arg`` is the video reader FiftyOne opened (or a path): labels per frame number."""
         path = Path(getattr(arg, "inpath", arg))
         info = video_ops.probe(path)
-        run = self._backend().segment(VideoSource(info=info, path=path), self.request, frames=self.options.frames)
+        # Keyed by the file (the model never sees the sample): a rerun after a crash, or of
+        # the same prompt on the same file, takes fal's journaled request instead of paying again.
+        run = self._backend().segment(VideoSource(info=info, path=path), self.request, frames=self.options.frames,
+                                      work_key=f"apply_model:{path.resolve()}")
         frames = list(clean_frames(run, min_mask_area=self.options.min_mask_area))
+        if callable(commit := getattr(run, "commit", None)):
+            commit()  # FiftyOne stores the labels next; the stored result stays until pruned
         seen = collections.Counter(o.track_id for f in frames for o in f.objects)
         short = {t for t, n in seen.items() if n < self.options.min_track_frames}
         return {frame_number_from_index(f.frame_index):
