@@ -58,6 +58,9 @@ def test_config_reads_key_and_hides_it() -> None:
     assert "a:b" not in repr(cfg) and "a:b" not in str(cfg.model_dump())
     with pytest.raises(AuthError, match="FAL_KEY is not set"):
         FalConfig.from_env({})
+    # A key passed as an option wins over the environment (it raised a TypeError when FAL_KEY was set).
+    for environ in ({}, {"FAL_KEY": "env-id:env-secret"}):
+        assert FalConfig.from_env(environ, key="opt-id:opt-secret").key.get_secret_value() == "opt-id:opt-secret"
 
 
 def test_parse_status_types() -> None:

@@ -119,8 +119,13 @@ class FalConfig(BaseModel):
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str], **overrides: object) -> FalConfig:
-        """Read ``FAL_KEY`` (or ``FAL_KEY_ID`` + ``FAL_KEY_SECRET``) from ``environ``."""
-        key = environ.get("FAL_KEY", "").strip()
+        """Read ``FAL_KEY`` (or ``FAL_KEY_ID`` + ``FAL_KEY_SECRET``) from ``environ``; a
+        ``key`` option given explicitly wins over the environment."""
+        given = overrides.pop("key", None)
+        given = given.get_secret_value() if isinstance(given, SecretStr) else given
+        if given is not None and not isinstance(given, str):
+            raise InvalidRequest("the fal backend option 'key' must be a string (<key_id>:<key_secret>)")
+        key = (given or environ.get("FAL_KEY", "")).strip()
         if not key and environ.get("FAL_KEY_ID") and environ.get("FAL_KEY_SECRET"):
             key = f"{environ['FAL_KEY_ID']}:{environ['FAL_KEY_SECRET']}"
         if key:
