@@ -210,6 +210,9 @@ def test_expired_result_is_reported_and_a_rerun_resubmits_only_that_sample(emu: 
         [(lost_sample, message)] = report.failed.items()
         assert expired[0] in message and "no longer has this result" in message
         assert len(report.done) == 2
+        # The failed video's other requests were answered (and billed): counted too.
+        billed = [e.billable_units for e in backend.journal.entries() if e.billable_units is not None]
+        assert len(billed) == 3 * R - 1 and report.billed_units == sum(billed) and report.reused_units is None
         [entry] = backend.journal.entries(states=[RequestState.EXPIRED])
         assert entry.request_id == expired[0] and entry.work_key.endswith(f"/{lost_sample}/sam")
 
@@ -312,6 +315,9 @@ def test_cancel_after_fetch_keeps_the_paid_result_and_a_rerun_writes_it_for_free
         report = run_all(ds, backend)
     assert_one_submit_per_sample(emu, 1)
     assert report.failed == {} and "no new charge" in " ".join(report.records[ds.first().id].warnings)
+    # Paid by the cancelled run: this one bills nothing, and says what it reused.
+    paid = sum(e.billable_units for e in entries)
+    assert paid == R * 48 and report.billed_units == 0 and report.reused_units == paid
     assert_labels_exact(ds.first(), "sam", clips[0][1])
 
 

@@ -120,6 +120,9 @@ class RunRecord:
     endpoint: str | None = None
     request_id: str | None = None
     billable_units: float | None = None
+    # Of billable_units, what results paid for by an earlier run account for (taken from the
+    # journal: nothing new was charged for them).
+    reused_units: float | None = None
     warnings: list[str] = dataclasses.field(default_factory=list)
     outputs: dict[str, str] = dataclasses.field(default_factory=dict)  # e.g. rendered video URL
     # One entry per remote request the video took (key, endpoint, request_id, billable_units).

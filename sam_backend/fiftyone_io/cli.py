@@ -76,6 +76,8 @@ class _Interrupts:
 
 def _print_report(report: Any, field: str, *, show_run: bool = True, stored_only: bool = False) -> int:
     billed = f", {report.billed_units:g} billed units" if report.billed_units is not None else ""
+    if report.reused_units:
+        billed += f" ({report.reused_units:g} more from stored results, no new charge)"
     cost = f", estimated ${report.estimated_usd:.2f}" if report.estimated_usd is not None else ""
     if stored_only:  # the estimate is what a new run would cost; this one sent nothing
         billed, cost = "", ", no charge (stored results, nothing sent)"

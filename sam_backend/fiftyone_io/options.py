@@ -146,5 +146,13 @@ class SegmentReport:
 
     @property
     def billed_units(self) -> float | None:
-        units = [r.billable_units for r in self.records.values() if r.billable_units is not None]
+        """Units fal billed for requests this run sent (failed videos' included); results
+        taken from the journal, paid for by an earlier run, are in :attr:`reused_units`."""
+        units = [r.billable_units - (r.reused_units or 0.0) for r in self.records.values() if r.billable_units is not None]
+        return sum(units) if units else None
+
+    @property
+    def reused_units(self) -> float | None:
+        """Units of the results this run took from the journal (no new charge)."""
+        units = [r.reused_units for r in self.records.values() if r.reused_units is not None]
         return sum(units) if units else None

@@ -128,6 +128,7 @@ class _Request:
     rhash: str
     entry: Entry | None = None
     stored: StoredResult | None = None
+    fresh: bool = False  # submitted (and paid for) by this run, not taken from the journal
 
 
 class FalBackend:
@@ -231,9 +232,17 @@ class FalBackend:
             if self.stored_only and (r.entry is None or r.entry.state not in HAS_RESULT):
                 raise InvalidRequest(f"{r.planned.key}: no stored fal result for this video in {self.journal.location} "
                                      "(redecode only reads results a run already paid for)")
-        with contextlib.ExitStack() as stack:
-            get_url = self._lazy_input_url(video, indices, cancel, on_progress, stack)
-            self._run_requests(requests, get_url, work_key, record, on_progress, cancel)
+        try:
+            with contextlib.ExitStack() as stack:
+                get_url = self._lazy_input_url(video, indices, cancel, on_progress, stack)
+                self._run_requests(requests, get_url, work_key, record, on_progress, cancel)
+        except BaseException:
+            # A failed video may still have paid for some requests: the report counts them.
+            for r in requests:
+                if r.entry is not None:
+                    r.entry = self.journal.get(r.entry.id)
+            self._record(record, requests)
+            raise
         info = video.info if indices is None else video.info.model_copy(update={"frame_count": len(indices)})
         decoded = []
         for r in requests:
@@ -269,10 +278,15 @@ class FalBackend:
         record.request_id = ",".join(e.request_id for e in entries if e.request_id) or None
         units = [e.billable_units for e in entries if e.billable_units is not None]
         record.billable_units = sum(units) if units else None
+        reused = [r.entry.billable_units for r in requests
+                  if r.entry is not None and not r.fresh and r.entry.billable_units is not None]
+        record.reused_units = sum(reused) if reused else None
         record.requests = [{"key": r.planned.key, "endpoint": r.entry.endpoint, "request_id": r.entry.request_id,
-                            "billable_units": r.entry.billable_units} for r in requests if r.entry is not None]
+                            "billable_units": r.entry.billable_units, "reused": not r.fresh}
+                           for r in requests if r.entry is not None]
         for r in requests:
-            assert r.entry is not None
+            if r.entry is None:
+                continue
             if r.entry.endpoint != r.planned.endpoints[0]:
                 warning = (f"{r.planned.key}: fal has no endpoint {r.planned.endpoints[0]}; labels come from "
                            f"{r.entry.endpoint} ({endpoint_table.endpoint(r.entry.endpoint).model}) instead")
@@ -329,6 +343,7 @@ class FalBackend:
                     r.entry, handle = self._submit_new(r, get_url(), work_key, cancel)
                     if handle is None:  # another process holds this request: follow its entry
                         continue
+                    r.fresh = True
                     report(on_progress, Progress("submit", f"{r.planned.key}: submitted to {handle.endpoint}",
                                                  request_id=handle.request_id))
                 assert r.entry is not None
