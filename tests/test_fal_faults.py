@@ -321,6 +321,39 @@ def test_cancel_after_fetch_keeps_the_paid_result_and_a_rerun_writes_it_for_free
     assert_labels_exact(ds.first(), "sam", clips[0][1])
 
 
+def test_not_found_right_after_submit_is_polled_again_never_written_off(emu: EmulatorServer, make_dataset,
+                                                                        clips: list[Clip],
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A status 404 seconds after fal accepted the request cannot mean its result expired
+    (kept >= 6 minutes): polled again, no second submit. When it lasts past status_outage_s
+    the video fails, but its entry stays open and a rerun polls it, still without paying.
+    A 404 on an old request (its result could have expired) still marks it expired."""
+    import sam_backend.backends.fal.backend as fal_backend
+
+    ds = make_dataset(clips[0][0])
+    emu.set_faults(FaultPlan(FaultRule("status", http_error(404, body={"detail": "Request not found"}),
+                                       calls=frozenset({1, 2}), per_request=True)))
+    with FalBackend(fal_config(emu, status_outage_s=0.5)) as backend:
+        assert run_all(ds, backend).failed == {} and len(emu.stats.submits) == R
+        assert_labels_exact(ds.first(), "sam", clips[0][1])
+
+        other = make_dataset(clips[1][0])
+        emu.set_faults(FaultPlan(FaultRule("status", http_error(404, body={"detail": "Request not found"}))))
+        [message] = run_all(other, backend).failed.values()
+        assert "too soon for its result to expire" in message and "without paying" in message
+        mine = f"{other.name}/"
+        assert {e.state for e in backend.journal.entries(work_key_prefix=mine)} == {RequestState.SUBMITTED}
+        emu.set_faults(None)
+        assert run_all(other, backend).failed == {} and len(emu.stats.submits) == 2 * R
+
+        third = make_dataset(clips[2][0])
+        monkeypatch.setattr(fal_backend, "RESULT_KEPT_AT_LEAST_S", 0.0)  # as if submitted long ago
+        emu.set_faults(FaultPlan(FaultRule("status", http_error(404, body={"detail": "Request not found"}))))
+        [message] = run_all(third, backend).failed.values()
+        assert "no longer knows request" in message
+        assert RequestState.EXPIRED in {e.state for e in backend.journal.entries(work_key_prefix=f"{third.name}/")}
+
+
 def test_a_result_cut_off_mid_body_is_read_again_in_the_same_run(emu: EmulatorServer, make_dataset,
                                                                    clips: list[Clip]) -> None:
     """A result's connection breaks half-way (fal keeps big results ~6 minutes: waiting for a

@@ -120,6 +120,12 @@ def remap_prompts(request: SegmentRequest, frames: range | None) -> SegmentReque
     })
 
 
+# fal keeps a result about 6 minutes after completion when 10 KB or larger, an hour
+# otherwise (../shared/reference/fal-queue-protocol.md): a request submitted more recently
+# than this cannot have expired.
+RESULT_KEPT_AT_LEAST_S = 300.0
+
+
 @dataclasses.dataclass
 class _Request:
     """One planned request of the video being run, and where it stands."""
@@ -526,8 +532,20 @@ class FalBackend:
                 self._cancel_request(entry, handle)
                 raise Cancelled(f"cancelled; asked fal to stop request {rid}") from None
             except RequestGone as exc:
-                self.journal.mark(entry.id, RequestState.EXPIRED, str(exc))
-                raise
+                if time.time() - entry.created_at > RESULT_KEPT_AT_LEAST_S:
+                    self.journal.mark(entry.id, RequestState.EXPIRED, str(exc))
+                    raise
+                # Accepted minutes ago, so its result cannot have expired yet: a 404 now is
+                # fal's hiccup (unconfirmed whether fal ever answers so), not a lost request.
+                # Treated as an outage: polled again, never marked expired (which resubmits).
+                outage_since = outage_since or time.monotonic()
+                if time.monotonic() - outage_since > self.config.status_outage_s:
+                    raise BackendUnavailable(
+                        f"fal answered 'not found' for request {rid} for {self.config.status_outage_s:g} s, "
+                        f"{time.time() - entry.created_at:.0f} s after it was submitted (too soon for its result to "
+                        f"expire); {entry.describe()} stays in the journal: a rerun polls it again, without paying"
+                    ) from exc
+                status = None
             except BackendUnavailable as exc:
                 outage_since = outage_since or time.monotonic()
                 if time.monotonic() - outage_since > self.config.status_outage_s:
