@@ -354,6 +354,29 @@ def test_not_found_right_after_submit_is_polled_again_never_written_off(emu: Emu
         assert RequestState.EXPIRED in {e.state for e in backend.journal.entries(work_key_prefix=f"{third.name}/")}
 
 
+def test_a_result_garbled_on_the_way_is_fetched_again_not_kept(emu: EmulatorServer, make_dataset,
+                                                                clips: list[Clip]) -> None:
+    """A result answered 200 whose bytes are not JSON (a proxy's page, say): fetched again at
+    once, labels exact. Garbled every time: the video fails, its entries stay open, and a
+    rerun fetches them again (before, the garbage was kept as the result and every rerun
+    failed on it without asking fal again). No request is ever submitted twice."""
+    garbage = http_error(200, body="<html><body>upstream hiccup</body></html>")
+    ds = make_dataset(clips[0][0])
+    emu.set_faults(FaultPlan(FaultRule("result", garbage, calls=frozenset({1}), per_request=True)))
+    with FalBackend(fal_config(emu)) as backend:
+        assert run_all(ds, backend).failed == {} and emu.stats.calls_by_route["result"] == 2 * R
+        assert_labels_exact(ds.first(), "sam", clips[0][1])
+
+        other = make_dataset(clips[1][0])
+        emu.set_faults(FaultPlan(FaultRule("result", garbage)))
+        [message] = run_all(other, backend).failed.values()
+        assert "not the JSON object expected" in message and "still not JSON" in message
+        assert RequestState.SUBMITTED in {e.state for e in backend.journal.entries(work_key_prefix=f"{other.name}/")}
+        emu.set_faults(None)
+        assert run_all(other, backend).failed == {} and len(emu.stats.submits) == 2 * R
+    assert_labels_exact(other.first(), "sam", clips[1][1])
+
+
 def test_a_result_cut_off_mid_body_is_read_again_in_the_same_run(emu: EmulatorServer, make_dataset,
                                                                    clips: list[Clip]) -> None:
     """A result's connection breaks half-way (fal keeps big results ~6 minutes: waiting for a

@@ -66,7 +66,8 @@ from .client import (
 )
 from .config import FalConfig
 from . import jsonstream
-from .decoders import STREAMED, DecodedResult, decode_stream, files_to_download, frames_together, read_attachment
+from .decoders import (STREAMED, DecodedResult, ResultNotJson, decode_stream, files_to_download, frames_together,
+                       read_attachment)
 from .journal import HAS_RESULT, Entry, Journal, RequestState, ResultSpool, StoredResult
 from .planner import PlannedRequest, instance_ids, plan
 from .rle import DEFAULT_LAYOUT, RleLayout
@@ -255,7 +256,7 @@ class FalBackend:
             assert r.entry is not None and r.stored is not None
             r.entry = self.journal.get(r.entry.id)
             done.append(r.entry.id)
-            decoded.append(self._decode(r, info))
+            decoded.append(self._decode_or_fetch_again(r, info))
         self._record(record, requests)
         for d in decoded:
             record.outputs.update(d.files)
@@ -265,6 +266,27 @@ class FalBackend:
             cancel.raise_if_cancelled()
             yield frame if indices is None else FrameResult(indices[frame.frame_index], frame.objects)
         report(on_progress, Progress("done", request_id=rid, frames_total=info.frame_count))
+
+    def _decode_or_fetch_again(self, r: _Request, info: VideoInfo) -> DecodedResult:
+        """Decode; a stored result that is not JSON at all was garbled on the way: fetch it
+        again once (paid for, and fal keeps it minutes to an hour). Still garbled, or a
+        redecode (which sends nothing): the entry is left to be fetched by a rerun."""
+        assert r.entry is not None
+        try:
+            return self._decode(r, info)
+        except ResultNotJson as exc:
+            self.journal.mark(r.entry.id, RequestState.SUBMITTED, str(exc))
+            if self.stored_only:
+                raise ResultNotJson(f"{exc}; it will be fetched again by a rerun") from None
+            first = exc
+        r.stored = self._fetch(r.entry, r.entry.handle())
+        r.entry = self.journal.get(r.entry.id)
+        try:
+            return self._decode(r, info)
+        except ResultNotJson as exc:
+            self.journal.mark(r.entry.id, RequestState.SUBMITTED, str(exc))
+            raise ResultNotJson(f"{first}; fetched again, still not JSON. {r.entry.describe()} stays in the journal: "
+                                "a rerun fetches it again, without paying") from None
 
     def _decode(self, r: _Request, info: VideoInfo) -> DecodedResult:
         assert r.entry is not None and r.stored is not None

@@ -46,6 +46,11 @@ FILE_KEYS = ("video", "boundingbox_frames_zip")
 MAX_TRACK_ID = 2**31 - 1
 
 
+class ResultNotJson(UnexpectedResponse):
+    """The stored result's bytes are not JSON at all: garbled on the way (fal answers JSON),
+    not a shape our decoder misreads, so fetching it again can help where redecode cannot."""
+
+
 class NoLabelsInResponse(UnexpectedResponse):
     """The endpoint returned only rendered media, no per-frame masks. ``files`` maps
     output name -> URL (the rendered video, the overlay zip)."""
@@ -237,7 +242,7 @@ def _members(source: PayloadSource, request_id: str) -> Iterator[tuple[str, Any]
     try:
         yield from jsonstream.members(source(), STREAMED)
     except jsonstream.JsonStreamError as exc:
-        raise _fail(request_id, f"the result is not the JSON object expected: {exc}") from None
+        raise ResultNotJson(f"fal request {request_id}: the result is not the JSON object expected: {exc}") from None
 
 
 def _scan(source: PayloadSource, spec: Endpoint, frame_count: int, request_id: str) -> _Scan:
