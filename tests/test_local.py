@@ -206,6 +206,40 @@ def test_segment_videos_writes_local_results(small_video, make_dataset) -> None:
     assert ds.get_field("frames.local_sam").info["sam31_video"]["backend"] == "local"
 
 
+def test_local_videos_in_flight_are_capped_whatever_the_concurrency(small_video, make_dataset) -> None:
+    """Chunks run one at a time on the engine, and each video in flight holds a decoded
+    chunk: segment_videos' default of 8 videos at once only multiplied memory (4 x 640x480
+    took 525 MB against 140 one at a time). The local backend keeps 2 in flight."""
+    import threading
+
+    from sam_backend.fiftyone_io import segment_videos
+
+    ds = make_dataset(*[small_video[0]] * 5)
+    lock, active, peak = threading.Lock(), [0], [0]
+    with fake_backend(ContractFakePredictor(), chunk_size=20, overlap=6) as backend:
+        segment = backend.segment
+
+        def counted(*args, **kwargs):
+            run = segment(*args, **kwargs)
+            frames = run._frames
+
+            def tracked():
+                with lock:
+                    active[0] += 1
+                    peak[0] = max(peak[0], active[0])
+                try:
+                    yield from frames
+                finally:
+                    with lock:
+                        active[0] -= 1
+            run._frames = tracked()
+            return run
+
+        backend.segment = counted
+        report = segment_videos(ds, prompt="red ball", label_field="sam", backend=backend, concurrency=8)
+    assert report.failed == {} and len(report.done) == 5 and peak[0] == 2
+
+
 def test_cancel_stops_propagation_and_writes_nothing(small_video, make_dataset) -> None:
     from sam_backend.fiftyone_io import segment_videos
 

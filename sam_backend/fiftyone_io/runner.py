@@ -61,7 +61,10 @@ class Runner:
         work_keys = [self.work_key(j) for j in self.jobs]
         if self.journal is not None and callable(harvest := getattr(self.backend, "harvest", None)):
             harvest(work_keys)  # results finished while nobody watched expire within minutes
-        with concurrent.futures.ThreadPoolExecutor(max_workers=min(self.opts.concurrency, max(1, len(self.jobs))),
+        # A backend that computes one video at a time on this machine says how many may be in
+        # flight (each holds its decoded frames): more only add memory.
+        workers = min(self.opts.concurrency, getattr(self.backend, "max_concurrency", self.opts.concurrency))
+        with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, min(workers, len(self.jobs))),
                                                    thread_name_prefix="sam31-sample") as pool:
             # Ctrl-C in a script or notebook cancels like the CLI's: requests in flight are
             # cancelled at fal, nothing partial is written; it is raised below.

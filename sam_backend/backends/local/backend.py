@@ -40,6 +40,10 @@ class LocalBackend:
     """SAM 3.1 / SAM 3 on this machine. Build with :func:`BACKEND` (or give an engine)."""
 
     name = "local"
+    # Videos in flight at once, whatever segment_videos' concurrency: chunks run one at a
+    # time (the engine's lock), and each video in flight holds a decoded chunk; two let one
+    # decode while the other computes (8 held 8 chunks: 4 x 640x480 took 525 MB, not 140).
+    max_concurrency = 2
 
     def __init__(self, config: LocalConfig, *, engine: Engine | None = None,
                  predictor_factory: PredictorFactory | None = None) -> None:
