@@ -403,6 +403,25 @@ def test_an_unknown_or_missing_device_is_refused_when_the_backend_is_built(tiny_
             BACKEND(engine="transformers", model=str(tiny_model_dir), device="cuda:1", environ={})
 
 
+def test_the_cpu_allocator_failing_is_reported_as_out_of_memory() -> None:
+    """torch's CPU allocator raises a plain RuntimeError ("can't allocate memory"), not
+    "out of memory": it was reported as an unexpected error, without what to lower."""
+    from sam_backend.backends.local.errors import is_out_of_memory
+
+    with pytest.raises(RuntimeError) as info:
+        torch.empty(2**50, dtype=torch.uint8)  # the real allocator, asked for a petabyte
+    assert is_out_of_memory(info.value)
+
+
+def test_the_time_estimate_on_auto_uses_the_device_the_engine_will_pick(tiny_model_dir: Path, tiny_video) -> None:
+    info = probe(tiny_video[0])
+    with BACKEND(engine="transformers", model=str(tiny_model_dir), device="auto", environ={}) as backend:
+        detail = backend.estimate_cost(info, SegmentRequest.build(prompt="red ball")).detail
+    with BACKEND(engine="transformers", model=str(tiny_model_dir), device="cpu", environ={}) as backend:
+        on_cpu = backend.estimate_cost(info, SegmentRequest.build(prompt="red ball")).detail
+    assert (detail == on_cpu) is (not torch.cuda.is_available())  # it used the GPU's speed on a CPU machine
+
+
 @pytest.mark.gpu
 def test_transformers_engine_on_cuda(tiny_model_dir: Path, tiny_video) -> None:
     if not torch.cuda.is_available():

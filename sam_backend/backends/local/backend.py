@@ -105,7 +105,11 @@ class LocalBackend:
             return self._engine.device
         if self.config.device != "auto":
             return self.config.device
-        return "cuda" if self.config.engine != "transformers" else "auto"
+        if self.config.engine != "transformers":
+            return "cuda"  # Meta's engines run only there
+        import torch  # already imported by the preflight of this engine
+
+        return "cuda" if torch.cuda.is_available() else "cpu"  # what the engine will pick
 
     def segment(
         self,

@@ -31,7 +31,9 @@ def is_out_of_memory(exc: BaseException) -> bool:
     """True for torch's OutOfMemoryError (CUDA or CPU allocator) without importing torch."""
     if type(exc).__name__ == "OutOfMemoryError" or isinstance(exc, MemoryError):
         return True
-    return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
+    # torch's CPU allocator raises a plain RuntimeError: "DefaultCPUAllocator: can't allocate memory".
+    text = str(exc).lower()
+    return isinstance(exc, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text)
 
 
 def out_of_memory_message(device: str, first: int, last: int, chunk_size: int, offload: bool, exc: BaseException) -> str:
