@@ -169,6 +169,32 @@ def test_points_and_boxes_keep_their_object_ids_across_chunks(small_video) -> No
     assert [r["start_frame_index"] for r in runs] == [10, min(r["frame_index"] for r in seeds)]
 
 
+def test_an_object_first_prompted_after_the_first_chunk_is_said_labelled_from_where_it_is(
+        small_video, make_dataset, caplog: pytest.LogCaptureFixture) -> None:
+    """Chunks [0,20) [14,34) [28,48): a box on frame 30 belongs to the chunk from 14, whose
+    labels are written from frame 20 (14-19 came from the chunk before, which never saw
+    it). The warning names frame 20, and the labels start there; segment_videos logs it
+    (it was only in the field's info: a script or CLI user never saw it)."""
+    path, gt = small_video
+    assert {20, 30} <= set(gt.frames_visible("blue box"))
+    x0, y0, x1, y1 = mask_ops.tight_box(gt.mask("blue box", 30))
+    request = SegmentRequest.build(box_prompts=[{"x_min": x0, "y_min": y0, "x_max": x1, "y_max": y1,
+                                                 "object_id": 7, "frame_index": 30}])
+    with fake_backend(ContractFakePredictor(), chunk_size=20, overlap=6) as backend:
+        run = backend.segment(source(path), request)
+        results = list(run)
+    [warning] = run.record.warnings
+    assert "object 7 (first prompted on frame index 30) is labelled from frame index 20 on" in warning
+    assert "raise chunk_size above 31" in warning
+    assert min(fr.frame_index for fr in results if any(o.track_id == 7 for o in fr.objects)) == 20
+
+    from sam_backend.fiftyone_io import segment_videos
+
+    with fake_backend(ContractFakePredictor(), chunk_size=20, overlap=6) as backend, caplog.at_level("WARNING"):
+        segment_videos(make_dataset(path), box_prompts=request.box_prompts, label_field="sam", backend=backend)
+    assert warning in caplog.messages
+
+
 def test_frame_range_keeps_the_videos_own_frame_indices(small_video) -> None:
     path, gt = small_video
     fake = ContractFakePredictor()

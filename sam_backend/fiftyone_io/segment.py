@@ -142,7 +142,7 @@ def segment_collection(samples: fo.core.collections.SampleCollection, opts: Segm
         if run_id is not None and journal is not None:  # a resumed run: what its earlier part wrote
             earlier = _written_earlier(journal, run_id, dataset.name, opts.label_field, set(report.done))
         frame_counts = _frame_count_warnings(samples, jobs)
-        for warning in frame_counts:
+        for warning in frame_counts + _video_warnings(report):
             logger.warning(warning)
         report.warnings = mixed + frame_counts
     finally:
@@ -152,6 +152,16 @@ def segment_collection(samples: fo.core.collections.SampleCollection, opts: Segm
     if report.done:
         _describe_field(dataset, opts, report, earlier)
     return report
+
+
+def _video_warnings(report: SegmentReport, limit: int = 10) -> list[str]:
+    """Each distinct warning of the videos' runs (an object labelled from a later frame, an
+    endpoint fallback...), at most ``limit``: they are in the field's info too, but a CLI or
+    script user sees only what is logged. Reused stored results are in the billing figures."""
+    seen = list(dict.fromkeys(w for r in report.records.values() for w in r.warnings if "no new charge" not in w))
+    if len(seen) > limit:
+        return [*seen[:limit], f"... and {len(seen) - limit} more in frames.{report.label_field}'s info (sam31_video.warnings)"]
+    return seen
 
 
 def _check_collection(samples: fo.core.collections.SampleCollection, opts: SegmentOptions) -> None:

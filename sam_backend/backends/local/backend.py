@@ -128,13 +128,20 @@ class LocalBackend:
         plan = plan_chunks(len(indices), self.config.chunk_size, self.config.overlap)
         prompts = visual_prompts(request, {f: p for p, f in enumerate(indices)})
         record = RunRecord(backend=self.name, model=self.config.model_name)
-        late = sorted({p.obj_id for p in prompts if p.frame >= plan[0].stop})
+        first_prompt: dict[int, int] = {}
+        for p in prompts:
+            first_prompt[p.obj_id] = min(p.frame, first_prompt.get(p.obj_id, p.frame))
+        late = {obj: pos for obj, pos in sorted(first_prompt.items()) if pos >= plan[0].stop}
         if late:
-            record.warnings.append(
-                f"objects {late} are first prompted after the first chunk ({self.config.chunk_size} frames): "
-                "each is tracked from the start of the chunk holding its prompt, not before; raise chunk_size "
-                "to cover the prompt frame for full backward tracking"
-            )
+            # Labels of a chunk are written from its emit_from on (the frames before came from
+            # the previous chunk, which never saw the prompt).
+            starts = {obj: next(c for c in plan if c.start <= pos < c.stop).emit_from for obj, pos in late.items()}
+            warning = (f"the local backend runs this video in chunks of {self.config.chunk_size} frames and tracks "
+                       "an object back only within the chunk of its first prompt: "
+                       + ", ".join(f"object {obj} (first prompted on frame index {indices[pos]}) is labelled from "
+                                   f"frame index {indices[starts[obj]]} on" for obj, pos in late.items())
+                       + f"; raise chunk_size above {max(late.values()) + 1} to label them from the start")
+            record.warnings.append(warning)
         run = self._run(video, request, indices, plan, prompts, on_progress, cancel or CancelToken())
         return SegmentRun(run, record)
 
