@@ -244,11 +244,15 @@ class FalBackend:
                 get_url = self._lazy_input_url(video, indices, cancel, on_progress, stack)
                 self._run_requests(requests, get_url, work_key, record, on_progress, cancel)
         except BaseException:
-            # A failed video may still have paid for some requests: the report counts them.
-            for r in requests:
-                if r.entry is not None:
-                    r.entry = self.journal.get(r.entry.id)
-            self._record(record, requests)
+            # A failed video may still have paid for some requests: the report counts them
+            # (best effort: never hide the error that stopped the video).
+            try:
+                for r in requests:
+                    if r.entry is not None:
+                        r.entry = self.journal.get(r.entry.id)
+                self._record(record, requests)
+            except Exception:  # noqa: BLE001
+                log.exception("could not record the requests of a failed video")
             raise
         info = video.info if indices is None else video.info.model_copy(update={"frame_count": len(indices)})
         decoded = []
