@@ -29,6 +29,12 @@ def shorten(value: object, limit: int = 60) -> str:
     return f"{head}... ({len(text):,} characters)"
 
 
+def listed(items: list[str], sep: str = ", ", limit: int = 5) -> str:
+    """The first ``limit`` of ``items`` joined by ``sep``, then "..." if there are more: a
+    message names a few of many videos or runs, not all of them."""
+    return sep.join(items[:limit]) + (f"{sep}..." if len(items) > limit else "")
+
+
 class SamError(Exception):
     """Root of every error raised on purpose by sam_backend."""
 

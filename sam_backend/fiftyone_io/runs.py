@@ -14,7 +14,7 @@ from typing import Any
 import fiftyone as fo
 
 from ..backends.base import Backend, CancelToken
-from ..errors import InvalidRequest
+from ..errors import InvalidRequest, listed
 from .options import SampleProgress, SegmentOptions, SegmentReport
 from .segment import environ_with_secrets, segment_collection
 
@@ -161,6 +161,8 @@ def superseded(journal: Any, run: Any) -> dict[str, str]:
     id -> that run (its id, or "a run without a journal"). Read from the journal (a later
     run of the same dataset and field that finished the video) and from the field's
     per-video record (``written_at``, which also covers the emulator and local backends)."""
+    from ..backends.fal.journal import SampleState
+
     pending = set(run.pending())
     if not pending:
         return {}
@@ -169,7 +171,7 @@ def superseded(journal: Any, run: Any) -> dict[str, str]:
         if other.run_id == run.run_id or other.label_field != run.label_field or other.created_at <= run.created_at:
             continue
         for sid, state in other.samples.items():
-            if sid in pending and state.value == "done":
+            if sid in pending and state is SampleState.DONE:
                 out.setdefault(sid, other.run_id)
     if fo.dataset_exists(run.dataset):
         field = fo.load_dataset(run.dataset).get_field(f"frames.{run.label_field}")
@@ -185,7 +187,7 @@ def superseded(journal: Any, run: Any) -> dict[str, str]:
 
 def _runs_named(newer: dict[str, str]) -> str:
     names = sorted(set(newer.values()))
-    return ", ".join(f"run {n}" if not n.startswith("a run") else n for n in names[:3]) + (" ..." if len(names) > 3 else "")
+    return listed([n if n.startswith("a run") else f"run {n}" for n in names], limit=3)
 
 
 def redecode(

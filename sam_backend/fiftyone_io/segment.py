@@ -29,7 +29,7 @@ import fiftyone as fo
 
 from .. import video as video_ops
 from ..backends.base import Backend, CancelToken, get_backend
-from ..errors import InvalidRequest, VideoError, shorten
+from ..errors import InvalidRequest, VideoError, listed, shorten
 from ..types import SegmentRequest, VideoInfo
 from .options import DEFAULT_CONCURRENCY, SampleProgress, SegmentOptions, SegmentReport
 from .plan import SamplePlan, plan_sample
@@ -97,12 +97,12 @@ def segment_collection(samples: fo.core.collections.SampleCollection, opts: Segm
         mixed.append(f"{len(unprompted)} video(s) have no prompts (no text prompt, none in their labels): left out")
     if too_short:
         mixed.append(f"{len(too_short)} video(s) end before the frame range starts, left out: "
-                     + "; ".join(too_short[:5]) + ("; ..." if len(too_short) > 5 else ""))
+                     + listed(too_short, "; "))
     if opts.frames is not None:
         shorter = [j.path.name for j in jobs if opts.frames.runs_past_end(j.info.frame_count)]
         if shorter:
             mixed.append(f"frames.stop={opts.frames.stop} is past the end of {len(shorter)} video(s) "
-                         f"({', '.join(shorter[:5])}{', ...' if len(shorter) > 5 else ''}): each is processed to its "
+                         f"({listed(shorter)}): each is processed to its "
                          "last frame")
     config = getattr(backend, "config", None)  # a fal backend object's (a local backend has no text_mode)
     on_fal = hasattr(config, "text_mode") if backend is not None else opts.backend in ("fal", "emulator")

@@ -557,26 +557,21 @@ class FalBackend:
             except Cancelled:  # while waiting to retry the status call
                 self._cancel_request(entry, handle)
                 raise Cancelled(f"cancelled; asked fal to stop request {rid}") from None
-            except RequestGone as exc:
-                if time.time() - entry.created_at > RESULT_KEPT_AT_LEAST_S:
+            except (RequestGone, BackendUnavailable) as exc:
+                age = time.time() - entry.created_at
+                if isinstance(exc, RequestGone) and age > RESULT_KEPT_AT_LEAST_S:
                     self.journal.mark(entry.id, RequestState.EXPIRED, str(exc))
                     raise
-                # Accepted minutes ago, so its result cannot have expired yet: a 404 now is
-                # fal's hiccup (unconfirmed whether fal ever answers so), not a lost request.
-                # Treated as an outage: polled again, never marked expired (which resubmits).
+                # An outage; or a 404 minutes after the submit, too soon for the result to
+                # have expired: fal's hiccup (unconfirmed whether fal ever answers so), polled
+                # again and never marked expired (which would resubmit it).
                 outage_since = outage_since or time.monotonic()
                 if time.monotonic() - outage_since > self.config.status_outage_s:
+                    what = (f"fal answered 'not found' for request {rid} for {self.config.status_outage_s:g} s, "
+                            f"{age:.0f} s after it was submitted (too soon for its result to expire)"
+                            if isinstance(exc, RequestGone) else str(exc))
                     raise BackendUnavailable(
-                        f"fal answered 'not found' for request {rid} for {self.config.status_outage_s:g} s, "
-                        f"{time.time() - entry.created_at:.0f} s after it was submitted (too soon for its result to "
-                        f"expire); {entry.describe()} stays in the journal: a rerun polls it again, without paying"
-                    ) from exc
-                status = None
-            except BackendUnavailable as exc:
-                outage_since = outage_since or time.monotonic()
-                if time.monotonic() - outage_since > self.config.status_outage_s:
-                    raise BackendUnavailable(
-                        f"{exc}; {entry.describe()} stays in the journal: rerun the same job (or resume it) "
+                        f"{what}; {entry.describe()} stays in the journal: rerun the same job (or resume it) "
                         "to pick it up without paying again"
                     ) from exc
                 status = None

@@ -107,9 +107,9 @@ class LocalBackend:
             return self.config.device
         if self.config.engine != "transformers":
             return "cuda"  # Meta's engines run only there
-        import torch  # already imported by the preflight of this engine
+        from .hf import resolve_device
 
-        return "cuda" if torch.cuda.is_available() else "cpu"  # what the engine will pick
+        return resolve_device("auto")  # what the engine will pick
 
     def segment(
         self,

@@ -54,10 +54,19 @@ def check_transformers(config: LocalConfig) -> None:
                                 f"or a model id such as facebook/sam3; or set {ENV_MODEL})")
     if looks_local:
         check_model_folder(Path(config.model).expanduser())
+    resolve_device(config.device)
+
+
+def resolve_device(device: str) -> str:
+    """The device the engine runs on: ``auto`` is the GPU when one is visible; a GPU asked
+    for that is not there is refused."""
     import torch
 
-    if config.device.startswith("cuda") and not torch.cuda.is_available():
-        raise EngineUnavailable(f"device={config.device!r} asked but no CUDA GPU is visible; use device='cpu'")
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise EngineUnavailable(f"device={device!r} asked but no CUDA GPU is visible; use device='cpu'")
+    return device
 
 
 # model_type of the SAM 3 family in transformers: which one the published checkpoint's
@@ -99,12 +108,7 @@ class TransformersEngine:
 
         self.config = config
         self.name = "transformers"
-        wanted = config.device
-        if wanted == "auto":
-            wanted = "cuda" if torch.cuda.is_available() else "cpu"
-        if wanted.startswith("cuda") and not torch.cuda.is_available():
-            raise EngineUnavailable(f"device={config.device!r} asked but no CUDA GPU is visible; use device='cpu'")
-        self.device = wanted
+        self.device = resolve_device(config.device)
         self._torch = torch
         self._video_model: Any = None
         self._tracker_model: Any = None
