@@ -195,8 +195,7 @@ def test_operator_form_marks_a_conflicting_field(make_dataset, small_video) -> N
 
 
 def test_sdk_call_through_the_registered_operator(make_dataset, small_video) -> None:
-    if "prepare_prompts" not in (ROOT / "fiftyone.yml").read_text():
-        pytest.skip("prepare_prompts is not listed in fiftyone.yml yet")
+    assert "prepare_prompts" in (ROOT / "fiftyone.yml").read_text(), "prepare_prompts is not listed in fiftyone.yml"
     ds = make_dataset(small_video[0])
     result = foo.get_operator("@sam31/video/prepare_prompts")(ds, classes=["ball"]).result
     assert list(result["created"]) == ["frames.sam_boxes", "frames.sam_clicks"]

@@ -100,7 +100,7 @@ def registered() -> None:
     try:
         foo.get_operator(URI)
     except ValueError:
-        pytest.skip(f"{URI} is not registered in the plugin yet (operators/__init__.py, fiftyone.yml)")
+        pytest.fail(f"{URI} is not registered in the plugin (operators/__init__.py, fiftyone.yml)")
 
 
 def test_sdk_call_runs_the_registered_operator(registered, scene, tmp_path) -> None:
