@@ -32,7 +32,7 @@ DEFAULT_FAL_ENDPOINT = "fal-ai/sam-3-1/video-rle"
 
 _RUN_KEYS = ("label_field", "backend", "prompt", "detection_threshold", "max_num_objects", "min_mask_area",
              "min_track_frames", "concurrency", "point_prompts", "box_prompts", "prompt_fields", "run_key",
-             "render_video", "overwrite")
+             "render_video", "overwrite", "max_usd")
 # Every param the form and execute read: what an SDK call (``__call__``) may pass.
 KNOWN_PARAMS = frozenset((*_RUN_KEYS, *LOCAL_OPTIONS, *FAL_OPTIONS, "emulator_service_s", "frame_start", "frame_stop",
                           "frame_step", "mask_storage", "mask_dir", "refine", "refine_direction", "use_selection",
@@ -294,6 +294,10 @@ def _run_inputs(ctx: Any, inputs: types.Object, view: Any) -> None:
     inputs.int("shards", default=1, min=1, max=64, label="Split into N delegated operations",
                description="For many videos: each shard can run on its own `fiftyone delegated launch` worker")
     inputs.bool("delegate", default=False, label="Run in the background (delegated)")
+    if (params.get("backend") or DEFAULTS.backend) in ("fal", "emulator"):
+        inputs.float("max_usd", min=0.0, label="Refuse the run if its estimate is above (USD, empty = no cap)",
+                     description="Checked against the full estimate before anything is sent, prompts from labels "
+                                 "included")
     inputs.view("cost", types.Notice(label=cost_line(view, params)))
 
 

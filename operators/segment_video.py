@@ -22,6 +22,10 @@ from sam_backend.types import FrameRange
 from .run_progress import fail_in_app, run_with_progress, summary
 from .segment_form import DEFAULTS, KNOWN_PARAMS, build_inputs, new_run_key, options_from_params, selection
 
+def _secrets(ctx: Any, options: SegmentOptions) -> dict[str, str] | None:
+    return {"FAL_KEY": ctx.secret("FAL_KEY")} if options.backend == "fal" and ctx.secret("FAL_KEY") else None
+
+
 class SegmentVideo(foo.Operator):
     @property
     def config(self) -> foo.OperatorConfig:
@@ -65,7 +69,7 @@ class SegmentVideo(foo.Operator):
                 "frames": FrameRange(start=chosen.start, stop=stop if chosen.stop is None else min(stop, chosen.stop),
                                      step=chosen.step),
                 "label_field": f"{options.label_field}_preview"})
-        secrets = {"FAL_KEY": ctx.secret("FAL_KEY")} if options.backend == "fal" and ctx.secret("FAL_KEY") else None
+        secrets = _secrets(ctx, options)
         report = yield from run_with_progress(
             ctx, lambda progress, cancel: segment_videos(view, options, secrets=secrets, progress=progress, cancel=cancel))
         yield ctx.trigger("reload_dataset")
@@ -79,6 +83,11 @@ class SegmentVideo(foo.Operator):
         what it already wrote."""
         ids = view.values("id")
         shards = min(ctx.params["shards"], len(ids))
+        if options.max_usd is not None:  # each shard checks only its own slice: check the whole run first
+            try:
+                segment_videos(view, options.model_copy(update={"dry_run": True}), secrets=_secrets(ctx, options))
+            except SamError as exc:
+                yield from fail_in_app(ctx, exc)
         run_key = new_run_key()
         params = {k: v for k, v in ctx.params.items() if k not in ("shards", "view_target", "delegate")}
         for i in range(shards):

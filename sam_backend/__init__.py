@@ -8,6 +8,7 @@ from .errors import (
     BackendUnavailable,
     Cancelled,
     InvalidRequest,
+    OverBudget,
     QuotaError,
     RemoteFailure,
     ResultExpired,
@@ -20,7 +21,7 @@ from .types import BoxPrompt, FrameResult, PointPrompt, SegmentRequest, TrackedO
 __version__ = "0.1.0"
 
 __all__ = [
-    "AuthError", "BackendUnavailable", "BoxPrompt", "Cancelled", "FrameResult", "InvalidRequest", "PointPrompt",
-    "QuotaError", "RemoteFailure", "ResultExpired", "SamError", "SegmentRequest", "TrackedObject",
+    "AuthError", "BackendUnavailable", "BoxPrompt", "Cancelled", "FrameResult", "InvalidRequest", "OverBudget",
+    "PointPrompt", "QuotaError", "RemoteFailure", "ResultExpired", "SamError", "SegmentRequest", "TrackedObject",
     "UnexpectedResponse", "VideoError", "VideoInfo",
 ]

@@ -8,8 +8,12 @@ recorded with the labels after each run.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
+from .backends.base import CostEstimate
 from .backends.fal.endpoints import SAM3_VIDEO_RLE_OBJECTS, SAM31_VIDEO_RLE, plan_cost
 from .backends.fal.planner import TextMode, plan
+from .errors import OverBudget
 from .types import SegmentRequest
 
 
@@ -20,3 +24,32 @@ def fal_estimate(request: SegmentRequest, frames: int, *, endpoint: str = SAM31_
     planned = plan(request, visual_endpoint=endpoint, objects_endpoints=[objects_endpoint], text_mode=text_mode,
                    fallbacks={})
     return plan_cost(planned, frames)
+
+
+def total_usd(estimates: Sequence[CostEstimate]) -> float | None:
+    """The run's cost: the sum of its videos' estimates; None when any is unpriced or free."""
+    if not estimates or any(e.usd is None for e in estimates):
+        return None
+    return sum(e.usd or 0.0 for e in estimates)
+
+
+def check_budget(estimates: Sequence[CostEstimate], max_usd: float | None) -> None:
+    """Refuse a run whose estimate is above ``max_usd`` (or whose cost cannot be known),
+    before anything is sent. Free backends (local) always pass."""
+    billed = [e for e in estimates if e.billed]
+    if max_usd is None or not billed:
+        return
+    frames = sum(e.frames for e in billed)
+    scope = f"{len(billed)} video(s), {frames:,} frames"
+    unpriced = next((e for e in billed if e.usd is None), None)
+    if unpriced is not None:
+        raise OverBudget(f"max_usd=${max_usd:.2f} cannot be kept: {unpriced.detail}, so this run's cost ({scope}) is "
+                         "unknown. Nothing was sent; pick a priced endpoint, or leave max_usd unset to run anyway")
+    usd = total_usd(billed)
+    assert usd is not None
+    if usd > max_usd:
+        digits = 2 if f"{usd:.2f}" != f"{max_usd:.2f}" else 4  # never "$0.01 is above $0.01"
+        raise OverBudget(f"this run is estimated at ${usd:.{digits}f} ({scope}; {billed[0].detail} for the first), "
+                         f"above max_usd=${max_usd:.{digits}f}. Nothing was sent. Send fewer frames (a frame range or step), fewer "
+                         "concepts or objects, or fewer videos, or raise max_usd. Results stored from an earlier run "
+                         "of the same videos and prompts are counted, though they are not charged again")

@@ -2,6 +2,7 @@
 
     SamError
     ├── InvalidRequest        the request or its prompts cannot work on this video; nothing was sent
+    ├── OverBudget            the run's estimate is above the max_usd the caller set; nothing was sent
     ├── VideoError            a video cannot be read or probed (missing file, not a video, no ffmpeg)
     ├── AuthError             the backend refused the credentials (fal 401/403, FAL_KEY missing)
     ├── QuotaError            the backend refused for balance/rate reasons that retrying won't fix
@@ -48,6 +49,11 @@ class InvalidRequest(SamError):
     def __init__(self, problems: list[str] | str):
         self.problems = [problems] if isinstance(problems, str) else list(problems)
         super().__init__("invalid request: " + "; ".join(self.problems))
+
+
+class OverBudget(SamError):
+    """The run would cost more than the caller allowed (``max_usd``), or its cost cannot
+    be known. Raised before anything is sent."""
 
 
 class VideoError(SamError):

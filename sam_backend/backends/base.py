@@ -106,7 +106,8 @@ class CostEstimate(BaseModel):
 
     backend: str
     frames: int
-    usd: float | None = None  # None where money is not the cost (local GPU)
+    usd: float | None = None  # None: no money (see ``billed``) or no known price
+    billed: bool = True  # False where money is not the cost (local GPU)
     detail: str = ""
 
 

@@ -3,7 +3,9 @@
 - ``demo``: run the demo;
 - ``segment DATASET --prompt ...``: label a dataset (Ctrl-C cancels every request in
   flight and writes nothing partial; a second Ctrl-C quits at once, leaving the requests
-  running and journaled for ``resume``);
+  running and journaled for ``resume``). The estimate is printed before anything is
+  sent; ``--max-usd`` refuses a run estimated above it, ``--dry-run`` stops after the
+  checks and the estimate;
 - ``resume [DATASET]``: finish the newest unfinished run without paying twice;
 - ``status [DATASET]``: runs in the journal and requests still open at fal;
 - ``fal-check [--yes]``: check fal's RLE layout and object semantics with your key (a
@@ -15,6 +17,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import signal
 import sys
 from collections.abc import Sequence
@@ -48,6 +51,24 @@ def _show(p: Any) -> None:
     finished = p.done + p.failed
     message = f"queue position {p.backend.queue_position}" if p.backend.queue_position is not None else p.backend.message
     print(f"[{finished}/{p.sample_count} finished] video {p.sample_index + 1}: {p.backend.stage} {message}", file=sys.stderr)
+
+
+class _SayProgress:
+    """Show sam_backend's info lines (the cost estimate, said before anything is sent) and
+    warnings on stderr while a command runs, as bare messages."""
+
+    def __enter__(self) -> _SayProgress:
+        self._logger = logging.getLogger("sam_backend")
+        self._handler = logging.StreamHandler(sys.stderr)
+        self._handler.setFormatter(logging.Formatter("%(message)s"))
+        self._level = self._logger.level
+        self._logger.addHandler(self._handler)
+        self._logger.setLevel(logging.INFO)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._logger.removeHandler(self._handler)
+        self._logger.setLevel(self._level)
 
 
 class _Interrupts:
@@ -92,6 +113,20 @@ def _print_report(report: Any, field: str, *, show_run: bool = True, stored_only
     return 1 if report.failed else 0
 
 
+def _print_dry_run(report: Any, backend: str) -> int:
+    if report.estimated_usd is None:
+        cost = "no fee (local)" if backend == "local" else "cost unknown (no price for its endpoint)"
+    else:
+        cost = f"estimated ${report.estimated_usd:.2f} on fal" + (" (the emulator charges nothing)"
+                                                                    if backend == "emulator" else "")
+    skipped = f", {len(report.failed)} unreadable" if report.failed else ""
+    print(f"dry run: {report.samples - len(report.failed)} video(s), {report.planned_frames} frames{skipped}: {cost}. "
+          "Checked; nothing was sent or written")
+    for sample_id, message in report.failed.items():
+        print(f"UNREADABLE {sample_id}: {message}", file=sys.stderr)
+    return 0
+
+
 def _segment(args: argparse.Namespace) -> int:
 
     from .segment import segment_videos
@@ -106,13 +141,15 @@ def _segment(args: argparse.Namespace) -> int:
         backend_options["journal_path"] = args.journal
     if args.text_mode:
         backend_options["text_mode"] = args.text_mode
-    with _Interrupts() as interrupts:
+    with _Interrupts() as interrupts, _SayProgress():
         report = segment_videos(dataset, prompt=args.prompt, label_field=args.field, backend=args.backend,
                                 detection_threshold=args.threshold, max_num_objects=args.max_objects,
                                 concurrency=args.concurrency, frames=args.frames, url_field=args.url_field,
                                 prompt_fields=args.prompt_field or [], backend_options=backend_options,
                                 overwrite=args.overwrite, skip_failures=not args.stop_on_failure, progress=_show,
-                                cancel=interrupts.token)
+                                cancel=interrupts.token, max_usd=args.max_usd, dry_run=args.dry_run)
+    if report.dry_run:
+        return _print_dry_run(report, args.backend)
     # Without --journal the emulator keeps its journal in memory: no run to resume or redecode.
     return _print_report(report, args.field, show_run=args.backend != "emulator" or bool(args.journal))
 
@@ -131,7 +168,7 @@ def load_dataset(name: str) -> Any:
 def _resume(args: argparse.Namespace) -> int:
     from .runs import resume
 
-    with _Interrupts() as interrupts:
+    with _Interrupts() as interrupts, _SayProgress():
         report = resume(args.dataset, run_id=args.run, label_field=args.field, journal_path=args.journal,
                         resubmit_uncertain=args.resubmit_uncertain, progress=_show, cancel=interrupts.token)
     return _print_report(report, report.label_field)
@@ -217,6 +254,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     seg.add_argument("--text-mode", choices=["instances", "union"], default=None,
                      help="instances (default): a track per instance via SAM 3's objects endpoint; "
                           "union: one track per concept on SAM 3.1")
+    seg.add_argument("--max-usd", type=float, default=None, metavar="USD",
+                     help="refuse the run, before anything is sent, if its fal estimate is above USD")
+    seg.add_argument("--dry-run", action="store_true",
+                     help="check the dataset, videos and prompts and print the estimate; send and write nothing")
     res = sub.add_parser("resume", help="finish an unfinished run without paying twice")
     res.add_argument("dataset", nargs="?")
     res.add_argument("--run", default=None, help="run id (default: the newest unfinished run)")

@@ -72,6 +72,10 @@ class SegmentOptions(BaseModel):
     run_key: str | None = None
     # Keep the rendered overlay video / box-overlay zip URLs on each sample (<field>_outputs).
     render_video: bool = False
+    # Refuse the run, before anything is sent, when its fal estimate is above this (USD).
+    max_usd: float | None = Field(default=None, ge=0)
+    # Check everything and estimate the cost, then stop: nothing is sent or written.
+    dry_run: bool = False
 
     @property
     def per_sample_prompts(self) -> bool:
@@ -137,6 +141,8 @@ class SegmentReport:
     detections: int = 0
     tracks: dict[str, int] = dataclasses.field(default_factory=dict)  # sample id -> tracks
     estimated_usd: float | None = None
+    planned_frames: int = 0  # frames the backend is sent (or, in a dry run, would be)
+    dry_run: bool = False  # nothing was sent or written: see estimated_usd and planned_frames
     records: dict[str, RunRecord] = dataclasses.field(default_factory=dict)
     warnings: list[str] = dataclasses.field(default_factory=list)
     seconds: float = 0.0

@@ -28,7 +28,8 @@ from bson import ObjectId
 import fiftyone as fo
 
 from .. import video as video_ops
-from ..backends.base import Backend, CancelToken, get_backend
+from ..backends.base import Backend, CancelToken, CostEstimate, get_backend
+from ..cost import check_budget, total_usd
 from ..errors import InvalidRequest, VideoError, listed, shorten
 from ..types import SegmentRequest, VideoInfo
 from .options import DEFAULT_CONCURRENCY, SampleProgress, SegmentOptions, SegmentReport
@@ -120,7 +121,16 @@ def segment_collection(samples: fo.core.collections.SampleCollection, opts: Segm
     assert active is not None
     earlier: dict[str, tuple[str | None, float | None]] = {}
     try:
-        report.estimated_usd = _total_cost(active, jobs)
+        estimates = _estimates(active, jobs)
+        report.estimated_usd, report.planned_frames = total_usd(estimates), sum(e.frames for e in estimates)
+        if report.estimated_usd is not None:  # said before anything is sent (CLI, delegated run's log)
+            free = " (fal's price; the emulator charges nothing)" if active.name == "emulator" else ""
+            logger.info("estimated cost: $%.2f for %d video(s), %d frames%s", report.estimated_usd, len(jobs),
+                        report.planned_frames, free)
+        check_budget(estimates, opts.max_usd)
+        if opts.dry_run:
+            report.dry_run = True
+            return report
         journal = getattr(active, "journal", None)
         if journal is not None and hasattr(journal, "begin_run"):
             report.run_id = _record_run(journal, dataset, opts, jobs, run_id)
@@ -364,19 +374,16 @@ def _frame_count_warnings(samples: fo.core.collections.SampleCollection, jobs: S
     return warnings
 
 
-def _total_cost(backend: Backend, jobs: Sequence[Job]) -> float | None:
-    """Sum of the per-video estimates, counting only the frames that will be sent."""
-    total = 0.0
+def _estimates(backend: Backend, jobs: Sequence[Job]) -> list[CostEstimate]:
+    """Each video's estimate, counting only the frames that will be sent."""
+    out = []
     for job in jobs:
         assert job.plan is not None
         info = job.info
         if job.plan.frames is not None:
             info = info.model_copy(update={"frame_count": len(job.plan.frames.indices(info.frame_count))})
-        usd = backend.estimate_cost(info, job.plan.request).usd
-        if usd is None:
-            return None
-        total += usd
-    return total
+        out.append(backend.estimate_cost(info, job.plan.request))
+    return out
 
 
 def _written_earlier(journal: Any, run_id: str, dataset: str, field: str,

@@ -98,7 +98,7 @@ class LocalBackend:
         seconds = video.frame_count / fps
         detail = (f"{video.frame_count} frames with {self.config.model_name} on {device}; "
                   f"estimated time about {seconds:.0f} s at ~{fps:g} frames/s (rough; no money spent)")
-        return CostEstimate(backend=self.name, frames=video.frame_count, usd=None, detail=detail)
+        return CostEstimate(backend=self.name, frames=video.frame_count, usd=None, billed=False, detail=detail)
 
     def _device_hint(self) -> str:
         if self._engine is not None:

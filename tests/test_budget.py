@@ -1,0 +1,117 @@
+"""A cost cap and a dry run: ``max_usd`` refuses a run whose whole estimate (every video,
+only the frames sent) is above it, and ``dry_run`` checks and estimates without sending or
+writing anything. Checked against the real fal backend on the loopback emulator, the
+real CLI, and the operator's sharded path; prices are the endpoint table's (SAM 3's
+objects endpoint: $0.005 per started block of 16 frames, assumed)."""
+
+from __future__ import annotations
+
+import fiftyone as fo
+import fiftyone.operators as foo
+import pytest
+from fiftyone.operators.delegated import DelegatedOperationService
+
+from sam_backend.backends.base import CostEstimate
+from sam_backend.backends.fal import FalBackend
+from sam_backend.cost import check_budget
+from sam_backend.emulator import EmulatorServer
+from sam_backend.errors import InvalidRequest, OverBudget
+from sam_backend.fiftyone_io import segment_videos
+from sam_backend.fiftyone_io.cli import main
+from sam_backend.types import FrameRange
+
+PROMPT = "red ball, blue box, green ball"
+PER_VIDEO = 3 * 6 * 0.005  # the scene: 3 concepts x 6 blocks of 16 frames (96 frames)
+
+
+def calls(emulator: EmulatorServer) -> int:
+    return sum(emulator.stats.calls_by_route.values())
+
+
+def test_a_run_estimated_above_max_usd_is_refused_before_any_call(make_dataset, scene_video,
+                                                                  fal_backend: FalBackend, emulator: EmulatorServer) -> None:
+    ds = make_dataset(scene_video[0], scene_video[0])
+    before = calls(emulator)
+    # each video alone is within the cap; the two together are not
+    with pytest.raises(OverBudget) as info:
+        segment_videos(ds, prompt=PROMPT, label_field="sam", backend=fal_backend, max_usd=1.5 * PER_VIDEO)
+    message = str(info.value)
+    assert f"${2 * PER_VIDEO:.2f}" in message and f"max_usd=${1.5 * PER_VIDEO:.2f}" in message
+    assert "2 video(s), 192 frames" in message and "Nothing was sent" in message
+    assert calls(emulator) == before
+    assert not ds.has_frame_field("sam")
+    # only the frames sent count: 32 frames are 2 blocks a request
+    report = segment_videos(ds, prompt=PROMPT, label_field="sam", backend=fal_backend, max_usd=1.5 * PER_VIDEO,
+                            frames=FrameRange(start=0, stop=32))
+    assert report.failed == {} and len(report.done) == 2
+    assert report.estimated_usd == pytest.approx(2 * 3 * 2 * 0.005) and report.planned_frames == 64
+
+
+def test_a_dry_run_checks_and_estimates_but_sends_and_writes_nothing(make_dataset, scene_video,
+                                                                     fal_backend: FalBackend,
+                                                                     emulator: EmulatorServer) -> None:
+    ds = make_dataset(scene_video[0], scene_video[0])
+    before = calls(emulator)
+    report = segment_videos(ds, prompt=PROMPT, label_field="sam", backend=fal_backend, dry_run=True)
+    assert report.dry_run and report.done == [] and report.failed == {}
+    assert report.estimated_usd == pytest.approx(2 * PER_VIDEO) and report.planned_frames == 192
+    assert calls(emulator) == before
+    ds.reload()
+    assert not ds.has_frame_field("sam") and ds.first().metadata is None  # not even FiftyOne's metadata
+    with pytest.raises(InvalidRequest, match="outside the frame"):  # the checks of a real run, all of them
+        segment_videos(ds, box_prompts=[{"x_min": 300, "y_min": 10, "x_max": 330, "y_max": 40}], backend=fal_backend,
+                       dry_run=True)
+
+
+def test_the_cap_counts_only_what_is_billed() -> None:
+    fal = [CostEstimate(backend="fal", frames=96, usd=0.04), CostEstimate(backend="fal", frames=48, usd=0.03)]
+    check_budget(fal, 0.07)
+    with pytest.raises(OverBudget, match=r"\$0\.0700 \(2 video\(s\), 144 frames.*above max_usd=\$0\.0690"):
+        check_budget(fal, 0.069)  # both would read $0.07 at two decimals
+    with pytest.raises(OverBudget, match=r"\$0\.07 \(.*above max_usd=\$0\.05\."):
+        check_budget(fal, 0.05)
+    check_budget([CostEstimate(backend="local", frames=500, usd=None, billed=False)], 0.0)  # no money involved
+    unpriced = [CostEstimate(backend="fal", frames=96, usd=None, detail="no price known for fal-ai/new")]
+    with pytest.raises(OverBudget, match="cannot be kept: no price known for fal-ai/new"):
+        check_budget(unpriced, 100.0)
+    check_budget(unpriced, None)  # no cap asked for: the run is the caller's call
+
+
+def run_cli(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    rc = main(argv)
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def test_cli_states_the_estimate_before_sending_and_honours_the_cap(make_dataset, small_video,
+                                                                     emulator: EmulatorServer,
+                                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    ds = make_dataset(small_video[0], small_video[0])
+    base = ["segment", ds.name, "--prompt", "red ball, blue box", "--backend", "emulator"]
+    estimate = 2 * 2 * 3 * 0.005  # 2 videos x 2 concepts x 3 blocks (48 frames)
+    rc, out, err = run_cli([*base, "--dry-run"], capsys)
+    assert rc == 0, err
+    assert f"dry run: 2 video(s), 96 frames: estimated ${estimate:.2f} on fal" in out
+    assert "nothing was sent or written" in out
+    assert not fo.load_dataset(ds.name).has_frame_field("sam")
+    rc, out, err = run_cli([*base, "--max-usd", "0.05"], capsys)
+    assert rc == 2 and "above max_usd=$0.05" in err.splitlines()[-1], err
+    assert not fo.load_dataset(ds.name).has_frame_field("sam")
+    rc, out, err = run_cli([*base, "--max-usd", "0.07"], capsys)
+    assert rc == 0, err
+    lines = err.splitlines()
+    said = next(i for i, line in enumerate(lines) if line.startswith(f"estimated cost: ${estimate:.2f}"))
+    progress = [i for i, line in enumerate(lines) if line.startswith("[")]
+    assert progress and said < progress[0]  # said before the first upload
+    assert "emulator charges nothing" in lines[said]
+
+
+def test_sharded_runs_check_the_cap_on_the_whole_run_before_queueing(make_dataset, small_video) -> None:
+    ds = make_dataset(*[small_video[0]] * 3, persistent=True)
+    # one shard's videos are within $0.02; the three videos ($0.045) are not
+    with pytest.raises(Exception, match=r"above max_usd=\$0\.02"):
+        foo.get_operator("@sam31/video/segment_video")(ds.view(), "red ball", backend="emulator", label_field="capped",
+                                                       shards=3, max_usd=0.02)
+    assert DelegatedOperationService().get_queued_operations(operator="@sam31/video/segment_video",
+                                                             dataset_name=ds.name) == []
+    assert not fo.load_dataset(ds.name).has_frame_field("capped")
