@@ -6,13 +6,16 @@ objects endpoint: $0.005 per started block of 16 frames, assumed)."""
 
 from __future__ import annotations
 
+import uuid
+from pathlib import Path
+
 import fiftyone as fo
 import fiftyone.operators as foo
 import pytest
 from fiftyone.operators.delegated import DelegatedOperationService
 
 from sam_backend.backends.base import CostEstimate
-from sam_backend.backends.fal import FalBackend
+from sam_backend.backends.fal import FalBackend, FalConfig
 from sam_backend.cost import check_budget
 from sam_backend.emulator import EmulatorServer
 from sam_backend.errors import InvalidRequest, OverBudget
@@ -115,3 +118,79 @@ def test_sharded_runs_check_the_cap_on_the_whole_run_before_queueing(make_datase
     assert DelegatedOperationService().get_queued_operations(operator="@sam31/video/segment_video",
                                                              dataset_name=ds.name) == []
     assert not fo.load_dataset(ds.name).has_frame_field("capped")
+
+
+def test_the_demo_run_again_on_fal_takes_its_paid_results(tmp_path: Path, emulator: EmulatorServer,
+                                                          monkeypatch: pytest.MonkeyPatch,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    """The demo's fal requests are journaled per sample: a rerun (after a kill, or to look
+    again) keeps its sample and pays nothing; another prompt is a new request."""
+    from sam_backend.fiftyone_io import demo
+
+    real = demo.segment_videos
+    journal = tmp_path / "journal.sqlite"
+
+    def on_the_emulator(samples, **kwargs):  # the demo's own call, with fal's hosts moved to loopback
+        assert kwargs.pop("backend") == "fal"
+        config = FalConfig(key=emulator.key, queue_url=emulator.queue_url, rest_url=emulator.rest_url,
+                           cdn_url=emulator.cdn_url, poll_initial_s=0.05, journal_path=journal)
+        with FalBackend(config) as backend:
+            return real(samples, backend=backend, **kwargs)
+
+    monkeypatch.setenv("FAL_KEY", "a1b2c3d4-id:s3cr3t-value")
+    monkeypatch.setattr(demo, "segment_videos", on_the_emulator)
+    name = f"sam31-demo-{uuid.uuid4().hex[:6]}"
+    argv = ["demo", "--frames", "20", "--dataset", name, "--out", str(tmp_path)]
+    try:
+        submits = len(emulator.stats.submits)
+        assert main(argv) == 0
+        assert len(emulator.stats.submits) - submits == 3  # 3 concepts
+        first = fo.load_dataset(name).first()
+        assert main(argv) == 0
+        assert len(emulator.stats.submits) - submits == 3  # nothing new
+        again = fo.load_dataset(name).first()
+        assert again.id == first.id and len(fo.load_dataset(name)) == 1
+        assert {d.label for f in again.frames.values() for d in f["sam"].detections} == {"red ball", "blue box",
+                                                                                            "green ball"}
+        assert main([*argv, "--prompt", "red ball, purple star"]) == 0  # one concept is new
+        assert len(emulator.stats.submits) - submits == 4
+        out = capsys.readouterr().out
+        assert "s3cr3t" not in out
+    finally:
+        if fo.dataset_exists(name):
+            fo.delete_dataset(name)
+
+
+def test_concepts_reordered_or_dropped_take_their_paid_results(make_dataset, small_video, emulator: EmulatorServer,
+                                                               fal_backend: FalBackend,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    ds = make_dataset(small_video[0])
+    submits = len(emulator.stats.submits)
+    segment_videos(ds, prompt="red ball, blue box", label_field="sam", backend=fal_backend)
+    assert len(emulator.stats.submits) - submits == 2
+    for prompt, concepts in (("blue box, red ball", 2), ("blue box", 1)):  # same requests, other places in the plan
+        report = segment_videos(ds, prompt=prompt, label_field="sam", backend=fal_backend)
+        assert report.failed == {} and len(emulator.stats.submits) - submits == 2, prompt
+        assert report.billed_units == 0 and report.reused_units == concepts * 48
+    labels = {d.label for f in ds.first().frames.values() for d in f["sam"].detections}
+    assert labels == {"blue box"}
+
+
+def test_requests_journaled_by_the_older_positional_hash_are_not_paid_again(make_dataset, small_video,
+                                                                              emulator: EmulatorServer,
+                                                                              fal_backend: FalBackend,
+                                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """Journals written before the position left the request hash still name paid
+    requests: a rerun (or a resume across the upgrade) finds them under their old hash."""
+    from sam_backend.backends.fal import backend as fal_module
+
+    ds = make_dataset(small_video[0])
+    current = fal_module.request_hash
+    monkeypatch.setattr(fal_module, "request_hash",
+                        lambda p, identity, frames, with_position=False: current(p, identity, frames, with_position=True))
+    submits = len(emulator.stats.submits)
+    segment_videos(ds, prompt="red ball, blue box", label_field="sam", backend=fal_backend)
+    monkeypatch.setattr(fal_module, "request_hash", current)
+    report = segment_videos(ds, prompt="red ball, blue box", label_field="sam", backend=fal_backend)
+    assert report.failed == {} and len(emulator.stats.submits) - submits == 2
+    assert report.reused_units == 2 * 48

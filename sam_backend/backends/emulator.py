@@ -48,10 +48,10 @@ class EmulatorBackend(FalBackend):
             self.journal.mark(entry.id, RequestState.EXPIRED, "the emulator that accepted it has stopped; sent again "
                                                              "(the emulator charges nothing)")
 
-    def _reusable_entry(self, work_key: str | None, rhash: str) -> Entry | None:
+    def _reusable_entry(self, work_key: str | None, rhash: str, older_hash: str | None = None) -> Entry | None:
         if work_key is not None:
-            self._forget_gone(self.journal.latest(work_key, rhash))
-        return super()._reusable_entry(work_key, rhash)
+            self._forget_gone(self._latest(work_key, rhash, older_hash))
+        return super()._reusable_entry(work_key, rhash, older_hash)
 
     def _forget_gone_submitted(self, work_keys: list[str]) -> list[str]:
         for entry in self.journal.entries(states=[RequestState.SUBMITTED], work_keys=work_keys):

@@ -44,8 +44,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prompt", default=DEFAULT_PROMPT, help=f"comma-separated concepts (default: {DEFAULT_PROMPT!r})")
     p.add_argument("--frames", type=_frame_count, default=96, help="length of the generated video (default 96)")
     p.add_argument("--dataset", default="sam31-demo",
-                   help="FiftyOne dataset name (default sam31-demo); a dataset of an earlier demo run is replaced, "
-                        "any other dataset of that name is left alone and the demo stops")
+                   help="FiftyOne dataset name (default sam31-demo); a dataset of an earlier demo run is reused, "
+                        "its labels cleared (a rerun on fal takes the results it paid for), any other dataset of that "
+                        "name is left alone and the demo stops")
     p.add_argument("--field", default="sam", help="frame field for the tracks (default 'sam')")
     p.add_argument("--out", type=Path, default=Path("out/demo"), help="where the video is written")
     p.add_argument("--app", action="store_true", help="open the FiftyOne App on the result and wait")
@@ -72,13 +73,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"video: {video_path} ({scene.width}x{scene.height}, {scene.frame_count} frames at 29.97 fps, "
           f"objects: {', '.join(s.name for s in scene.shapes)})")
 
-    if fo.dataset_exists(args.dataset):
-        fo.delete_dataset(args.dataset)  # an earlier demo's (checked above)
-    dataset = fo.Dataset(args.dataset, persistent=True)
-    dataset.info[DEMO_MARK] = True
-    dataset.save()
-    sample = fo.Sample(filepath=str(video_path))
-    dataset.add_sample(sample)
+    dataset, sample = _demo_dataset(args.dataset, video_path)
     _write_ground_truth(dataset, sample.id, truth)
 
     def show(p: SampleProgress) -> None:
@@ -100,6 +95,33 @@ def run(args: argparse.Namespace) -> int:
     else:
         print(f"Browse it: fiftyone app launch {args.dataset}   (or rerun with --app)")
     return 0 if not report.failed else 1
+
+
+def _demo_dataset(name: str, video_path: Path) -> tuple[fo.Dataset, fo.Sample]:
+    """The demo's dataset with one sample for ``video_path``, labels cleared. An earlier
+    demo's sample for the same file is kept, not made anew: fal requests are journaled
+    per sample id, so a rerun after a kill or a finished run takes the paid results
+    (same video bytes, same prompt) instead of paying again."""
+    if fo.dataset_exists(name):  # an earlier demo's (checked in _check_dataset_name)
+        dataset = fo.load_dataset(name)
+        if len(dataset) == 1 and dataset.first().filepath == str(video_path):
+            sample = dataset.first()
+            sample.frames.clear()
+            sample.metadata = None  # the video may be another length now
+            sample.save()
+            dataset.info[DEMO_MARK] = True
+            dataset.save()
+            for field in dataset.get_frame_field_schema() or {}:
+                if field not in ("id", "frame_number", "created_at", "last_modified_at"):
+                    dataset.delete_frame_field(field)
+            return dataset, sample
+        fo.delete_dataset(name)
+    dataset = fo.Dataset(name, persistent=True)
+    dataset.info[DEMO_MARK] = True
+    dataset.save()
+    sample = fo.Sample(filepath=str(video_path))
+    dataset.add_sample(sample)
+    return dataset, sample
 
 
 def _made_by_demo(dataset: fo.Dataset) -> bool:

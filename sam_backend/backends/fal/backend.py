@@ -96,12 +96,16 @@ class FalSegmentRun(SegmentRun):
         self._commit()
 
 
-def request_hash(planned: PlannedRequest, video_identity: str, frames: range | None) -> str:
-    """What determines one request's output: its place in the plan, its fields, the
-    endpoints it may use, the video's content (or its public URL) and the frames sent.
-    Not the URL of an upload, which changes with every upload."""
+def request_hash(planned: PlannedRequest, video_identity: str, frames: range | None, *,
+                 with_position: bool = False) -> str:
+    """What determines one request's output: its fields, the endpoints it may use, the
+    video's content (or its public URL) and the frames sent. Not its place in the plan
+    (concepts reordered or dropped are the same requests, already paid for), nor the URL
+    of an upload, which changes with every upload. ``with_position``: the hash journals
+    written before 2026-12-03 used (position included), still looked up so their paid
+    requests are not paid again."""
     doc = {
-        "key": planned.key,
+        **({"key": planned.key} if with_position else {}),
         "fields": planned.fields,
         "endpoints": list(planned.endpoints),
         "video": video_identity,
@@ -133,6 +137,7 @@ class _Request:
 
     planned: PlannedRequest
     rhash: str
+    older_hash: str | None = None  # the same request in an older journal (see request_hash)
     entry: Entry | None = None
     stored: StoredResult | None = None
     fresh: bool = False  # submitted (and paid for) by this run, not taken from the journal
@@ -233,9 +238,10 @@ class FalBackend:
              done: list[int]) -> Iterator[FrameResult]:
         cancel.raise_if_cancelled()
         identity = self._video_identity(video, indices)
-        requests = [_Request(p, request_hash(p, identity, indices)) for p in planned]
+        requests = [_Request(p, request_hash(p, identity, indices),
+                             request_hash(p, identity, indices, with_position=True)) for p in planned]
         for r in requests:  # every uncertain submit stops the video before anything is sent
-            r.entry = self._reusable_entry(work_key, r.rhash)
+            r.entry = self._reusable_entry(work_key, r.rhash, r.older_hash)
             if self.stored_only and (r.entry is None or r.entry.state not in HAS_RESULT):
                 raise InvalidRequest(f"{r.planned.key}: no stored fal result for this video in {self.journal.location} "
                                      "(redecode only reads results a run already paid for)")
@@ -438,11 +444,16 @@ class FalBackend:
             except EndpointNotFound as exc:
                 self._endpoint_missing(entry, exc)
 
-    def _reusable_entry(self, work_key: str | None, rhash: str) -> Entry | None:
+    def _latest(self, work_key: str, *hashes: str | None) -> Entry | None:
+        """The newest journal entry of this work under any of ``hashes``."""
+        found = [e for h in hashes if h is not None and (e := self.journal.latest(work_key, h)) is not None]
+        return max(found, key=lambda e: e.id, default=None)
+
+    def _reusable_entry(self, work_key: str | None, rhash: str, older_hash: str | None = None) -> Entry | None:
         """The journal entry to continue from, or None to submit anew."""
         if work_key is None:
             return None
-        entry = self.journal.latest(work_key, rhash)
+        entry = self._latest(work_key, rhash, older_hash)
         if entry is None:
             return None
         if entry.state in HAS_RESULT:
