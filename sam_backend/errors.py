@@ -39,6 +39,10 @@ def listed(items: list[str], sep: str = ", ", limit: int = 5) -> str:
 class SamError(Exception):
     """Root of every error raised on purpose by sam_backend."""
 
+    # Set on an error that stopped a run midway: that run's report so far (what it wrote,
+    # which requests it had already sent), so a caller can say what is paid and resumable.
+    report: object | None = None
+
 
 class InvalidRequest(SamError):
     """The request cannot work on this video. Raised before anything is sent or written.

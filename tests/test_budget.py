@@ -194,3 +194,47 @@ def test_requests_journaled_by_the_older_positional_hash_are_not_paid_again(make
     report = segment_videos(ds, prompt="red ball, blue box", label_field="sam", backend=fal_backend)
     assert report.failed == {} and len(emulator.stats.submits) - submits == 2
     assert report.reused_units == 2 * 48
+
+
+def test_a_locked_account_after_the_submits_exits_1_naming_the_paid_requests_and_resume_finishes(
+        make_dataset, small_video, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """fal answers 403 (account locked / out of balance) once the jobs are queued: exit code
+    2 means "nothing sent", so this run exits 1, names the requests it sent and the run to
+    resume; after the account is fixed, resume polls them and submits nothing."""
+    import os
+
+    from sam_backend.emulator import EmulatorConfig, FaultPlan, FaultRule
+    from sam_backend.emulator.faults import http_error
+
+    ds = make_dataset(small_video[0], small_video[0])
+    refused: set[str] = set()
+    plan = FaultPlan(FaultRule("status", http_error(403, body={"detail": "User is locked. Reason: Exhausted balance"})))
+
+    def locked(call):  # noqa: ANN001, ANN202 - the emulator's fault hook
+        if call.route == "status":
+            refused.add(call.request_id)
+        return plan(call)
+
+    with EmulatorServer(EmulatorConfig(faults=locked)) as emu:
+        monkeypatch.setenv("FAL_KEY", emu.key)
+        monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
+        hosts = dict(queue_url=emu.queue_url, rest_url=emu.rest_url, cdn_url=emu.cdn_url, poll_initial_s=0.02,
+                     poll_max_s=0.2)
+        monkeypatch.setattr(FalBackend, "from_env", classmethod(
+            lambda cls, environ=None, **kw: cls(FalConfig.from_env(environ or os.environ, **{**hosts, **kw}))))
+        rc, out, err = run_cli(["segment", ds.name, "--prompt", "red ball", "--concurrency", "1"], capsys)
+        lines = err.splitlines()
+        assert rc == 1, err
+        assert any("locked or out of balance" in line for line in lines)
+        sent = [line for line in lines if "fal request(s) were sent before it stopped" in line]
+        assert len(sent) == 1 and "'sam31-video resume'" in sent[0], err
+        assert len(emu.stats.submits) == 1  # the first video's; the second never started
+        assert len(refused) == 1 and refused.pop() in sent[0]  # the request fal took, then refused to report on
+        assert "0 of 2 video(s) written" in err
+        emu.set_faults(None)  # the account is topped up
+        rc, out, err = run_cli(["resume", ds.name], capsys)
+        assert rc == 0, err
+        assert len(emu.stats.submits) == 2  # the paid request polled, only the unstarted video submitted
+    ds.reload()
+    assert all(s.frames[1].has_field("sam") for s in ds)

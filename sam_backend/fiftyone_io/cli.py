@@ -12,6 +12,10 @@
   few cents, shown first; without FAL_KEY it runs on the emulator);
 - ``redecode RUN``: decode a run's journaled fal results into its field again, with no
   new request (after fal-check stored another layout, or a decoder fix).
+
+Exit codes: 0 done; 1 some videos failed, or the run stopped after it had sent requests
+(they are named, with the run to resume); 2 refused before anything was sent or written;
+130 cancelled.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from ..errors import Cancelled, InvalidRequest, SamError, shorten
+from ..errors import Cancelled, InvalidRequest, SamError, listed, shorten
 from ..types import FrameRange, describe_validation_error
 
 
@@ -306,7 +310,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     except SamError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        # Without --journal the emulator keeps its journal in memory: nothing to resume.
+        resumable = getattr(args, "backend", "fal") != "emulator" or bool(getattr(args, "journal", None))
+        return _stopped_midway(exc.report, resumable) if exc.report is not None else 2
+
+
+def _stopped_midway(report: Any, resumable: bool) -> int:
+    """Exit code 2 means nothing was sent or written; a run stopped after it sent requests
+    or wrote videos says what is paid and how to finish it, and exits 1."""
+    sent = report.sent_request_ids
+    if not sent and not report.done:
         return 2
+    print(f"the run stopped midway: {len(report.done)} of {report.samples} video(s) written", file=sys.stderr)
+    if sent:
+        where = (f"journaled in run {report.run_id}: once the cause is fixed, 'sam31-video resume' takes them "
+                 "without paying for them again" if report.run_id and resumable
+                 else "journaled in memory only (offline emulator without --journal): nothing to resume")
+        print(f"{len(sent)} fal request(s) were sent before it stopped ({listed(sent)}), {where}", file=sys.stderr)
+    return 1
 
 
 if __name__ == "__main__":

@@ -158,6 +158,13 @@ class SegmentReport:
         return sum(units) if units else None
 
     @property
+    def sent_request_ids(self) -> list[str]:
+        """Remote requests this run submitted (failed videos' included), not those taken
+        from the journal: what it may have been billed for."""
+        return [q["request_id"] for r in self.records.values() for q in r.requests
+                if q.get("request_id") and not q.get("reused")]
+
+    @property
     def reused_units(self) -> float | None:
         """Units of the results this run took from the journal (no new charge)."""
         units = [r.reused_units for r in self.records.values() if r.reused_units is not None]

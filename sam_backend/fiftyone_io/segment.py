@@ -30,7 +30,7 @@ import fiftyone as fo
 from .. import video as video_ops
 from ..backends.base import Backend, CancelToken, CostEstimate, get_backend
 from ..cost import check_budget, total_usd
-from ..errors import InvalidRequest, VideoError, listed, shorten
+from ..errors import InvalidRequest, SamError, VideoError, listed, shorten
 from ..types import SegmentRequest, VideoInfo
 from .options import DEFAULT_CONCURRENCY, SampleProgress, SegmentOptions, SegmentReport
 from .plan import SamplePlan, plan_sample
@@ -140,7 +140,9 @@ def segment_collection(samples: fo.core.collections.SampleCollection, opts: Segm
         metadata = _Background(_fill_missing_metadata, samples)
         try:
             runner.run()
-        except BaseException:
+        except BaseException as exc:
+            if isinstance(exc, SamError):
+                exc.report = report  # what was written and sent before it stopped (the CLI says it)
             metadata.join(reraise=False)  # the run's own error is the one to show
             if report.done:  # videos finished before a cancel or a stop keep their labels: say what made them
                 try:
