@@ -215,9 +215,11 @@ def _backend_inputs(ctx: Any, inputs: types.Object) -> None:
             engines.add_choice(value, label=value)
         inputs.enum("engine", engines.values(), default="sam3.1", view=engines, label="Engine",
                     description="sam3.1 / sam3: Meta's predictor on CUDA; transformers: SAM 3 on CPU or GPU")
-        inputs.str("checkpoint", label="Checkpoint folder or file (Meta engines)",
-                   description="Defaults to $SAM31_LOCAL_CHECKPOINT")
-        inputs.str("model", label="Model id or folder (transformers)", description="Defaults to $SAM31_LOCAL_MODEL")
+        if (params.get("engine") or "sam3.1") == "transformers":  # each engine reads only its own
+            inputs.str("model", label="Model id or folder (transformers)", description="Defaults to $SAM31_LOCAL_MODEL")
+        else:
+            inputs.str("checkpoint", label="Checkpoint folder or file (Meta engines)",
+                       description="Defaults to $SAM31_LOCAL_CHECKPOINT")
         devices = types.Dropdown()
         for value in ("auto", "cuda", "cpu"):
             devices.add_choice(value, label=value)

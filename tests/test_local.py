@@ -360,6 +360,22 @@ def test_missing_transformers_gives_the_install_line(monkeypatch: pytest.MonkeyP
         BACKEND(engine="transformers", model="/does/not/matter")
 
 
+def test_the_other_engines_model_option_is_refused_naming_the_right_one(tmp_path: Path) -> None:
+    """``checkpoint`` with transformers, or ``model`` with a Meta engine, would be ignored
+    and the run would load something else: refused when the backend is built."""
+    with pytest.raises(InvalidRequest, match=r"engine='transformers' loads model=.*pass model=\.\.\. instead"):
+        BACKEND(engine="transformers", checkpoint=str(tmp_path / "sam3.1_multiplex.pt"), environ={})
+    with pytest.raises(InvalidRequest, match=r"model='/models/sam3-hf' is read by engine='transformers' only; "
+                                             r"engine='sam3' loads checkpoint=<sam3\.pt"):
+        BACKEND(engine="sam3", model="/models/sam3-hf", environ={})
+    with pytest.raises(InvalidRequest, match="pass engine='transformers'"):
+        BACKEND(model="/models/sam3-hf", environ={})  # the default engine is sam3.1
+    # both set in the environment is fine: each engine reads its own
+    both = {"SAM31_LOCAL_CHECKPOINT": str(tmp_path), "SAM31_LOCAL_MODEL": "/models/sam3-hf"}
+    with pytest.raises(EngineUnavailable, match="has no sam3.pt"):
+        BACKEND(engine="sam3", environ=both)
+
+
 def test_bad_options_are_invalid_requests() -> None:
     with pytest.raises(InvalidRequest, match="overlap=30 must be smaller than chunk_size=20"):
         BACKEND(engine="sam3.1", chunk_size=20, overlap=30, predictor_factory=lambda **_: None)

@@ -65,6 +65,10 @@ def test_cost_line_and_backend_options_in_the_form(make_dataset, small_video, ap
     assert "not counted: prompts read from labels" in fields["cost"]["view"]["label"]
     local = form({"backend": "local", "prompt": "ball"})
     assert {"engine", "checkpoint", "device", "chunk_size", "offload"} <= set(local) and "endpoint" not in local
+    assert "model" not in local and "max_usd" not in local  # sam3.1 reads no model; no fee to cap
+    hf = form({"backend": "local", "engine": "transformers", "prompt": "ball"})
+    assert "model" in hf and "checkpoint" not in hf  # each engine shows only the option it reads
+    assert "max_usd" in fal
     assert "no fee" in local["cost"]["view"]["label"] and "no_key" not in local
 
 

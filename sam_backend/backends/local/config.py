@@ -74,6 +74,7 @@ class LocalConfig(BaseModel):
         problems raise one :class:`InvalidRequest` naming each option."""
         env = os.environ if environ is None else environ
         data = dict(options)
+        _refuse_the_other_engines_option(data)
         if data.get("checkpoint") in (None, "") and env.get(ENV_CHECKPOINT):
             data["checkpoint"] = env[ENV_CHECKPOINT]
         if data.get("model") in (None, "") and env.get(ENV_MODEL):
@@ -90,3 +91,20 @@ class LocalConfig(BaseModel):
     def model_name(self) -> str:
         """What the RunRecord says produced the labels."""
         return "sam3 (transformers)" if self.engine == "transformers" else self.engine
+
+
+def _refuse_the_other_engines_option(options: Mapping[str, Any]) -> None:
+    """``checkpoint`` is read only by the Meta engines and ``model`` only by transformers:
+    given to the other engine it would be ignored, and the run would load something else
+    (or fail naming a file the user never meant). The environment's are not checked: one
+    shell may set both for different runs."""
+    engine = options.get("engine") or "sam3.1"
+    if engine == "transformers" and options.get("checkpoint") not in (None, ""):
+        raise InvalidRequest(f"checkpoint={str(options['checkpoint'])!r} is a Meta checkpoint (engines 'sam3.1' and "
+                             "'sam3'); engine='transformers' loads model=<hub id or folder saved by transformers>: "
+                             "pass model=... instead, or engine='sam3.1' / 'sam3' for this checkpoint")
+    if engine != "transformers" and options.get("model") not in (None, ""):
+        raise InvalidRequest(f"model={str(options['model'])!r} is read by engine='transformers' only; engine="
+                             f"{engine!r} loads checkpoint=<{CHECKPOINT_FILES[engine]} or its folder>: pass "
+                             "engine='transformers' to run SAM 3 from this model, or checkpoint=... for "
+                             f"{engine}")
