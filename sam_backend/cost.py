@@ -33,8 +33,9 @@ def total_usd(estimates: Sequence[CostEstimate]) -> float | None:
     return sum(e.usd or 0.0 for e in estimates)
 
 
-def check_budget(estimates: Sequence[CostEstimate], max_usd: float | None) -> None:
-    """Refuse a run whose estimate is above ``max_usd`` (or whose cost cannot be known),
+def check_budget(estimates: Sequence[CostEstimate], max_usd: float | None, *, stored_usd: float = 0.0) -> None:
+    """Refuse a run whose estimate, less ``stored_usd`` (results already paid for that the
+    run takes from the journal), is above ``max_usd`` (or whose cost cannot be known),
     before anything is sent. Free backends (local) always pass."""
     billed = [e for e in estimates if e.billed]
     if max_usd is None or not billed:
@@ -45,11 +46,13 @@ def check_budget(estimates: Sequence[CostEstimate], max_usd: float | None) -> No
     if unpriced is not None:
         raise OverBudget(f"max_usd=${max_usd:.2f} cannot be kept: {unpriced.detail}, so this run's cost ({scope}) is "
                          "unknown. Nothing was sent; pick a priced endpoint, or leave max_usd unset to run anyway")
-    usd = total_usd(billed)
-    assert usd is not None
+    total = total_usd(billed)
+    assert total is not None
+    usd = round(max(0.0, total - stored_usd), 6)  # sums of cents: no 0.045000000000000005 over a 0.045 cap
     if usd > max_usd:
         digits = 2 if f"{usd:.2f}" != f"{max_usd:.2f}" else 4  # never "$0.01 is above $0.01"
-        raise OverBudget(f"this run is estimated at ${usd:.{digits}f} ({scope}; {billed[0].detail} for the first), "
-                         f"above max_usd=${max_usd:.{digits}f}. Nothing was sent. Send fewer frames (a frame range or step), fewer "
-                         "concepts or objects, or fewer videos, or raise max_usd. Results stored from an earlier run "
-                         "of the same videos and prompts are counted, though they are not charged again")
+        paid = (f"; ${stored_usd:.2f} of the ${total:.2f} estimate is already paid: results in the journal"
+                if stored_usd else "")
+        raise OverBudget(f"this run is estimated at ${usd:.{digits}f} ({scope}{paid}), above max_usd="
+                         f"${max_usd:.{digits}f}. Nothing was sent. First video: {billed[0].detail}. Send fewer "
+                         "frames (a frame range or step), fewer concepts or objects, or fewer videos, or raise max_usd")

@@ -238,3 +238,24 @@ def test_a_locked_account_after_the_submits_exits_1_naming_the_paid_requests_and
         assert len(emu.stats.submits) == 2  # the paid request polled, only the unstarted video submitted
     ds.reload()
     assert all(s.frames[1].has_field("sam") for s in ds)
+
+
+def test_the_cap_counts_only_what_the_journal_does_not_hold(make_dataset, scene_video, small_video,
+                                                            fal_backend: FalBackend, emulator: EmulatorServer) -> None:
+    """A rerun or resume takes stored results with no new charge: the estimate says how much
+    of it they are and the cap counts only the rest."""
+    ds = make_dataset(scene_video[0], small_video[0])
+    scene_only = ds.select(ds.first().id)
+    segment_videos(scene_only, prompt=PROMPT, label_field="sam", backend=fal_backend)  # the scene's 3 paid
+    submits = len(emulator.stats.submits)
+    small = 3 * 3 * 0.005  # the small clip: 3 concepts x 3 blocks (48 frames)
+    with pytest.raises(OverBudget, match=r"estimated at \$0\.0[45] \(2 video\(s\), 144 frames; \$0\.09 of the "
+                                         r"\$0\.14 estimate is already paid"):
+        segment_videos(ds, prompt=PROMPT, label_field="sam", backend=fal_backend, max_usd=small - 0.01)
+    report = segment_videos(ds, prompt=PROMPT, label_field="sam", backend=fal_backend, max_usd=small)
+    assert report.failed == {} and len(report.done) == 2
+    assert report.estimated_usd == pytest.approx(PER_VIDEO + small) and report.stored_usd == pytest.approx(PER_VIDEO)
+    assert len(emulator.stats.submits) - submits == 3  # only the small clip's
+    # another field is other work: nothing stored there
+    report = segment_videos(ds, prompt=PROMPT, label_field="other", backend=fal_backend, dry_run=True)
+    assert report.stored_usd == 0.0

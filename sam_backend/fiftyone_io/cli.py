@@ -121,8 +121,9 @@ def _print_dry_run(report: Any, backend: str) -> int:
     if report.estimated_usd is None:
         cost = "no fee (local)" if backend == "local" else "cost unknown (no price for its endpoint)"
     else:
-        cost = f"estimated ${report.estimated_usd:.2f} on fal" + (" (the emulator charges nothing)"
-                                                                    if backend == "emulator" else "")
+        cost = f"estimated ${report.estimated_usd:.2f} on fal" + (
+            f" (${report.stored_usd:.2f} of it already paid: results in the journal)" if report.stored_usd else "") + (
+            " (the emulator charges nothing)" if backend == "emulator" else "")
     skipped = f", {len(report.failed)} unreadable" if report.failed else ""
     print(f"dry run: {report.samples - len(report.failed)} video(s), {report.planned_frames} frames{skipped}: {cost}. "
           "Checked; nothing was sent or written")

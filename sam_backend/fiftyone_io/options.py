@@ -142,6 +142,7 @@ class SegmentReport:
     tracks: dict[str, int] = dataclasses.field(default_factory=dict)  # sample id -> tracks
     estimated_usd: float | None = None
     planned_frames: int = 0  # frames the backend is sent (or, in a dry run, would be)
+    stored_usd: float = 0.0  # of estimated_usd: results the journal holds, taken with no new charge
     dry_run: bool = False  # nothing was sent or written: see estimated_usd and planned_frames
     records: dict[str, RunRecord] = dataclasses.field(default_factory=dict)
     warnings: list[str] = dataclasses.field(default_factory=list)

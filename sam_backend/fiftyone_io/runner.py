@@ -40,6 +40,11 @@ class Job:
     plan: SamplePlan | None = None
 
 
+def work_key(dataset: str, sample_id: str, field: str) -> str:
+    """Names one video's work in a field across runs and processes (the fal journal's key)."""
+    return f"{dataset}/{sample_id}/{field}"
+
+
 class Runner:
     """Runs the jobs on a bounded thread pool and fills the report."""
 
@@ -55,7 +60,7 @@ class Runner:
         self._results: dict[int, tuple[str, Any]] = {}
 
     def work_key(self, job: Job) -> str:
-        return f"{self.dataset.name}/{job.sample_id}/{self.opts.label_field}"
+        return work_key(self.dataset.name, job.sample_id, self.opts.label_field)
 
     def run(self) -> None:
         work_keys = [self.work_key(j) for j in self.jobs]

@@ -28,13 +28,13 @@ from bson import ObjectId
 import fiftyone as fo
 
 from .. import video as video_ops
-from ..backends.base import Backend, CancelToken, CostEstimate, get_backend
+from ..backends.base import Backend, CancelToken, CostEstimate, VideoSource, get_backend
 from ..cost import check_budget, total_usd
 from ..errors import InvalidRequest, SamError, VideoError, listed, shorten
 from ..types import SegmentRequest, VideoInfo
 from .options import DEFAULT_CONCURRENCY, SampleProgress, SegmentOptions, SegmentReport
 from .plan import SamplePlan, plan_sample
-from .runner import Job, Runner, already_written
+from .runner import Job, Runner, already_written, work_key
 from .video_info import check_whole_videos
 from .writer import check_label_field, refuse_replacing_labels_not_ours
 
@@ -124,10 +124,13 @@ def segment_collection(samples: fo.core.collections.SampleCollection, opts: Segm
         estimates = _estimates(active, jobs)
         report.estimated_usd, report.planned_frames = total_usd(estimates), sum(e.frames for e in estimates)
         if report.estimated_usd is not None:  # said before anything is sent (CLI, delegated run's log)
+            report.stored_usd = _stored_usd(active, jobs, dataset.name, opts.label_field)
             free = " (fal's price; the emulator charges nothing)" if active.name == "emulator" else ""
-            logger.info("estimated cost: $%.2f for %d video(s), %d frames%s", report.estimated_usd, len(jobs),
-                        report.planned_frames, free)
-        check_budget(estimates, opts.max_usd)
+            stored = (f"; ${report.stored_usd:.2f} of it is already paid (results in the journal, no new charge)"
+                      if report.stored_usd else "")
+            logger.info("estimated cost: $%.2f for %d video(s), %d frames%s%s", report.estimated_usd, len(jobs),
+                        report.planned_frames, stored, free)
+        check_budget(estimates, opts.max_usd, stored_usd=report.stored_usd)
         if opts.dry_run:
             report.dry_run = True
             return report
@@ -386,6 +389,20 @@ def _estimates(backend: Backend, jobs: Sequence[Job]) -> list[CostEstimate]:
             info = info.model_copy(update={"frame_count": len(job.plan.frames.indices(info.frame_count))})
         out.append(backend.estimate_cost(info, job.plan.request))
     return out
+
+
+def _stored_usd(backend: Backend, jobs: Sequence[Job], dataset: str, field: str) -> float:
+    """Of the estimate, what the backend's journal already holds (a run takes it again
+    with no new charge): 0 for backends that keep none."""
+    stored = getattr(backend, "stored_usd", None)
+    if not callable(stored):
+        return 0.0
+    total = 0.0
+    for job in jobs:
+        assert job.plan is not None
+        total += stored(VideoSource(info=job.info, path=job.path, url=job.url), job.plan.request,
+                        frames=job.plan.frames, work_key=work_key(dataset, job.sample_id, field))
+    return total
 
 
 def _written_earlier(journal: Any, run_id: str, dataset: str, field: str,

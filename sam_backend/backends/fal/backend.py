@@ -203,6 +203,28 @@ class FalBackend:
                                 lambda p: self._endpoint_for(p.endpoints, raise_missing=False))
         return CostEstimate(backend=self.name, frames=video.frame_count, usd=usd, detail=detail)
 
+    def stored_usd(self, video: VideoSource, request: SegmentRequest, *, frames: FrameRange | None = None,
+                   work_key: str | None = None) -> float:
+        """What :meth:`estimate_cost` counts for this video that a run will not pay again:
+        planned requests whose result the journal holds, or that are still running at fal
+        (a run takes or follows them). Hashes a local file only when the journal has
+        entries for ``work_key`` (the hash is remembered for the upload)."""
+        if work_key is None or not self.journal.entries(work_keys=[work_key]):
+            return 0.0
+        indices = None
+        if frames is not None and not frames.is_whole(video.info.frame_count):
+            indices = frames.indices(video.info.frame_count)
+        identity = self._video_identity(video, indices)
+        count = len(indices) if indices is not None else video.info.frame_count
+        usd = 0.0
+        for p in self.plan(remap_prompts(request, indices)):
+            entry = self._latest(work_key, request_hash(p, identity, indices),
+                                 request_hash(p, identity, indices, with_position=True))
+            if entry is not None and ((entry.state in HAS_RESULT and entry.has_result)
+                                      or entry.state is RequestState.SUBMITTED):
+                usd += endpoint_table.endpoint(entry.endpoint).cost_usd(count) or 0.0
+        return usd
+
     # -- segment ------------------------------------------------------------------------
 
     def segment(
