@@ -12,7 +12,7 @@ from typing import Any
 
 import fiftyone.operators.types as types
 
-from sam_backend.cost import fal_estimate
+from sam_backend.cost import dollars, fal_estimate
 from sam_backend.errors import InvalidRequest
 from sam_backend.fiftyone_io import SegmentOptions
 from sam_backend.fiftyone_io.writer import check_label_field, labels_not_ours
@@ -328,7 +328,7 @@ def cost_line(view: Any, params: dict[str, Any]) -> str:
     if any(usd is None for usd, _ in estimates):
         return f"Cost: {scope} on fal; {estimates[0][1]}"
     detail = estimates[0][1] if estimates else ""
-    line = (f"Cost: {scope} on fal: about ${sum(usd or 0 for usd, _ in estimates):.2f}"
+    line = (f"Cost: {scope} on fal: about {dollars(sum(usd or 0 for usd, _ in estimates))}"
             + (" so far" if unknown else "") + (f" ({detail} per video)" if detail else ""))
     if params.get("prompt_fields") or params.get("use_selection") or params.get("refine"):
         # Read per video from its labels at run time; the run prints its own estimate before sending.

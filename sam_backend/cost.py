@@ -26,6 +26,14 @@ def fal_estimate(request: SegmentRequest, frames: int, *, endpoint: str = SAM31_
     return plan_cost(planned, frames)
 
 
+def dollars(usd: float) -> str:
+    """``$0.045``, ``$0.05``, ``$12.30``: fal's prices are half-cents, so two decimals would
+    show a $0.045 estimate as $0.04 and a user setting the cap from it would be refused."""
+    cents = round(usd, 2)
+    return f"${usd:,.2f}" if abs(usd - cents) < 1e-9 else f"${usd:,.3f}" if abs(usd - round(usd, 3)) < 1e-9 \
+        else f"${usd:,.4f}"
+
+
 def total_usd(estimates: Sequence[CostEstimate]) -> float | None:
     """The run's cost: the sum of its videos' estimates; None when any is unpriced or free."""
     if not estimates or any(e.usd is None for e in estimates):
@@ -44,15 +52,14 @@ def check_budget(estimates: Sequence[CostEstimate], max_usd: float | None, *, st
     scope = f"{len(billed)} video(s), {frames:,} frames"
     unpriced = next((e for e in billed if e.usd is None), None)
     if unpriced is not None:
-        raise OverBudget(f"max_usd=${max_usd:.2f} cannot be kept: {unpriced.detail}, so this run's cost ({scope}) is "
+        raise OverBudget(f"max_usd={dollars(max_usd)} cannot be kept: {unpriced.detail}, so this run's cost ({scope}) is "
                          "unknown. Nothing was sent; pick a priced endpoint, or leave max_usd unset to run anyway")
     total = total_usd(billed)
     assert total is not None
     usd = round(max(0.0, total - stored_usd), 6)  # sums of cents: no 0.045000000000000005 over a 0.045 cap
     if usd > max_usd:
-        digits = 2 if f"{usd:.2f}" != f"{max_usd:.2f}" else 4  # never "$0.01 is above $0.01"
-        paid = (f"; ${stored_usd:.2f} of the ${total:.2f} estimate is already paid: results in the journal"
+        paid = (f"; {dollars(stored_usd)} of the {dollars(total)} estimate is already paid: results in the journal"
                 if stored_usd else "")
-        raise OverBudget(f"this run is estimated at ${usd:.{digits}f} ({scope}{paid}), above max_usd="
-                         f"${max_usd:.{digits}f}. Nothing was sent. First video: {billed[0].detail}. Send fewer "
+        raise OverBudget(f"this run is estimated at {dollars(usd)} ({scope}{paid}), above max_usd="
+                         f"{dollars(max_usd)}. Nothing was sent. First video: {billed[0].detail}. Send fewer "
                          "frames (a frame range or step), fewer concepts or objects, or fewer videos, or raise max_usd")

@@ -16,7 +16,7 @@ from fiftyone.operators.delegated import DelegatedOperationService
 
 from sam_backend.backends.base import CostEstimate
 from sam_backend.backends.fal import FalBackend, FalConfig
-from sam_backend.cost import check_budget
+from sam_backend.cost import check_budget, dollars
 from sam_backend.emulator import EmulatorServer
 from sam_backend.errors import InvalidRequest, OverBudget
 from sam_backend.fiftyone_io import segment_videos
@@ -39,7 +39,7 @@ def test_a_run_estimated_above_max_usd_is_refused_before_any_call(make_dataset, 
     with pytest.raises(OverBudget) as info:
         segment_videos(ds, prompt=PROMPT, label_field="sam", backend=fal_backend, max_usd=1.5 * PER_VIDEO)
     message = str(info.value)
-    assert f"${2 * PER_VIDEO:.2f}" in message and f"max_usd=${1.5 * PER_VIDEO:.2f}" in message
+    assert "estimated at $0.18 " in message and "max_usd=$0.135." in message  # half-cents shown, not rounded
     assert "2 video(s), 192 frames" in message and "Nothing was sent" in message
     assert calls(emulator) == before
     assert not ds.has_frame_field("sam")
@@ -61,6 +61,10 @@ def test_a_dry_run_checks_and_estimates_but_sends_and_writes_nothing(make_datase
     assert calls(emulator) == before
     ds.reload()
     assert not ds.has_frame_field("sam") and ds.first().metadata is None  # not even FiftyOne's metadata
+    seed = segment_videos(ds, prompt="red ball", backend="emulator", dry_run=True,
+                          backend_options={"endpoint": "fal-ai/sam-3-1/video", "text_mode": "union"})
+    assert any("returns only a rendered video, no masks: each video is billed and gets no labels" in w
+               for w in seed.warnings), seed.warnings  # said before paying, not after
     with pytest.raises(InvalidRequest, match="outside the frame"):  # the checks of a real run, all of them
         segment_videos(ds, box_prompts=[{"x_min": 300, "y_min": 10, "x_max": 330, "y_max": 40}], backend=fal_backend,
                        dry_run=True)
@@ -69,8 +73,8 @@ def test_a_dry_run_checks_and_estimates_but_sends_and_writes_nothing(make_datase
 def test_the_cap_counts_only_what_is_billed() -> None:
     fal = [CostEstimate(backend="fal", frames=96, usd=0.04), CostEstimate(backend="fal", frames=48, usd=0.03)]
     check_budget(fal, 0.07)
-    with pytest.raises(OverBudget, match=r"\$0\.0700 \(2 video\(s\), 144 frames.*above max_usd=\$0\.0690"):
-        check_budget(fal, 0.069)  # both would read $0.07 at two decimals
+    with pytest.raises(OverBudget, match=r"\$0\.07 \(2 video\(s\), 144 frames.*above max_usd=\$0\.069\."):
+        check_budget(fal, 0.069)
     with pytest.raises(OverBudget, match=r"\$0\.07 \(.*above max_usd=\$0\.05\."):
         check_budget(fal, 0.05)
     check_budget([CostEstimate(backend="local", frames=500, usd=None, billed=False)], 0.0)  # no money involved
@@ -78,6 +82,8 @@ def test_the_cap_counts_only_what_is_billed() -> None:
     with pytest.raises(OverBudget, match="cannot be kept: no price known for fal-ai/new"):
         check_budget(unpriced, 100.0)
     check_budget(unpriced, None)  # no cap asked for: the run is the caller's call
+    # fal prices in half-cents: a $0.045 estimate must not read $0.04 (a cap set from it would be refused)
+    assert [dollars(x) for x in (0.135 - 0.09, 0.015, 0.06, 12.3)] == ["$0.045", "$0.015", "$0.06", "$12.30"]
 
 
 def run_cli(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
@@ -86,7 +92,7 @@ def run_cli(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, s
     return rc, out, err
 
 
-def test_cli_states_the_estimate_before_sending_and_honours_the_cap(make_dataset, small_video,
+def test_cli_states_the_estimate_before_sending_and_honours_the_cap(make_dataset, small_video, tmp_path: Path,
                                                                      emulator: EmulatorServer,
                                                                      capsys: pytest.CaptureFixture[str]) -> None:
     ds = make_dataset(small_video[0], small_video[0])
@@ -94,7 +100,7 @@ def test_cli_states_the_estimate_before_sending_and_honours_the_cap(make_dataset
     estimate = 2 * 2 * 3 * 0.005  # 2 videos x 2 concepts x 3 blocks (48 frames)
     rc, out, err = run_cli([*base, "--dry-run"], capsys)
     assert rc == 0, err
-    assert f"dry run: 2 video(s), 96 frames: estimated ${estimate:.2f} on fal" in out
+    assert f"dry run: 2 video(s), 96 frames: estimated {dollars(estimate)} on fal" in out
     assert "nothing was sent or written" in out
     assert not fo.load_dataset(ds.name).has_frame_field("sam")
     rc, out, err = run_cli([*base, "--max-usd", "0.05"], capsys)
@@ -103,10 +109,16 @@ def test_cli_states_the_estimate_before_sending_and_honours_the_cap(make_dataset
     rc, out, err = run_cli([*base, "--max-usd", "0.07"], capsys)
     assert rc == 0, err
     lines = err.splitlines()
-    said = next(i for i, line in enumerate(lines) if line.startswith(f"estimated cost: ${estimate:.2f}"))
+    said = next(i for i, line in enumerate(lines) if line.startswith(f"estimated cost: {dollars(estimate)}"))
     progress = [i for i, line in enumerate(lines) if line.startswith("[")]
     assert progress and said < progress[0]  # said before the first upload
     assert "emulator charges nothing" in lines[said]
+    # run again with a journal: the second run takes every result from it, and says so
+    journal = ["--journal", str(tmp_path / "j.sqlite"), "--field", "again"]
+    assert run_cli([*base, *journal], capsys)[0] == 0
+    rc, out, err = run_cli([*base, *journal], capsys)
+    assert rc == 0 and f"{dollars(estimate)} of it is already paid" in err
+    assert "fal would charge about $0.00" in out, out
 
 
 def test_sharded_runs_check_the_cap_on_the_whole_run_before_queueing(make_dataset, small_video) -> None:
@@ -154,6 +166,9 @@ def test_the_demo_run_again_on_fal_takes_its_paid_results(tmp_path: Path, emulat
                                                                                             "green ball"}
         assert main([*argv, "--prompt", "red ball, purple star"]) == 0  # one concept is new
         assert len(emulator.stats.submits) - submits == 4
+        assert main([*argv[:2], "36", *argv[3:]]) == 0  # another length: FiftyOne's metadata follows the new file
+        again = fo.load_dataset(name).first()
+        assert again.metadata.total_frame_count == 36 and len(again.frames) == 36
         out = capsys.readouterr().out
         assert "s3cr3t" not in out
     finally:
@@ -249,8 +264,8 @@ def test_the_cap_counts_only_what_the_journal_does_not_hold(make_dataset, scene_
     segment_videos(scene_only, prompt=PROMPT, label_field="sam", backend=fal_backend)  # the scene's 3 paid
     submits = len(emulator.stats.submits)
     small = 3 * 3 * 0.005  # the small clip: 3 concepts x 3 blocks (48 frames)
-    with pytest.raises(OverBudget, match=r"estimated at \$0\.0[45] \(2 video\(s\), 144 frames; \$0\.09 of the "
-                                         r"\$0\.14 estimate is already paid"):
+    with pytest.raises(OverBudget, match=r"estimated at \$0\.045 \(2 video\(s\), 144 frames; \$0\.09 of the "
+                                         r"\$0\.135 estimate is already paid"):
         segment_videos(ds, prompt=PROMPT, label_field="sam", backend=fal_backend, max_usd=small - 0.01)
     report = segment_videos(ds, prompt=PROMPT, label_field="sam", backend=fal_backend, max_usd=small)
     assert report.failed == {} and len(report.done) == 2

@@ -29,6 +29,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from ..cost import dollars
 from ..errors import Cancelled, InvalidRequest, SamError, listed, shorten
 from ..types import FrameRange, describe_validation_error
 
@@ -103,13 +104,16 @@ def _print_report(report: Any, field: str, *, show_run: bool = True, stored_only
     billed = f", {report.billed_units:g} billed units" if report.billed_units is not None else ""
     if report.reused_units:
         billed += f" ({report.reused_units:g} more from stored results, no new charge)"
-    cost = f", estimated ${report.estimated_usd:.2f}" if report.estimated_usd is not None else ""
+    new = None if report.estimated_usd is None else max(0.0, report.estimated_usd - report.stored_usd)
+    cost = f", estimated {dollars(new)}" if new is not None else ""
+    if new is not None and report.stored_usd:
+        cost += f" (+{dollars(report.stored_usd)} already paid)"
     if stored_only:  # the estimate is what a new run would cost; this one sent nothing
         billed, cost = "", ", no charge (stored results, nothing sent)"
     run = f" (run {report.run_id})" if report.run_id and show_run else ""
     if report.records and all(r.backend == "emulator" for r in report.records.values()):
-        billed, cost = "", ", free (offline emulator" + (f"; fal would charge about ${report.estimated_usd:.2f})"
-                                                          if report.estimated_usd is not None else ")")
+        billed, cost = "", ", free (offline emulator" + (f"; fal would charge about {dollars(new)})"
+                                                          if new is not None else ")")
     print(f"{len(report.done)}/{report.samples} videos, {report.frames} frames, {sum(report.tracks.values())} tracks "
           f"-> frames.{field}{cost}{billed} ({report.seconds:.1f} s){run}")
     for sample_id, message in report.failed.items():
@@ -121,8 +125,8 @@ def _print_dry_run(report: Any, backend: str) -> int:
     if report.estimated_usd is None:
         cost = "no fee (local)" if backend == "local" else "cost unknown (no price for its endpoint)"
     else:
-        cost = f"estimated ${report.estimated_usd:.2f} on fal" + (
-            f" (${report.stored_usd:.2f} of it already paid: results in the journal)" if report.stored_usd else "") + (
+        cost = f"estimated {dollars(report.estimated_usd)} on fal" + (
+            f" ({dollars(report.stored_usd)} of it already paid: results in the journal)" if report.stored_usd else "") + (
             " (the emulator charges nothing)" if backend == "emulator" else "")
     skipped = f", {len(report.failed)} unreadable" if report.failed else ""
     print(f"dry run: {report.samples - len(report.failed)} video(s), {report.planned_frames} frames{skipped}: {cost}. "
@@ -200,7 +204,7 @@ def _fal_check(args: argparse.Namespace) -> int:
     if real:
         backend: Any = FalBackend.from_env(os.environ, **({"journal_path": args.journal} if args.journal else {}))
         usd, detail = estimate(backend)
-        print(f"fal-check on fal (FAL_KEY is set): {detail}, about ${usd or 0:.2f}")
+        print(f"fal-check on fal (FAL_KEY is set): {detail}, about {dollars(usd or 0)}")
         if not args.yes:
             print("nothing was sent: run again with --yes to spend it")
             backend.close()

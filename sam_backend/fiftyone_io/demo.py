@@ -20,7 +20,7 @@ from .. import masks as mask_ops
 from .. import synthetic
 from .. import video as video_ops
 from ..coords import frame_index_from_number, pixel_box
-from ..cost import fal_estimate
+from ..cost import dollars, fal_estimate
 from ..errors import InvalidRequest
 from ..types import FrameResult, SegmentRequest, TrackedObject
 from .options import SampleProgress, SegmentReport
@@ -59,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
     use_fal = bool(os.environ.get("FAL_KEY") or (os.environ.get("FAL_KEY_ID") and os.environ.get("FAL_KEY_SECRET")))
     if use_fal:
         usd, detail = fal_estimate(SegmentRequest.build(prompt=args.prompt), args.frames)
-        about = f"about ${usd:.2f}: {detail}" if usd is not None else f"cost unknown: {detail}"
+        about = f"about {dollars(usd)}: {detail}" if usd is not None else f"cost unknown: {detail}"
         print(f"FAL_KEY is set: calling the real fal API; this costs money ({about}).")
     else:
         print("FAL_KEY is not set: using the bundled offline fal emulator on 127.0.0.1 "
@@ -107,8 +107,8 @@ def _demo_dataset(name: str, video_path: Path) -> tuple[fo.Dataset, fo.Sample]:
         if len(dataset) == 1 and dataset.first().filepath == str(video_path):
             sample = dataset.first()
             sample.frames.clear()
-            sample.metadata = None  # the video may be another length now
             sample.save()
+            sample.compute_metadata(overwrite=True)  # the video may be another length now
             dataset.info[DEMO_MARK] = True
             dataset.save()
             for field in dataset.get_frame_field_schema() or {}:

@@ -29,7 +29,7 @@ import fiftyone as fo
 
 from .. import video as video_ops
 from ..backends.base import Backend, CancelToken, CostEstimate, VideoSource, get_backend
-from ..cost import check_budget, total_usd
+from ..cost import check_budget, dollars, total_usd
 from ..errors import InvalidRequest, SamError, VideoError, listed, shorten
 from ..types import SegmentRequest, VideoInfo
 from .options import DEFAULT_CONCURRENCY, SampleProgress, SegmentOptions, SegmentReport
@@ -111,6 +111,10 @@ def segment_collection(samples: fo.core.collections.SampleCollection, opts: Segm
     if opts.render_video and opts.prompt.strip() and on_fal and text_mode == "instances":
         mixed.append("render_video: text concepts run per instance on SAM 3's objects endpoint, which renders "
                      "nothing; only clicked or boxed objects (and text_mode='union') get an overlay video")
+    endpoint_id = getattr(config, "endpoint", None) or opts.backend_options.get("endpoint")
+    if on_fal and endpoint_id and _renders_only(endpoint_id):
+        mixed.append(f"{endpoint_id} returns only a rendered video, no masks: each video is billed and gets no labels "
+                     f"(the video's URL goes to {opts.label_field}_outputs); for labels use fal-ai/sam-3-1/video-rle")
     for warning in mixed:
         logger.warning(warning)
     backend_options = dict(opts.backend_options)
@@ -123,16 +127,17 @@ def segment_collection(samples: fo.core.collections.SampleCollection, opts: Segm
     try:
         estimates = _estimates(active, jobs)
         report.estimated_usd, report.planned_frames = total_usd(estimates), sum(e.frames for e in estimates)
-        if report.estimated_usd is not None:  # said before anything is sent (CLI, delegated run's log)
+        if report.estimated_usd is not None:
             report.stored_usd = _stored_usd(active, jobs, dataset.name, opts.label_field)
+        if report.estimated_usd is not None and not opts.dry_run:  # said before anything is sent (CLI, logs)
             free = " (fal's price; the emulator charges nothing)" if active.name == "emulator" else ""
-            stored = (f"; ${report.stored_usd:.2f} of it is already paid (results in the journal, no new charge)"
+            stored = (f"; {dollars(report.stored_usd)} of it is already paid (results in the journal, no new charge)"
                       if report.stored_usd else "")
-            logger.info("estimated cost: $%.2f for %d video(s), %d frames%s%s", report.estimated_usd, len(jobs),
+            logger.info("estimated cost: %s for %d video(s), %d frames%s%s", dollars(report.estimated_usd), len(jobs),
                         report.planned_frames, stored, free)
         check_budget(estimates, opts.max_usd, stored_usd=report.stored_usd)
         if opts.dry_run:
-            report.dry_run = True
+            report.dry_run, report.warnings = True, mixed
             return report
         journal = getattr(active, "journal", None)
         if journal is not None and hasattr(journal, "begin_run"):
@@ -167,6 +172,15 @@ def segment_collection(samples: fo.core.collections.SampleCollection, opts: Segm
     if report.done:
         _describe_field(dataset, opts, report, earlier)
     return report
+
+
+def _renders_only(endpoint_id: str) -> bool:
+    from ..backends.fal.endpoints import endpoint
+
+    try:
+        return endpoint(endpoint_id).output == "video"
+    except InvalidRequest:  # an unknown endpoint: the backend refuses it with its own message
+        return False
 
 
 def _video_warnings(report: SegmentReport, limit: int = 10) -> list[str]:
