@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import fiftyone as fo
+from fiftyone.core.frame import get_default_frame_fields
 import numpy as np
 
 from .. import masks as mask_ops
@@ -112,7 +113,7 @@ def _demo_dataset(name: str, video_path: Path) -> tuple[fo.Dataset, fo.Sample]:
             dataset.info[DEMO_MARK] = True
             dataset.save()
             for field in dataset.get_frame_field_schema() or {}:
-                if field not in ("id", "frame_number", "created_at", "last_modified_at"):
+                if field not in get_default_frame_fields(include_private=False):
                     dataset.delete_frame_field(field)
             return dataset, sample
         fo.delete_dataset(name)

@@ -26,6 +26,7 @@ from typing import Any
 from bson import ObjectId
 
 import fiftyone as fo
+from fiftyone.core.frame import get_default_frame_fields
 
 from .. import video as video_ops
 from ..backends.base import Backend, CancelToken, CostEstimate, VideoSource, get_backend
@@ -214,7 +215,7 @@ def _check_collection(samples: fo.core.collections.SampleCollection, opts: Segme
     frame_fields = dataset.get_frame_field_schema() or {}
     missing = [f for f in opts.prompt_fields if f.removeprefix("frames.") not in frame_fields]
     if missing:
-        known = sorted(n for n in frame_fields if n not in ("id", "frame_number", "created_at", "last_modified_at"))
+        known = sorted(n for n in frame_fields if n not in get_default_frame_fields(include_private=False))
         raise InvalidRequest(f"prompt field(s) {', '.join(shorten(f) for f in missing)} are not frame fields of "
                              f"{dataset.name!r} (its frame fields: {', '.join(known) or 'none'})")
 
@@ -426,7 +427,7 @@ def _written_earlier(journal: Any, run_id: str, dataset: str, field: str,
     from ..backends.fal.journal import RequestState, SampleState
 
     run = journal.run(run_id)
-    keys = {f"{dataset}/{sid}/{field}": sid for sid, st in run.samples.items() if st is SampleState.DONE and sid not in skip}
+    keys = {work_key(dataset, sid, field): sid for sid, st in run.samples.items() if st is SampleState.DONE and sid not in skip}
     out: dict[str, tuple[str | None, float | None]] = {}
     for entry in journal.entries(states=[RequestState.WRITTEN], work_keys=list(keys)) if keys else []:
         if entry.created_at < run.created_at:

@@ -211,19 +211,29 @@ class FalBackend:
         entries for ``work_key`` (the hash is remembered for the upload)."""
         if work_key is None or not self.journal.entries(work_keys=[work_key]):
             return 0.0
-        indices = None
-        if frames is not None and not frames.is_whole(video.info.frame_count):
-            indices = frames.indices(video.info.frame_count)
-        identity = self._video_identity(video, indices)
+        indices, planned = self._planned(video, request, frames)
         count = len(indices) if indices is not None else video.info.frame_count
         usd = 0.0
-        for p in self.plan(remap_prompts(request, indices)):
-            entry = self._latest(work_key, request_hash(p, identity, indices),
-                                 request_hash(p, identity, indices, with_position=True))
+        for r in self._requests(planned, self._video_identity(video, indices), indices):
+            entry = self._latest(work_key, r.rhash, r.older_hash)
             if entry is not None and ((entry.state in HAS_RESULT and entry.has_result)
                                       or entry.state is RequestState.SUBMITTED):
                 usd += endpoint_table.endpoint(entry.endpoint).cost_usd(count) or 0.0
         return usd
+
+    def _planned(self, video: VideoSource, request: SegmentRequest,
+                 frames: FrameRange | None) -> tuple[range | None, list[PlannedRequest]]:
+        """The frames cut from the video (None: all of it) and the requests it becomes."""
+        indices = None
+        if frames is not None and not frames.is_whole(video.info.frame_count):
+            indices = frames.indices(video.info.frame_count)
+        return indices, self.plan(remap_prompts(request, indices))
+
+    @staticmethod
+    def _requests(planned: list[PlannedRequest], identity: str, indices: range | None) -> list[_Request]:
+        """Each planned request with its journal hashes (today's, and the older positional one)."""
+        return [_Request(p, request_hash(p, identity, indices), request_hash(p, identity, indices, with_position=True))
+                for p in planned]
 
     # -- segment ------------------------------------------------------------------------
 
@@ -238,12 +248,9 @@ class FalBackend:
         cancel: CancelToken | None = None,
     ) -> FalSegmentRun:
         request.check_against(video.info, frames)  # before anything is uploaded or billed
-        indices = None
-        if frames is not None and not frames.is_whole(video.info.frame_count):
-            indices = frames.indices(video.info.frame_count)
-            if video.path is None:
-                raise InvalidRequest("a frame range is cut from the local video file before upload; this sample has only a URL")
-        planned = self.plan(remap_prompts(request, indices))
+        indices, planned = self._planned(video, request, frames)
+        if indices is not None and video.path is None:
+            raise InvalidRequest("a frame range is cut from the local video file before upload; this sample has only a URL")
         _check_planned(planned)
         first = endpoint_table.endpoint(planned[0].endpoints[0])
         record = RunRecord(backend=self.name, endpoint=first.id, model=first.model)
@@ -260,8 +267,7 @@ class FalBackend:
              done: list[int]) -> Iterator[FrameResult]:
         cancel.raise_if_cancelled()
         identity = self._video_identity(video, indices)
-        requests = [_Request(p, request_hash(p, identity, indices),
-                             request_hash(p, identity, indices, with_position=True)) for p in planned]
+        requests = self._requests(planned, identity, indices)
         for r in requests:  # every uncertain submit stops the video before anything is sent
             r.entry = self._reusable_entry(work_key, r.rhash, r.older_hash)
             if self.stored_only and (r.entry is None or r.entry.state not in HAS_RESULT):
